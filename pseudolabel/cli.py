@@ -1,0 +1,220 @@
+"""The `pseudo` command: thin typer commands (parse -> one library call -> render)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from rich.table import Table
+
+from .errors import PseudoError
+from .progress import Progress
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Semi-supervised pseudo-labeling for Chinese Weibo sentiment (-1/0/1).")
+console = Console()
+errors = Console(stderr=True)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bundled(relative: str) -> str:
+    """A bundled file: next to the package in a checkout, else relative to the working folder."""
+    path = REPO / relative
+    return str(path) if path.exists() else relative
+
+
+DEFAULT_TRAIN = _bundled("data/train.labeled.csv")
+DEFAULT_TEST = _bundled("data/test.csv")
+DEFAULT_UNLABELED = _bundled("data/unlabeled.csv")
+DEFAULT_ENCODER = _bundled("models/bert-mini-random")
+
+
+class RichProgress(Progress):
+    """Rich progress bars for the library's tasks, and its notes as dim lines."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bars = RichBars(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+        self.ids: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bars.stop()
+
+    def start(self, task, total):
+        if task in self.ids:
+            self.bars.reset(self.ids[task], total=total)
+        else:
+            self.ids[task] = self.bars.add_task(task, total=total)
+
+    def advance(self, task, steps=1):
+        self.bars.advance(self.ids[task], steps)
+
+    def finish(self, task):
+        bar = self.ids.get(task)
+        if bar is not None:
+            self.bars.update(bar, completed=self.bars.tasks[bar].total)
+
+    def note(self, message):
+        self.console.print(f"[dim]· {message}[/dim]")
+
+
+def _fail(message: str, code: int = 1):
+    errors.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _render_rounds(rounds, stop, title):
+    from .report import footer_lines, rounds_table
+
+    console.print(rounds_table(rounds, title))
+    for line in footer_lines(rounds, stop):
+        console.print(line)
+
+
+@app.command()
+def run(
+    rounds: int = typer.Option(0, help="Pseudo-label rounds after round 0 (2 -> rounds 0, 1, 2)."),
+    train: str = typer.Option(DEFAULT_TRAIN, help="Labeled CSV (competition layout, column 情感倾向)."),
+    test: str = typer.Option(DEFAULT_TEST, help="Test CSV to predict (submission.csv per round); '' for none."),
+    unlabeled: str = typer.Option(DEFAULT_UNLABELED, help="Unlabeled pool CSV; '' for none (round 0 only)."),
+    encoder: str = typer.Option(DEFAULT_ENCODER, help="Local BERT checkpoint folder."),
+    run_dir: Optional[str] = typer.Option(None, help="Run directory [default: runs/run-<config hash>]."),
+    recipe: str = typer.Option("default", help="Head recipe: 'default' (learns on small data) or 'seed' "
+                                               "(the reference script exactly)."),
+    mode: str = typer.Option("cached", help="'cached': encoder features computed once; 'faithful': encoder "
+                                            "inside the Keras graph as the reference script."),
+    folds: int = typer.Option(5, help="Cross-validation folds."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per fold [default: the recipe's, 2]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: the recipe's, 128]."),
+    min_steps: Optional[int] = typer.Option(None, help="Train at least this many batches per fold (more epochs "
+                                                       "on small data) [default: the recipe's]."),
+    standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize",
+                                               help="Z-score features with training-fold statistics."),
+    spatial_dropout: Optional[float] = typer.Option(None, help="SpatialDropout1D rate on the features."),
+    bn_momentum: Optional[float] = typer.Option(None, help="BatchNormalization momentum."),
+    zero_padding: Optional[bool] = typer.Option(None, "--zero-padding/--no-zero-padding",
+                                                help="Zero the features at padding positions."),
+    early_stopping: Optional[bool] = typer.Option(None, "--early-stopping/--no-early-stopping",
+                                                  help="Keep the best epoch on a monitor slice of the training part."),
+    max_len: int = typer.Option(140, help="Tokens per post (truncated/padded)."),
+    seed: int = typer.Option(0, help="Seed of weight init, shuffling and the holdout split."),
+    unlabeled_limit: int = typer.Option(500_000, help="Use the first N rows of the unlabeled pool."),
+    threshold: float = typer.Option(0.9, help="Select pool rows whose fold-mean max probability is >= this."),
+    strategy: str = typer.Option("threshold", help="threshold | per-class | class-balanced | top-k."),
+    top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced)."),
+    pseudo_weight: float = typer.Option(1.0, help="Sample weight of pseudo-labeled rows."),
+    pseudo_source: str = typer.Option("mean", help="'mean': all folds' average; 'fold': fold k learns from "
+                                                   "fold k's previous model only (leak-free OOF)."),
+    holdout: float = typer.Option(0.0, help="Share of labeled rows held out for evaluation only."),
+    stream: str = typer.Option("", help="Comma-separated splits (test, unlabeled) to recompute each round "
+                                        "instead of caching their features on disk."),
+    calibrate: bool = typer.Option(False, help="Temperature-scale probabilities on OOF rows before selecting."),
+    force: bool = typer.Option(False, help="Select pseudo-labels even from a collapsed round."),
+    restart: bool = typer.Option(False, help="Start the run directory over (the feature cache is kept)."),
+):
+    """Round 0 of the recipe, then pseudo-label rounds; resumes an interrupted run in the same run directory."""
+    from .loop import Run, RunConfig
+    from .store import config_hash
+
+    config = RunConfig(train=train, test=test or None, unlabeled=unlabeled or None, encoder=encoder, run_dir="",
+                       rounds=rounds, folds=folds, recipe=recipe, epochs=epochs, batch_size=batch_size,
+                       min_steps=min_steps, standardize=standardize, spatial_dropout=spatial_dropout,
+                       bn_momentum=bn_momentum, zero_padding=zero_padding, early_stopping=early_stopping,
+                       max_len=max_len, seed=seed, unlabeled_limit=unlabeled_limit, mode=mode,
+                       stream=tuple(s.strip() for s in stream.split(",") if s.strip()), threshold=threshold,
+                       strategy=strategy, top_k=top_k, pseudo_weight=pseudo_weight, pseudo_source=pseudo_source,
+                       holdout=holdout, calibrate=calibrate, force=force)
+    config.run_dir = run_dir or f"runs/run-{config_hash(config.results_dict())[:8]}"
+    try:
+        with RichProgress(console) as progress:
+            job = Run(config, progress, restart=restart)
+            console.print(f"[bold]run[/bold] {config.run_dir} · encoder {job.files.describe()} · "
+                          f"recipe {job.recipe.name} · mode {config.mode}")
+            result = job.execute()
+    except PseudoError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; finished folds are kept: run the same command to resume ({config.run_dir})", 130)
+    _render_rounds(result.rounds, result.stop_reason, f"run {result.run_dir}")
+
+
+@app.command("select")
+def select_cmd(
+    threshold: float = typer.Option(0.9, help="Minimum fold-mean max probability (inclusive)."),
+    run_dir: Optional[str] = typer.Option(None, help="Run directory [default: the newest under runs/]."),
+    round: Optional[int] = typer.Option(None, "--round", help="Finished round to select from [default: last]."),
+    strategy: str = typer.Option("threshold", help="threshold | per-class | class-balanced | top-k."),
+    top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced)."),
+    source: Optional[str] = typer.Option(None, help="mean | fold [default: the run's]."),
+    calibrate: bool = typer.Option(False, help="Temperature-scale on OOF rows before selecting."),
+    force: bool = typer.Option(False, help="Select even from a collapsed round."),
+):
+    """Re-select pseudo-labels from a finished round without training; the next `pseudo run` uses them."""
+    from .loop import reselect
+    from .store import latest_run
+
+    try:
+        shown = reselect(run_dir or latest_run(), round=round, strategy=strategy, threshold=threshold, top_k=top_k,
+                         source=source, calibrate=calibrate, force=force)
+    except PseudoError as exc:
+        _fail(str(exc))
+    info = shown["selection"]
+    counts = Table(title=f"selection from round {shown['round']} for round {shown['next_round']} "
+                         f"({info['strategy']}, threshold {info['threshold']}, source {info['source']}"
+                         f"{', temperature %.2f' % info['temperature'] if info['temperature'] != 1 else ''})",
+                   title_justify="left")
+    for column in ("class", "selected", "share", "labeled prior"):
+        counts.add_column(column, justify="right")
+    total = max(1, sum(info["per_class"]))
+    for label, n, p in zip(("-1", "0", "1"), info["per_class"], shown["labeled_prior"]):
+        counts.add_row(label, str(n), f"{n / total:.2f}", f"{p:.2f}")
+    counts.add_row("all", f"{info['n_selected']} of {shown['pool_rows']}", "", "")
+    console.print(counts)
+    sweep = Table(title="threshold sweep (fold-mean pool predictions; precision on OOF rows)", title_justify="left")
+    for column in ("threshold", "selected", "-1 / 0 / 1", "OOF rows", "OOF precision"):
+        sweep.add_column(column, justify="right")
+    for row in shown["sweep"]:
+        precision = "–" if row["oof_precision"] is None else f"{row['oof_precision']:.3f}"
+        sweep.add_row(f"{row['threshold']:.2f}", str(row["selected"]), " / ".join(map(str, row["per_class"])),
+                      str(row["oof_selected"]), precision)
+    console.print(sweep)
+    console.print(f"written: {shown['written']}")
+
+
+@app.command()
+def report(
+    run_dir: Optional[str] = typer.Option(None, help="Run directory [default: the newest under runs/]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+):
+    """The per-round table of a run."""
+    from .report import load_rounds, report_json
+    from .store import latest_run
+
+    try:
+        path = run_dir or str(latest_run())
+        if as_json:
+            sys.stdout.write(json.dumps(report_json(path), indent=2, ensure_ascii=False) + "\n")
+            return
+        rounds, stop = load_rounds(path)
+    except PseudoError as exc:
+        _fail(str(exc))
+    if not rounds:
+        console.print(f"{path}: no finished round yet")
+        return
+    _render_rounds(rounds, stop, f"run {path}")
+
+
+def main():  # pragma: no cover - the console script
+    app()

@@ -1,0 +1,319 @@
+"""The folds of one round: train a head per fold, predict its validation part, score test and pool.
+
+Inputs come as *sources*: objects with `rows(idx) -> list of model inputs` and `len()`. In the
+`cached` mode they read encoder features from the memory-mapped cache; in the `faithful` mode
+they are token ids and the encoder runs inside the model, as in the reference script.
+
+Each fold is written to `round_<k>/fold_<i>/` (head weights, validation predictions, scores,
+DONE last), so an interrupted round resumes at its first unfinished fold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from ._tf import keras
+from .errors import PseudoError
+from .metrics import scores
+from .model import N_CLASSES, Recipe, build_faithful, build_head, set_standardization
+from .progress import Progress
+from .store import atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
+
+FOLD_SEED = 99  # StratifiedKFold(n_splits=5, shuffle=True, random_state=99), as the recipe
+HOLDOUT = -1  # fold id of rows kept out of every fold for evaluation only
+PREDICT_CHUNK = 512
+_STAT_ROWS = 4096  # rows sampled for the standardisation statistics
+
+
+def make_folds(labels: np.ndarray, n_folds: int = 5, holdout: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Fold id per labeled row; with `holdout` > 0 a stratified share gets HOLDOUT first."""
+    labels = np.asarray(labels)
+    if n_folds < 2:
+        raise PseudoError(f"folds must be >= 2, got {n_folds}")
+    if not 0.0 <= holdout < 0.5:
+        raise PseudoError(f"holdout must be in [0, 0.5), got {holdout}")
+    folds = np.full(len(labels), HOLDOUT, np.int64)
+    rows = np.arange(len(labels))
+    if holdout > 0:
+        rows, _ = train_test_split(rows, test_size=holdout, stratify=labels, random_state=seed)
+        rows = np.sort(rows)
+    smallest = np.bincount(labels[rows], minlength=N_CLASSES)
+    smallest = smallest[smallest > 0].min()
+    if smallest < n_folds:
+        raise PseudoError(f"folds must be <= the smallest class count ({smallest}), got {n_folds}")
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=FOLD_SEED)
+    for i, (_, valid) in enumerate(splitter.split(rows, labels[rows])):
+        folds[rows[valid]] = i
+    return folds
+
+
+# ---------------------------------------------------------------- sources
+
+
+class FeatureSource:
+    """Model inputs from encoder features (cached or streamed): [features] or [features, token mask]."""
+
+    def __init__(self, features, with_mask: bool = False):
+        self.features = features
+        self.with_mask = with_mask
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def rows(self, idx: np.ndarray) -> list[np.ndarray]:
+        x = self.features.rows(idx)
+        if not self.with_mask:
+            return [x]
+        steps = np.arange(x.shape[1])[None, :]
+        return [x, (steps < self.features.lengths[idx][:, None]).astype(np.float32)[:, :, None]]
+
+
+class TokenSource:
+    """Model inputs for the faithful model: [input_ids, attention_mask]."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def rows(self, idx: np.ndarray) -> list[np.ndarray]:
+        return [self.tokens.input_ids[idx], self.tokens.attention_mask[idx].astype(np.int32)]
+
+
+def _concat(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    parts = [p for p in parts if p is not None]
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate(arrays) for arrays in zip(*parts)]
+
+
+def _unwrap(inputs: list[np.ndarray]):
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+# ---------------------------------------------------------------- one round's plan
+
+
+@dataclass
+class Pseudo:
+    """Pseudo-labeled pool rows that join the training part of every fold."""
+
+    source: object  # a source over the unlabeled pool
+    rows: list[np.ndarray]  # per fold: pool row indices
+    targets: list[np.ndarray]  # per fold: (n, 3) target rows (one-hot or soft)
+    weight: float = 1.0
+
+
+@dataclass
+class RoundPlan:
+    round: int
+    folder: Path
+    mode: str  # "cached" or "faithful"
+    recipe: Recipe
+    max_len: int
+    hidden: int
+    labels: np.ndarray  # class index per labeled row
+    folds: np.ndarray  # fold id per labeled row (HOLDOUT for the holdout)
+    labeled: object  # source over the labeled rows
+    test: object | None
+    unlabeled: object | None
+    seed: int = 0
+    pseudo: Pseudo | None = None
+    bert_factory: Callable[[], object] | None = None  # faithful mode: a fresh frozen TFBertModel
+    fold_hook: Callable[[int, int], None] | None = None  # called after each finished fold (round, fold)
+    n_folds: int = field(init=False)
+
+    def __post_init__(self):
+        self.n_folds = int(self.folds.max()) + 1
+
+
+def _new_model(plan: RoundPlan):
+    if plan.mode == "faithful":
+        return build_faithful(plan.bert_factory(), plan.max_len, plan.recipe)
+    return build_head(plan.max_len, plan.hidden, plan.recipe)
+
+
+def _standardization(plan: RoundPlan, train_rows: np.ndarray, rng: np.random.Generator):
+    """Per-dimension mean and std over the real tokens of (a sample of) the training rows."""
+    sample = np.sort(rng.choice(train_rows, size=min(len(train_rows), _STAT_ROWS), replace=False))
+    total = np.zeros(plan.hidden)
+    square = np.zeros(plan.hidden)
+    count = 0
+    features = plan.labeled.features
+    for start in range(0, len(sample), PREDICT_CHUNK):
+        part = sample[start:start + PREDICT_CHUNK]
+        x = features.rows(part).astype(np.float64)
+        real = np.arange(x.shape[1])[None, :] < features.lengths[part][:, None]
+        tokens = x[real]
+        total += tokens.sum(axis=0)
+        square += np.square(tokens).sum(axis=0)
+        count += len(tokens)
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean ** 2, 0.0)) + 1e-3
+    return mean, std
+
+
+def predict(models: list, source, progress: Progress, task: str, idx: np.ndarray | None = None) -> np.ndarray:
+    """(len(models), N, 3): every model on each chunk of rows, each chunk read once."""
+    idx = np.arange(len(source)) if idx is None else idx
+    out = np.zeros((len(models), len(idx), N_CLASSES), np.float32)
+    progress.start(task, len(idx))
+    for start in range(0, len(idx), PREDICT_CHUNK):
+        part = idx[start:start + PREDICT_CHUNK]
+        x = _unwrap(source.rows(part))
+        for m, model in enumerate(models):
+            out[m, start:start + len(part)] = model.predict_on_batch(x)
+        progress.advance(task, len(part))
+    progress.finish(task)
+    return out
+
+
+def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
+    """Train fold `fold` of the round, write its folder, return its record."""
+    started = time.time()
+    folder = plan.folder / f"fold_{fold}"
+    seed = plan.seed * 1000 + plan.round * 10 + fold
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    human = np.flatnonzero((plan.folds != fold) & (plan.folds != HOLDOUT))
+    valid = np.flatnonzero(plan.folds == fold)
+    monitor = np.zeros(0, np.int64)
+    if plan.recipe.early_stopping:  # a slice of the training part, never the validation part
+        human, monitor = train_test_split(human, test_size=plan.recipe.monitor_share,
+                                          stratify=plan.labels[human], random_state=seed)
+        human, monitor = np.sort(human), np.sort(monitor)
+    eye = np.eye(N_CLASSES, dtype=np.float32)
+    human_targets = eye[plan.labels[human]]
+    if plan.pseudo is not None:
+        pseudo_rows = plan.pseudo.rows[fold]
+        pseudo_targets = plan.pseudo.targets[fold].astype(np.float32)
+    else:
+        pseudo_rows = np.zeros(0, np.int64)
+        pseudo_targets = np.zeros((0, N_CLASSES), np.float32)
+    n_h, n_p = len(human), len(pseudo_rows)
+    targets = np.concatenate([human_targets, pseudo_targets])
+    weights = np.concatenate([np.ones(n_h, np.float32),
+                              np.full(n_p, plan.pseudo.weight if n_p else 1.0, np.float32)])
+
+    model = _new_model(plan)
+    if plan.recipe.standardize:
+        set_standardization(model, *_standardization(plan, human, rng))
+
+    def batch_inputs(order: np.ndarray):
+        from_h, from_p = order[order < n_h], order[order >= n_h] - n_h
+        parts = [plan.labeled.rows(human[from_h]) if len(from_h) else None,
+                 plan.pseudo.source.rows(pseudo_rows[from_p]) if len(from_p) else None]
+        return _unwrap(_concat(parts)), np.concatenate([from_h, from_p + n_h])
+
+    n_train = n_h + n_p
+    epochs = plan.recipe.epochs_for(n_train)
+    batch = plan.recipe.batch_size
+    steps_per_epoch = -(-n_train // batch)
+    task = f"round {plan.round} fold {fold + 1}/{plan.n_folds} train"
+    progress.start(task, epochs * steps_per_epoch)
+    best = (-1.0, None, 0)
+    history = []
+    for epoch in range(epochs):
+        order = rng.permutation(n_train)
+        losses = []
+        for start in range(0, n_train, batch):
+            x, taken = batch_inputs(order[start:start + batch])
+            losses.append(float(model.train_on_batch(x, targets[taken], sample_weight=weights[taken])))
+            progress.advance(task)
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        if plan.recipe.early_stopping:
+            monitor_probs = predict([model], plan.labeled, Progress(), "", monitor)[0]
+            entry["monitor_macro_f1"] = scores(plan.labels[monitor], monitor_probs)["macro_f1"]
+            if entry["monitor_macro_f1"] > best[0]:
+                best = (entry["monitor_macro_f1"], model.get_weights(), epoch + 1)
+        history.append(entry)
+    progress.finish(task)
+    if plan.recipe.early_stopping and best[1] is not None:
+        model.set_weights(best[1])
+    train_seconds = time.time() - started
+
+    valid_probs = predict([model], plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", valid)[0]
+    record = {"fold": fold, "n_train_human": n_h, "n_train_pseudo": n_p, "n_valid": len(valid),
+              "n_monitor": len(monitor),
+              "epochs": epochs, "best_epoch": best[2] or epochs, "history": history,
+              "train_seconds": train_seconds, "valid": scores(plan.labels[valid], valid_probs)}
+    folder.mkdir(parents=True, exist_ok=True)
+    if plan.mode == "faithful":  # the script predicts test and pool with each fold's model
+        for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
+            if source is not None:
+                probs = predict([model], source, progress, f"round {plan.round} fold {fold + 1} {name}")[0]
+                atomic_write_npy(folder / f"{name}_preds.npy", probs)
+    model.save_weights(str(folder / "head.weights.h5"))
+    atomic_write_npy(folder / "valid_preds.npy", valid_probs)
+    atomic_write_npy(folder / "valid_idx.npy", valid)
+    atomic_write_npy(folder / "train_idx.npy", human)
+    record["seconds"] = time.time() - started
+    atomic_write_json(folder / "fold.json", record)
+    mark_done(folder)
+    keras.backend.clear_session()
+    return record
+
+
+def load_head(plan: RoundPlan, fold: int):
+    model = _new_model(plan)
+    model.load_weights(str(plan.folder / f"fold_{fold}" / "head.weights.h5"))
+    return model
+
+
+@dataclass
+class RoundOutput:
+    oof: np.ndarray  # (N_labeled, 3), zeros on holdout rows
+    test: np.ndarray | None  # (folds, N_test, 3)
+    unmask: np.ndarray | None  # (folds, N_unlabeled, 3)
+    holdout: np.ndarray | None  # (folds, N_holdout, 3)
+    folds: list[dict]
+    seconds: dict
+
+
+def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
+    """Train (or resume) every fold of the round, then score test, pool and holdout."""
+    started = time.time()
+    records = []
+    for fold in range(plan.n_folds):
+        folder = plan.folder / f"fold_{fold}"
+        if is_done(folder):
+            progress.note(f"round {plan.round} fold {fold + 1}: finished earlier, reused")
+            records.append(read_json(folder / "fold.json"))
+            continue
+        records.append(train_fold(plan, fold, progress))
+        if plan.fold_hook is not None:
+            plan.fold_hook(plan.round, fold)
+    train_seconds = time.time() - started
+
+    oof = np.zeros((len(plan.labels), N_CLASSES), np.float32)
+    for fold in range(plan.n_folds):
+        folder = plan.folder / f"fold_{fold}"
+        oof[load_npy(folder / "valid_idx.npy")] = load_npy(folder / "valid_preds.npy")
+
+    started = time.time()
+    holdout_rows = np.flatnonzero(plan.folds == HOLDOUT)
+    out = {"test": None, "unmask": None, "holdout": None}
+    if plan.mode == "faithful":
+        for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
+            if source is not None:
+                out[name] = np.stack([load_npy(plan.folder / f"fold_{i}" / f"{name}_preds.npy")
+                                      for i in range(plan.n_folds)])
+    jobs = [(name, source, None) for name, source in (("test", plan.test), ("unmask", plan.unlabeled))
+            if source is not None and out[name] is None]
+    if len(holdout_rows):
+        jobs.append(("holdout", plan.labeled, holdout_rows))
+    if jobs:
+        heads = [load_head(plan, fold) for fold in range(plan.n_folds)]
+        for name, source, idx in jobs:
+            out[name] = predict(heads, source, progress, f"round {plan.round} score {name}", idx)
+        keras.backend.clear_session()
+    return RoundOutput(oof, out["test"], out["unmask"], out["holdout"], records,
+                       {"train": train_seconds, "score": time.time() - started})

@@ -1,0 +1,144 @@
+"""The classifier head of the recipe (BiGRU -> Capsule -> MLP) and the recipes that configure it.
+
+`seed` is the reference script exactly. `default` is the same architecture with the smallest
+changes that make it learn on small data and frozen features (see the README's ablation):
+each change is a field of `Recipe` and can be switched on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+from ._tf import keras, tf
+from .errors import PseudoError
+from .layers import Capsule, Standardize
+from .losses import FocalLoss
+
+N_CLASSES = 3
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "seed"
+    spatial_dropout: float = 0.2
+    gru_units: int = 256
+    gru_activation: str = "sigmoid"
+    num_capsule: int = 10
+    dim_capsule: int = 16
+    routings: int = 3
+    dense_units: tuple[int, int] = (1000, 500)
+    dropout: float = 0.2
+    bn_momentum: float = 0.99
+    standardize: bool = False  # z-score features with training-fold statistics over real tokens
+    zero_padding: bool = False  # set features at padding positions to zero (after standardising)
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 2
+    min_steps: int = 0  # train at least this many batches (more epochs on small data)
+    early_stopping: bool = False  # keep the epoch with the best macro-F1 on a monitor slice of the training part
+    monitor_share: float = 0.1  # share of the training part held back to monitor early stopping
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["dense_units"] = list(self.dense_units)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        if "dense_units" in data:
+            data["dense_units"] = tuple(data["dense_units"])
+        return cls(**data)
+
+    def epochs_for(self, n_rows: int) -> int:
+        """Epochs to run for `n_rows` training rows: `epochs`, or more to reach `min_steps` batches."""
+        steps_per_epoch = max(1, -(-n_rows // self.batch_size))
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
+
+
+RECIPES = {
+    "seed": Recipe(),
+    "default": Recipe(name="default", standardize=True, spatial_dropout=0.0, bn_momentum=0.9,
+                      min_steps=300, early_stopping=True),
+}
+
+
+def recipe(name: str, **overrides) -> Recipe:
+    if name not in RECIPES:
+        raise PseudoError(f"recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+    base = RECIPES[name]
+    chosen = {k: v for k, v in overrides.items() if v is not None and getattr(base, k) != v}
+    if not chosen:
+        return base
+    label = ",".join(f"{k}={v}" for k, v in sorted(chosen.items()))
+    return replace(base, name=f"{name}({label})", **chosen)
+
+
+def head_layers(x, recipe: Recipe, mask=None):
+    """Apply the head to a (B, T, H) feature tensor; returns the softmax output."""
+    if recipe.standardize:
+        x = Standardize(name="standardize")(x)
+    if recipe.zero_padding and mask is not None:
+        x = keras.layers.Multiply(name="zero_padding")([x, mask])
+    if recipe.spatial_dropout > 0:
+        x = keras.layers.SpatialDropout1D(recipe.spatial_dropout)(x)
+    x = keras.layers.Bidirectional(
+        keras.layers.GRU(recipe.gru_units, activation=recipe.gru_activation, return_sequences=True))(x)
+    x = Capsule(recipe.num_capsule, recipe.dim_capsule, recipe.routings, share_weights=True)(x)
+    x = keras.layers.Flatten()(x)
+    first, second = recipe.dense_units
+    x = keras.layers.Dense(first)(x)
+    x = keras.layers.BatchNormalization(momentum=recipe.bn_momentum)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Dropout(recipe.dropout)(x)
+    x = keras.layers.Dense(second)(x)
+    x = keras.layers.BatchNormalization(momentum=recipe.bn_momentum)(x)
+    x = keras.layers.ReLU()(x)
+    return keras.layers.Dense(N_CLASSES, activation="softmax")(x)
+
+
+def compile_model(model, recipe: Recipe):
+    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
+                  loss=FocalLoss(recipe.focal_alpha, recipe.focal_gamma))
+    return model
+
+
+def build_head(max_len: int, hidden: int, recipe: Recipe):
+    """The head over cached features: inputs (B, T, H) float32 [and (B, T, 1) mask if zero_padding]."""
+    feats = keras.Input((max_len, hidden), name="features")
+    inputs = [feats]
+    mask = None
+    if recipe.zero_padding:
+        mask = keras.Input((max_len, 1), name="token_mask")
+        inputs.append(mask)
+    model = keras.Model(inputs if len(inputs) > 1 else feats, head_layers(feats, recipe, mask), name="head")
+    return compile_model(model, recipe)
+
+
+def build_faithful(bert, max_len: int, recipe: Recipe):
+    """The reference script's graph: the frozen encoder inside the model, features = hidden_states[-2].
+
+    The encoder's weights are frozen but it runs in the training call, so its dropout is active
+    during fit, as in the script.
+    """
+    input_ids = keras.Input((max_len,), dtype=tf.int32, name="input_ids")
+    attention_mask = keras.Input((max_len,), dtype=tf.int32, name="attention_mask")
+    bert.trainable = False
+    out = bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=tf.zeros_like(input_ids),
+               output_hidden_states=True)
+    feats = out.hidden_states[-2]
+    mask = None
+    if recipe.zero_padding:
+        mask = tf.cast(attention_mask, feats.dtype)[:, :, None]
+    model = keras.Model([input_ids, attention_mask], head_layers(feats, recipe, mask), name="faithful")
+    return compile_model(model, recipe)
+
+
+def set_standardization(model, mean: np.ndarray, std: np.ndarray) -> None:
+    layer = model.get_layer("standardize")
+    layer.set_weights([mean.astype(np.float32), std.astype(np.float32)])

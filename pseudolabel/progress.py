@@ -1,0 +1,39 @@
+"""How the library reports progress and notes without printing: the caller passes a Progress."""
+
+from __future__ import annotations
+
+
+class Progress:
+    """No-op progress sink; the CLI subclasses it with rich bars.
+
+    `task` names a unit of long work (e.g. "encode test"), `total` its steps in rows or batches.
+    """
+
+    def start(self, task: str, total: int) -> None:
+        pass
+
+    def advance(self, task: str, steps: int = 1) -> None:
+        pass
+
+    def finish(self, task: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        """A one-line remark for the user (how a file was read, what was reused, ...)."""
+
+
+class Recorder(Progress):
+    """Keeps everything it is told; useful for tests and for logging."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.tasks: dict[str, list[int]] = {}
+
+    def start(self, task: str, total: int) -> None:
+        self.tasks[task] = [0, total]
+
+    def advance(self, task: str, steps: int = 1) -> None:
+        self.tasks[task][0] += steps
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)

@@ -1,0 +1,88 @@
+"""What a run directory holds, as rich tables or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+
+from .data import LABEL_VALUES
+from .errors import PseudoError
+from .store import RunDir, is_done, read_json
+
+COLLAPSE_HINT = ("collapsed: the head learned nothing (predicts too few classes); use the default recipe "
+                 "or a better encoder; its pseudo-labels are refused")
+
+
+def load_rounds(run_dir: str | Path) -> tuple[list[dict], str | None]:
+    """Metrics of every finished round and the run's stop reason (None if it never ended)."""
+    rd = RunDir(run_dir)
+    if not rd.exists():
+        raise PseudoError(f"{rd.root}: not a run directory (no config.json)")
+    rounds = [read_json(rd.round(k) / "metrics.json") for k in rd.finished_rounds()]
+    status = rd.root / "status.json"
+    stop = read_json(status).get("stop_reason") if status.is_file() else None
+    return rounds, stop
+
+
+def round_summary(m: dict) -> dict:
+    """The machine-readable record of one round (the shape `pseudo report --json` prints)."""
+    return {
+        "round": m["round"],
+        "oof_macro_f1": m["oof"]["macro_f1"],
+        "oof_f1_per_class": m["oof"]["f1_per_class"],
+        "oof_accuracy": m["oof"]["accuracy"],
+        "holdout_macro_f1": m["holdout"]["macro_f1"] if m.get("holdout") else None,
+        "leak_free": m["leak_free"],
+        "collapsed": m["collapsed"],
+        "rows_human": m["rows_human"],
+        "n_pseudo": m["n_pseudo"],
+        "pseudo_per_class": m["pseudo_per_class"],
+        "labeled_prior": dict(zip(LABEL_VALUES, m["labeled_prior"])),
+        "n_changed": m["n_changed"],
+        "seconds": m["seconds"]["total"],
+    }
+
+
+def report_json(run_dir: str | Path) -> dict:
+    rounds, stop = load_rounds(run_dir)
+    return {"run_dir": str(run_dir), "rounds": [round_summary(m) for m in rounds], "stop_reason": stop}
+
+
+def _f1(value: float | None, leak_free: bool) -> Text:
+    if value is None:
+        return Text("–", style="dim")
+    return Text(f"{value:.4f}" + ("" if leak_free else " *"), style="bold" if leak_free else "yellow")
+
+
+def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("round", "right"), ("trained on\nhuman + pseudo", "right"),
+                            ("pseudo -1/0/1\n(labeled prior)", "right"), ("changed", "right"),
+                            ("OOF\nmacro-F1", "right"), ("OOF F1\n-1 / 0 / 1", "right"), ("OOF\naccuracy", "right"),
+                            ("holdout\nmacro-F1", "right"), ("status", "left"), ("time", "right")):
+        table.add_column(column, justify=justify)
+    for m in rounds:
+        s = round_summary(m)
+        prior = " ".join(f"{p:.2f}" for p in m["labeled_prior"])
+        mix = "/".join(str(n) for n in s["pseudo_per_class"].values()) if m["round"] else "–"
+        per_class = " / ".join(f"{v:.3f}" for v in s["oof_f1_per_class"].values())
+        status = Text("collapsed", style="bold red") if s["collapsed"] else Text("ok", style="green")
+        table.add_row(str(m["round"]), f"{s['rows_human']} + {s['n_pseudo']}", f"{mix}\n({prior})",
+                      str(s["n_changed"]) if m["round"] else "–", _f1(s["oof_macro_f1"], s["leak_free"]["oof"]),
+                      per_class, f"{s['oof_accuracy']:.4f}",
+                      _f1(s["holdout_macro_f1"], True), status, f"{s['seconds']:.0f}s")
+    return table
+
+
+def footer_lines(rounds: list[dict], stop: str | None) -> list[Text]:
+    lines = []
+    if any(not round_summary(m)["leak_free"]["oof"] for m in rounds):
+        lines.append(Text("* not leak-free: pseudo-labels averaged over all folds carry validation labels into "
+                          "training (use --pseudo-source fold or --holdout for a leak-free number)", style="yellow"))
+    if any(m["collapsed"] for m in rounds):
+        lines.append(Text(COLLAPSE_HINT, style="red"))
+    if stop:
+        lines.append(Text(f"stop reason: {stop}", style="bold"))
+    return lines

@@ -1,0 +1,128 @@
+"""The run directory: atomic writes, completion markers, saved config, resume.
+
+Layout (see the README)::
+
+    <run>/config.json                 resolved config, its hash, package + encoder identity
+    <run>/features/<split>-<key>/     cached encoder features
+    <run>/round_<k>/fold_<i>/         one fold's head weights and validation predictions, DONE last
+    <run>/round_<k>/...               the round's arrays, metrics.json, submission.csv, DONE last
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+reader never sees a half-written file; a folder without DONE is unfinished.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PseudoError
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode())
+
+
+def atomic_write_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_csv(path: Path, header: list[str], rows) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    _atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def load_npy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PseudoError(f"{path}: not found") from None
+    except ValueError as exc:
+        raise PseudoError(f"{path}: not valid JSON ({exc})") from None
+
+
+def mark_done(folder: Path) -> None:
+    _atomic_write_bytes(Path(folder) / "DONE", b"ok\n")
+
+
+def is_done(folder: Path) -> bool:
+    return (Path(folder) / "DONE").is_file()
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunDir:
+    """Paths and records of one run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    def round(self, k: int) -> Path:
+        return self.root / f"round_{k}"
+
+    def fold(self, k: int, i: int) -> Path:
+        return self.round(k) / f"fold_{i}"
+
+    def finished_rounds(self) -> list[int]:
+        rounds = []
+        k = 0
+        while is_done(self.round(k)):
+            rounds.append(k)
+            k += 1
+        return rounds
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def saved_config(self) -> dict:
+        return read_json(self.config_path)
+
+
+def latest_run(runs_root: str | Path = "runs") -> Path:
+    """The most recently modified run directory under `runs_root`."""
+    root = Path(runs_root)
+    candidates = [p for p in root.glob("*/config.json")] if root.is_dir() else []
+    if not candidates:
+        raise PseudoError(f"{root}: no runs found (start one with `pseudo run`, or pass --run-dir)")
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny BERT saved to a folder and tiny real CSVs cut from the bundled sample."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+SHARED = REPO.parent / "shared" / "data"
+VOCAB = REPO / "models" / "bert-mini-random" / "vocab.txt"
+
+# Options that keep CLI runs on tiny data to seconds.
+FAST = ["--max-len", "24", "--epochs", "2", "--batch-size", "16", "--min-steps", "0", "--folds", "3"]
+
+
+def read_rows(path: Path, encoding: str = "utf-8") -> list[list[str]]:
+    text = path.read_bytes().decode(encoding, errors="surrogateescape")
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def write_rows(path: Path, rows: list[list[str]], encoding: str = "utf-8") -> Path:
+    buf = io.StringIO(newline="")
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    path.write_bytes(buf.getvalue().encode(encoding, errors="surrogateescape"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-64 BERT with the real vocabulary, saved as a Hugging Face folder."""
+    from pseudolabel.encoder import save_random_encoder
+
+    folder = tmp_path_factory.mktemp("enc") / "tiny-bert"
+    save_random_encoder(folder, VOCAB, layers=2, hidden=64, heads=2, intermediate=128, max_positions=64, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """Real posts: 90 labeled (30 per class), 60 unlabeled, 20 test rows kept in GB18030."""
+    folder = tmp_path_factory.mktemp("data")
+    header, *rows = read_rows(DATA / "train.labeled.csv")
+    per_class: dict[str, list] = {"-1": [], "0": [], "1": []}
+    for row in rows:
+        if len(per_class[row[-1]]) < 30:
+            per_class[row[-1]].append(row)
+    labeled = [r for rows_ in per_class.values() for r in rows_]
+    labeled.sort(key=lambda r: r[0])
+    header_u, *pool = read_rows(DATA / "unlabeled.csv")
+    header_t, *test = read_rows(DATA / "test.csv", "gb18030")
+    return {
+        "train": write_rows(folder / "train.csv", [header] + labeled),
+        "unlabeled": write_rows(folder / "unlabeled.csv", [header_u] + pool[:60]),
+        "test": write_rows(folder / "test.csv", [header_t] + test[:20], "gb18030"),
+    }
+
+
+def run_args(tiny_data, tiny_encoder, run_dir, *extra) -> list[str]:
+    return ["run", "--train", str(tiny_data["train"]), "--test", str(tiny_data["test"]),
+            "--unlabeled", str(tiny_data["unlabeled"]), "--encoder", str(tiny_encoder),
+            "--run-dir", str(run_dir), *FAST, *extra]

@@ -1,0 +1,159 @@
+"""Encoder folders (both file layouts), bad checkpoints, and the feature cache."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import DATA, VOCAB
+from pseudolabel.data import load_unlabeled
+from pseudolabel.encoder import FrozenEncoder, find_encoder, load_tokenizer, save_random_encoder
+from pseudolabel.errors import PseudoError
+from pseudolabel.features import CachedFeatures, features_for
+from pseudolabel.progress import Recorder
+from pseudolabel.tokenize import tokenize
+
+TEXTS = load_unlabeled(DATA / "unlabeled.csv", limit=37).texts
+
+
+def script_layout(src, dst):
+    """The reference script's file names for the same checkpoint."""
+    dst.mkdir()
+    shutil.copy(src / "config.json", dst / "bert-base-chinese-config.json")
+    shutil.copy(src / "tf_model.h5", dst / "bert-base-chinese-tf_model.h5")
+    shutil.copy(src / "vocab.txt", dst / "bert-base-chinese-vocab.txt")
+    return dst
+
+
+def direct_features(folder, texts, max_len):
+    """hidden_states[-2] from transformers itself, in inference mode."""
+    from transformers import BertTokenizerFast, TFBertModel
+
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    enc = tok(texts, max_length=max_len, padding="max_length", truncation=True, return_tensors="np")
+    model = TFBertModel.from_pretrained(str(folder))
+    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                token_type_ids=np.zeros_like(enc["input_ids"]), output_hidden_states=True, training=False)
+    return out.hidden_states[-2].numpy()
+
+
+def test_both_layouts_and_safetensors_give_same_features(tiny_encoder, tmp_path):
+    script = script_layout(tiny_encoder, tmp_path / "script")
+    safe = save_random_encoder(tmp_path / "safe", VOCAB, layers=2, hidden=64, heads=2, intermediate=128,
+                               max_positions=64, seed=1, safetensors=True)
+    assert safe.weights.name == "model.safetensors"
+    files = [find_encoder(tiny_encoder), find_encoder(script), safe]
+    assert files[1].weights.name == "bert-base-chinese-tf_model.h5"
+    assert files[0].identity == files[1].identity  # same bytes, same encoder: the cache is shared
+    toks = tokenize(TEXTS[:5], load_tokenizer(files[1]), 16)
+    outs = [FrozenEncoder(f)(toks.input_ids, toks.attention_mask) for f in files]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+    np.testing.assert_allclose(outs[0], outs[2], atol=1e-5)  # same seed, same weights
+
+
+def test_tokenize_matches_per_row_encode_plus(tiny_encoder):
+    tokenizer = load_tokenizer(find_encoder(tiny_encoder))
+    toks = tokenize(TEXTS, tokenizer, 20)
+    for i in (0, 5, 36):
+        one = tokenizer.encode_plus(TEXTS[i], max_length=20, padding="max_length", truncation=True)
+        assert toks.input_ids[i].tolist() == one["input_ids"]
+        assert toks.attention_mask[i].tolist() == one["attention_mask"]
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("config.json", "no config file"), ("tf_model.h5", "no weights file"), ("vocab.txt", "no vocabulary file")])
+def test_missing_checkpoint_file(tiny_encoder, tmp_path, missing, message):
+    folder = tmp_path / "enc"
+    shutil.copytree(tiny_encoder, folder)
+    (folder / missing).unlink()
+    with pytest.raises(PseudoError, match=message) as info:
+        find_encoder(folder)
+    assert str(folder) in str(info.value)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(PseudoError, match="encoder folder not found"):
+        find_encoder(tmp_path / "nope")
+
+
+def test_corrupt_weights(tiny_encoder, tmp_path):
+    folder = tmp_path / "enc"
+    shutil.copytree(tiny_encoder, folder)
+    data = (folder / "tf_model.h5").read_bytes()
+    (folder / "tf_model.h5").write_bytes(data[: len(data) // 3])
+    with pytest.raises(PseudoError) as info:
+        FrozenEncoder(find_encoder(folder))
+    message = str(info.value)
+    assert "tf_model.h5" in message and str(folder) in message and "\n" not in message
+
+
+def test_cached_features_equal_direct_call_and_are_reused(tiny_encoder, tmp_path):
+    files = find_encoder(tiny_encoder)
+    made = []
+
+    def encoder():
+        made.append(FrozenEncoder(files))
+        return made[-1]
+
+    def call(progress):
+        return features_for("unlabeled", TEXTS, cache_dir=tmp_path, encoder_identity=files.identity, max_len=24,
+                            tokens=lambda: tokenize(TEXTS, load_tokenizer(files), 24), encoder=encoder,
+                            stream=False, progress=progress)
+
+    first = call(Recorder())
+    assert isinstance(first, CachedFeatures) and first.features.dtype == np.float16
+    assert made[0].rows == len(TEXTS)
+    want = direct_features(tiny_encoder, TEXTS, 24)
+    np.testing.assert_allclose(first.rows(np.arange(len(TEXTS))), want, atol=2e-2, rtol=1e-2)
+    recorder = Recorder()
+    second = call(recorder)
+    assert len(made) == 1  # the encoder was not even loaded the second time
+    assert any("reusing cached features" in n for n in recorder.notes)
+    np.testing.assert_array_equal(np.asarray(second.features), np.asarray(first.features))
+    # another max length or other texts are another cache entry
+    other = features_for("unlabeled", TEXTS[:-1], cache_dir=tmp_path, encoder_identity=files.identity, max_len=24,
+                         tokens=lambda: tokenize(TEXTS[:-1], load_tokenizer(files), 24), encoder=encoder,
+                         stream=False, progress=Recorder())
+    assert len(made) == 2 and len(other) == len(TEXTS) - 1
+
+
+def test_interrupted_encoding_resumes(tiny_encoder, tmp_path, monkeypatch):
+    from pseudolabel import features as features_mod
+
+    files = find_encoder(tiny_encoder)
+    texts = TEXTS * 3  # 111 rows: two batches of 64
+    monkeypatch.setattr(features_mod, "_FLUSH_EVERY", 1)
+    enc = FrozenEncoder(files)
+    real = enc._forward
+    calls = {"n": 0}
+
+    def failing(ids, mask):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(ids, mask)
+
+    enc._forward = failing
+    args = dict(cache_dir=tmp_path, encoder_identity=files.identity, max_len=16,
+                tokens=lambda: tokenize(texts, load_tokenizer(files), 16), stream=False, progress=Recorder())
+    with pytest.raises(KeyboardInterrupt):
+        features_for("unlabeled", texts, encoder=lambda: enc, **args)
+    enc._forward = real
+    enc.rows = 0
+    done = features_for("unlabeled", texts, encoder=lambda: enc, **args)
+    assert enc.rows == len(texts) - 64  # only the unfinished rows were encoded again
+    toks = tokenize(texts, load_tokenizer(files), 16)
+    np.testing.assert_allclose(done.rows(np.arange(len(texts))), enc(toks.input_ids, toks.attention_mask), atol=2e-2)
+
+
+def test_disk_check(tiny_encoder, tmp_path, monkeypatch):
+    import shutil as shutil_mod
+    from collections import namedtuple
+
+    files = find_encoder(tiny_encoder)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda _: usage(10, 10, 1000))
+    with pytest.raises(PseudoError, match="feature cache needs .* but only 1000 B is free"):
+        features_for("unlabeled", TEXTS, cache_dir=tmp_path, encoder_identity=files.identity, max_len=24,
+                     tokens=lambda: tokenize(TEXTS, load_tokenizer(files), 24), encoder=lambda: FrozenEncoder(files),
+                     stream=False, progress=Recorder())
