@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,8 +19,10 @@ from .progress import Progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Semi-supervised pseudo-labeling for Chinese Weibo sentiment (-1/0/1).")
-console = Console()
-errors = Console(stderr=True)
+# Tables need about 120 columns; when output is not a terminal (a pipe, a log) do not wrap at 80.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 130
+console = Console(width=_WIDTH)
+errors = Console(stderr=True, width=_WIDTH)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -57,22 +57,21 @@ def _f1(value: float | None, leak_free: bool) -> Text:
 
 
 def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
-    table = Table(title=title, title_justify="left")
-    for column, justify in (("round", "right"), ("trained on\nhuman + pseudo", "right"),
-                            ("pseudo -1/0/1\n(labeled prior)", "right"), ("changed", "right"),
-                            ("OOF\nmacro-F1", "right"), ("OOF F1\n-1 / 0 / 1", "right"), ("OOF\naccuracy", "right"),
-                            ("holdout\nmacro-F1", "right"), ("status", "left"), ("time", "right")):
-        table.add_column(column, justify=justify)
+    prior = " / ".join(f"{p:.2f}" for p in rounds[0]["labeled_prior"]) if rounds else "–"
+    table = Table(title=title, title_justify="left", caption=f"labeled prior -1 / 0 / 1: {prior}",
+                  caption_justify="left")
+    for column in ("round", "human+pseudo", "pseudo -1/0/1", "changed", "OOF mF1", "OOF F1 -1/0/1", "OOF acc",
+                   "holdout mF1", "status", "time"):
+        table.add_column(column, justify="left" if column == "status" else "right")
     for m in rounds:
         s = round_summary(m)
-        prior = " ".join(f"{p:.2f}" for p in m["labeled_prior"])
         mix = "/".join(str(n) for n in s["pseudo_per_class"].values()) if m["round"] else "–"
-        per_class = " / ".join(f"{v:.3f}" for v in s["oof_f1_per_class"].values())
+        per_class = "/".join(f"{v:.3f}" for v in s["oof_f1_per_class"].values())
         status = Text("collapsed", style="bold red") if s["collapsed"] else Text("ok", style="green")
-        table.add_row(str(m["round"]), f"{s['rows_human']} + {s['n_pseudo']}", f"{mix}\n({prior})",
+        table.add_row(str(m["round"]), f"{s['rows_human']}+{s['n_pseudo']}", mix,
                       str(s["n_changed"]) if m["round"] else "–", _f1(s["oof_macro_f1"], s["leak_free"]["oof"]),
-                      per_class, f"{s['oof_accuracy']:.4f}",
-                      _f1(s["holdout_macro_f1"], True), status, f"{s['seconds']:.0f}s")
+                      per_class, f"{s['oof_accuracy']:.4f}", _f1(s["holdout_macro_f1"], True), status,
+                      f"{s['seconds']:.0f}s")
     return table
 
 

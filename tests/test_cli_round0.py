@@ -1,0 +1,130 @@
+"""`pseudo run --rounds 0` end to end on tiny real CSVs and a tiny BERT, in both modes, and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import read_rows, run_args, write_rows
+from pseudolabel.cli import app
+from pseudolabel.cv import FOLD_SEED
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def cached_run(tiny_data, tiny_encoder, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "r0"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0"))
+    assert result.exit_code == 0, result.output
+    return run_dir, result
+
+
+def test_round0_layout_and_metrics(cached_run, tiny_data):
+    from sklearn.model_selection import StratifiedKFold
+
+    from pseudolabel.data import load_labeled
+
+    run_dir, result = cached_run
+    r0 = run_dir / "round_0"
+    for name in ("folds.npy", "oof_preds.npy", "test_preds.npy", "unmask_preds.npy", "metrics.json",
+                 "submission.csv", "DONE"):
+        assert (r0 / name).is_file(), name
+    labels = load_labeled(tiny_data["train"]).labels
+    folds = np.load(r0 / "folds.npy", allow_pickle=False)
+    want = np.empty(len(labels), int)
+    for i, (_, valid) in enumerate(StratifiedKFold(3, shuffle=True, random_state=FOLD_SEED).split(labels, labels)):
+        want[valid] = i
+    np.testing.assert_array_equal(folds, want)
+    test = np.load(r0 / "test_preds.npy", allow_pickle=False)
+    unmask = np.load(r0 / "unmask_preds.npy", allow_pickle=False)
+    oof = np.load(r0 / "oof_preds.npy", allow_pickle=False)
+    assert test.shape == (3, 20, 3) and unmask.shape == (3, 60, 3) and oof.shape == (90, 3)
+    np.testing.assert_allclose(oof.sum(axis=1), 1.0, rtol=1e-4)
+    metrics = json.loads((r0 / "metrics.json").read_text())
+    pred = oof.argmax(axis=1)
+    assert metrics["oof"]["accuracy"] == pytest.approx(float((pred == labels).mean()))
+    assert np.array(metrics["oof"]["confusion"]).sum() == 90
+    assert metrics["leak_free"]["oof"] is True
+    rows = read_rows(r0 / "submission.csv")
+    assert rows[0] == ["id", "y"] and len(rows) == 21 and {r[1] for r in rows[1:]} <= {"-1", "0", "1"}
+    assert "OOF" in result.output and "stop reason: max_rounds" in result.output
+
+
+def test_second_run_reuses_everything(cached_run, tiny_data, tiny_encoder):
+    run_dir, _ = cached_run
+    before = (run_dir / "round_0" / "oof_preds.npy").stat().st_mtime_ns
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0"))
+    assert result.exit_code == 0
+    assert "round 0: finished earlier, reused" in result.output
+    assert (run_dir / "round_0" / "oof_preds.npy").stat().st_mtime_ns == before
+
+
+def test_features_reused_by_a_new_round0(cached_run, tiny_data, tiny_encoder):
+    """A restart keeps the feature cache: the encoder is not run again."""
+    from pseudolabel.loop import Run, RunConfig
+    from pseudolabel.progress import Recorder
+
+    run_dir, _ = cached_run
+    config = RunConfig(train=str(tiny_data["train"]), test=str(tiny_data["test"]),
+                       unlabeled=str(tiny_data["unlabeled"]), encoder=str(tiny_encoder), run_dir=str(run_dir),
+                       folds=3, max_len=24, epochs=2, batch_size=16, min_steps=0)
+    recorder = Recorder()
+    result = Run(config, recorder, restart=True).execute()
+    assert result.encoder_rows == 0
+    assert sum("reusing cached features" in n for n in recorder.notes) == 3
+
+
+def test_faithful_mode_end_to_end(tiny_data, tiny_encoder, tmp_path):
+    run_dir = tmp_path / "faithful"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0", "--mode", "faithful",
+                              "--recipe", "seed"))
+    assert result.exit_code == 0, result.output
+    assert np.load(run_dir / "round_0" / "test_preds.npy").shape == (3, 20, 3)
+    assert not (run_dir / "features").exists()  # the encoder ran inside the graph, nothing cached
+    metrics = json.loads((run_dir / "round_0" / "metrics.json").read_text())
+    assert metrics["mode"] == "faithful" and metrics["recipe"].startswith("seed(")
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_cli_bad_inputs(tiny_data, tiny_encoder, tmp_path):
+    base = dict(tiny_data)
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    header, *rows = read_rows(tiny_data["train"])
+    no_text = write_rows(tmp_path / "notext.csv", [header[:3] + header[4:]] + [r[:3] + r[4:] for r in rows])
+    no_label = write_rows(tmp_path / "nolabel.csv", [header[:-1]] + [r[:-1] for r in rows])
+    junk = write_rows(tmp_path / "junk.csv", [header] + [r[:-1] + ["x"] for r in rows])
+    cases = [
+        ({"train": tmp_path / "missing.csv"}, ["missing.csv", "file not found"]),
+        ({"train": empty}, ["empty.csv", "file is empty"]),
+        ({"train": no_text}, ["notext.csv", "微博中文内容"]),
+        ({"train": no_label}, ["nolabel.csv", "情感倾向"]),
+        ({"train": junk}, ["junk.csv", "no usable label"]),
+        ({"unlabeled": empty}, ["empty.csv", "file is empty"]),
+    ]
+    for change, fragments in cases:
+        data = {**base, **change}
+        one_line_error(invoke(*run_args(data, tiny_encoder, tmp_path / "bad")), *fragments)
+    one_line_error(invoke(*run_args(base, tmp_path / "noenc", tmp_path / "bad")), "encoder folder not found")
+    one_line_error(invoke(*run_args(base, tiny_encoder, tmp_path / "bad", "--mode", "gpu")),
+                   "mode must be one of cached, faithful, got 'gpu'")
+    one_line_error(invoke(*run_args(base, tiny_encoder, tmp_path / "bad", "--recipe", "best")),
+                   "recipe must be one of")
+    one_line_error(invoke(*run_args(base, tiny_encoder, tmp_path / "bad", "--threshold", "1.2")),
+                   "threshold must be in (0, 1], got 1.2")
+    one_line_error(invoke(*run_args(base, tiny_encoder, tmp_path / "bad", "--unlabeled-limit", "0")),
+                   "unlabeled limit must be >= 1, got 0")
