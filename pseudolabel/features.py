@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,33 +47,35 @@ def human_bytes(n: float) -> str:
 
 
 class CachedFeatures:
-    """Features of one split, read from the memory-mapped cache in row batches."""
+    """Features of one split, read from the memory-mapped cache.
+
+    The cache holds one entry per distinct text; `index.npy` maps each row of the split to its
+    text's entry, so duplicate posts are encoded and stored once.
+    """
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.features = np.load(folder / "features.npy", mmap_mode="r", allow_pickle=False)
-        self.lengths = np.load(folder / "lengths.npy", allow_pickle=False)
+        self.entry_lengths = np.load(folder / "lengths.npy", allow_pickle=False)
+        index_path = folder / "index.npy"
+        self.index = (np.load(index_path, allow_pickle=False) if index_path.is_file()
+                      else np.arange(len(self.entry_lengths)))
+        self.lengths = self.entry_lengths[self.index]
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.index)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.features.shape)
+        return (len(self),) + tuple(self.features.shape[1:])
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        """float32 features of the given rows (sorted reads are fastest; order is kept)."""
-        idx = np.asarray(idx)
-        order = np.argsort(idx, kind="stable")
-        out = np.empty((len(idx),) + self.features.shape[1:], np.float32)
-        out[order] = self.features[idx[order]]
+        """float32 features of the given rows (read in sorted order; the given order is kept)."""
+        entries = self.index[np.asarray(idx)]
+        order = np.argsort(entries, kind="stable")
+        out = np.empty((len(entries),) + self.features.shape[1:], np.float32)
+        out[order] = self.features[entries[order]]
         return out
-
-    def batches(self, batch_size: int, idx: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
-        for start in range(0, len(idx), batch_size):
-            part = idx[start:start + batch_size]
-            yield part, self.rows(part)
 
 
 class StreamedFeatures:
@@ -87,12 +89,45 @@ class StreamedFeatures:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def batches(self, batch_size: int, idx: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
-        step = min(batch_size, ENCODE_BATCH)
-        for start in range(0, len(idx), step):
-            part = idx[start:start + step]
-            yield part, self.encoder(self.tokens.input_ids[part], self.tokens.attention_mask[part])
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx)
+        parts = [self.encoder(self.tokens.input_ids[idx[s:s + ENCODE_BATCH]],
+                              self.tokens.attention_mask[idx[s:s + ENCODE_BATCH]])
+                 for s in range(0, len(idx), ENCODE_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0,) + self.tokens.input_ids.shape[1:] + (
+            self.encoder.hidden_size,), np.float32)
+
+
+class SubsetFeatures:
+    """Cached features of some rows of a split, addressed by the split's own row indices."""
+
+    def __init__(self, cached: CachedFeatures, split_rows: np.ndarray, lengths: np.ndarray):
+        self.cached = cached
+        self.split_rows = np.asarray(split_rows)
+        self.lengths = lengths  # of the whole split
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        where = np.searchsorted(self.split_rows, idx)
+        if not np.array_equal(self.split_rows[np.minimum(where, len(self.split_rows) - 1)], idx):
+            raise IndexError("rows outside the cached subset")
+        return self.cached.rows(where)
+
+
+def cache_rows(streamed: StreamedFeatures, split_rows: np.ndarray, cache_dir: Path, split: str,
+               encoder_identity: str, progress: Progress) -> SubsetFeatures:
+    """Cache the features of some rows of a streamed split (e.g. the selected pseudo-labeled rows)."""
+    split_rows = np.unique(np.asarray(split_rows))
+    tokens = streamed.tokens.take(split_rows)
+    digest = hashlib.sha256(encoder_identity.encode() + tokens.input_ids.tobytes() + split_rows.tobytes())
+    folder = Path(cache_dir) / f"{split}-rows-{digest.hexdigest()[:20]}"
+    cached = cached_or_none(folder)
+    if cached is None:
+        meta = {"split": split, "encoder": encoder_identity, "rows": len(split_rows), "subset": True}
+        cached = encode_to_cache(folder, tokens, streamed.encoder, meta, progress, f"encode {split} (selected)")
+    return SubsetFeatures(cached, split_rows, streamed.lengths)
 
 
 def encode_to_cache(
@@ -102,8 +137,12 @@ def encode_to_cache(
     meta: dict,
     progress: Progress,
     task: str,
+    index: np.ndarray | None = None,
 ) -> CachedFeatures:
-    """Run the encoder over `tokens` into `folder` (resuming a partial entry) and mark it DONE."""
+    """Run the encoder over `tokens` into `folder` (resuming a partial entry) and mark it DONE.
+
+    `index` maps the split's rows to the rows of `tokens` (distinct texts); None: one to one.
+    """
     n, max_len = tokens.input_ids.shape
     hidden = encoder.hidden_size
     need = n * max_len * hidden * 2
@@ -138,6 +177,8 @@ def encode_to_cache(
             atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": stop})
     progress.finish(task)
     del out
+    if index is not None:
+        np.save(folder / "index.npy", np.asarray(index, np.int64), allow_pickle=False)
     atomic_write_json(folder / "meta.json", meta)
     (folder / "DONE").write_text("ok\n")
     return CachedFeatures(folder)
@@ -151,6 +192,13 @@ def cached_or_none(folder: Path) -> CachedFeatures | None:
     return CachedFeatures(folder) if (folder / "DONE").is_file() else None
 
 
+def distinct(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """(distinct texts in first-seen order, index of each row's text among them)."""
+    position: dict[str, int] = {}
+    index = np.fromiter((position.setdefault(t, len(position)) for t in texts), np.int64, len(texts))
+    return list(position), index
+
+
 def features_for(
     split: str,
     texts: list[str],
@@ -158,28 +206,30 @@ def features_for(
     cache_dir: Path,
     encoder_identity: str,
     max_len: int,
-    tokens: Callable[[], Tokens],
+    tokenize: Callable[[list[str]], Tokens],
     encoder: Callable[[], object],
     stream: bool,
     progress: Progress,
 ):
-    """The features of one split: from the cache, computed into it once, or streamed.
+    """The features of one split: from the cache, computed into it once per distinct text, or streamed.
 
-    `tokens` and `encoder` are called only when needed, so a fully cached split loads neither
+    `tokenize` and `encoder` are called only when needed, so a fully cached split loads neither
     the tokenizer nor the encoder.
     """
     if stream:
-        return StreamedFeatures(tokens(), encoder())
+        return StreamedFeatures(tokenize(texts), encoder())
     folder = cache_folder(cache_dir, split, encoder_identity, max_len, texts)
     cached = cached_or_none(folder)
     if cached is not None:
         progress.note(f"{split}: reusing cached features {folder}")
         return cached
     enc = encoder()
-    toks = tokens()
-    n = len(texts)
-    progress.note(f"{split}: caching features of {n} posts, "
+    unique, index = distinct(texts)
+    toks = tokenize(unique)
+    n = len(unique)
+    repeated = f" ({len(texts) - n} repeated texts share an entry)" if n < len(texts) else ""
+    progress.note(f"{split}: caching features of {n} posts{repeated}, "
                   f"{human_bytes(n * max_len * enc.hidden_size * 2)} in {folder}")
-    meta = {"split": split, "encoder": encoder_identity, "max_len": max_len, "rows": n,
+    meta = {"split": split, "encoder": encoder_identity, "max_len": max_len, "rows": len(texts), "entries": n,
             "hidden_size": enc.hidden_size, "texts_sha256": texts_hash(texts), "dtype": "float16"}
-    return encode_to_cache(folder, toks, enc, meta, progress, f"encode {split}")
+    return encode_to_cache(folder, toks, enc, meta, progress, f"encode {split}", index=index)

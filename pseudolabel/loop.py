@@ -22,7 +22,7 @@ from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, make_fol
 from .data import LABEL_VALUES, Posts, label_values, load_labeled, load_unlabeled
 from .encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
 from .errors import PseudoError
-from .features import features_for
+from .features import StreamedFeatures, cache_rows, features_for
 from .metrics import scores
 from .model import N_CLASSES, recipe as make_recipe
 from .progress import Progress
@@ -135,7 +135,6 @@ class Run:
         self.recipe = config.resolved_recipe()
         self._encoder: FrozenEncoder | None = None
         self._tokenizer = None
-        self._tokens: dict[str, object] = {}
         quiet_transformers()
         self.files: EncoderFiles = find_encoder(config.encoder)
         self.labeled = load_labeled(config.train)
@@ -180,13 +179,10 @@ class Run:
             self._encoder = FrozenEncoder(self.files)
         return self._encoder
 
-    def tokens(self, split: str, posts: Posts):
-        if split not in self._tokens:
-            if self._tokenizer is None:
-                self._tokenizer = load_tokenizer(self.files)
-            self._tokens[split] = tokenize(posts.texts, self._tokenizer, self.config.max_len, self.progress,
-                                           f"tokenize {split}")
-        return self._tokens[split]
+    def tokenize(self, texts: list[str], split: str):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.files)
+        return tokenize(texts, self._tokenizer, self.config.max_len, self.progress, f"tokenize {split}")
 
     def sources(self) -> dict:
         splits = {"labeled": self.labeled, "test": self.test, "unlabeled": self.pool}
@@ -195,14 +191,22 @@ class Run:
             if posts is None:
                 out[split] = None
             elif self.config.mode == "faithful":
-                out[split] = TokenSource(self.tokens(split, posts))
+                out[split] = TokenSource(self.tokenize(posts.texts, split))
             else:
                 feats = features_for(split, posts.texts, cache_dir=self.dir.features,
                                      encoder_identity=self.files.identity, max_len=self.config.max_len,
-                                     tokens=lambda s=split, p=posts: self.tokens(s, p), encoder=self.encoder,
+                                     tokenize=lambda texts, s=split: self.tokenize(texts, s), encoder=self.encoder,
                                      stream=split in self.config.stream, progress=self.progress)
                 out[split] = FeatureSource(feats, with_mask=self.recipe.zero_padding)
         return out
+
+    def pseudo_source(self, pool_source, rows: np.ndarray):
+        """The pool source for training on selected rows: a streamed pool caches just those rows."""
+        if not isinstance(getattr(pool_source, "features", None), StreamedFeatures):
+            return pool_source
+        subset = cache_rows(pool_source.features, rows, self.dir.features, "unlabeled", self.files.identity,
+                            self.progress)
+        return FeatureSource(subset, with_mask=pool_source.with_mask)
 
     # ------------------------------------------------------------ rounds
 
@@ -272,8 +276,8 @@ class Run:
                     break
                 rows = [np.flatnonzero(labels[f] != NOT_SELECTED) for f in range(len(labels))]
                 eye = np.eye(N_CLASSES, dtype=np.float32)
-                pseudo = Pseudo(sources["unlabeled"], rows, [eye[labels[f][r]] for f, r in enumerate(rows)],
-                                cfg.pseudo_weight)
+                pseudo = Pseudo(self.pseudo_source(sources["unlabeled"], np.concatenate(rows)), rows,
+                                [eye[labels[f][r]] for f, r in enumerate(rows)], cfg.pseudo_weight)
                 any_fold = (labels != NOT_SELECTED).any(axis=0)
                 first_selected = np.where((first_selected == -1) & any_fold, k, first_selected)
                 info["n_changed"] = _changed(prev_labels, labels)

@@ -97,7 +97,7 @@ def test_cached_features_equal_direct_call_and_are_reused(tiny_encoder, tmp_path
 
     def call(progress):
         return features_for("unlabeled", TEXTS, cache_dir=tmp_path, encoder_identity=files.identity, max_len=24,
-                            tokens=lambda: tokenize(TEXTS, load_tokenizer(files), 24), encoder=encoder,
+                            tokenize=lambda t: tokenize(t, load_tokenizer(files), 24), encoder=encoder,
                             stream=False, progress=progress)
 
     first = call(Recorder())
@@ -112,7 +112,7 @@ def test_cached_features_equal_direct_call_and_are_reused(tiny_encoder, tmp_path
     np.testing.assert_array_equal(np.asarray(second.features), np.asarray(first.features))
     # another max length or other texts are another cache entry
     other = features_for("unlabeled", TEXTS[:-1], cache_dir=tmp_path, encoder_identity=files.identity, max_len=24,
-                         tokens=lambda: tokenize(TEXTS[:-1], load_tokenizer(files), 24), encoder=encoder,
+                         tokenize=lambda t: tokenize(t, load_tokenizer(files), 24), encoder=encoder,
                          stream=False, progress=Recorder())
     assert len(made) == 2 and len(other) == len(TEXTS) - 1
 
@@ -121,7 +121,7 @@ def test_interrupted_encoding_resumes(tiny_encoder, tmp_path, monkeypatch):
     from pseudolabel import features as features_mod
 
     files = find_encoder(tiny_encoder)
-    texts = TEXTS * 3  # 111 rows: two batches of 64
+    texts = [f"{i} {t}" for i, t in enumerate(TEXTS * 3)]  # 111 distinct texts: two batches of 64
     monkeypatch.setattr(features_mod, "_FLUSH_EVERY", 1)
     enc = FrozenEncoder(files)
     real = enc._forward
@@ -135,7 +135,7 @@ def test_interrupted_encoding_resumes(tiny_encoder, tmp_path, monkeypatch):
 
     enc._forward = failing
     args = dict(cache_dir=tmp_path, encoder_identity=files.identity, max_len=16,
-                tokens=lambda: tokenize(texts, load_tokenizer(files), 16), stream=False, progress=Recorder())
+                tokenize=lambda t: tokenize(t, load_tokenizer(files), 16), stream=False, progress=Recorder())
     with pytest.raises(KeyboardInterrupt):
         features_for("unlabeled", texts, encoder=lambda: enc, **args)
     enc._forward = real
@@ -155,5 +155,5 @@ def test_disk_check(tiny_encoder, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil_mod, "disk_usage", lambda _: usage(10, 10, 1000))
     with pytest.raises(PseudoError, match="feature cache needs .* but only 1000 B is free"):
         features_for("unlabeled", TEXTS, cache_dir=tmp_path, encoder_identity=files.identity, max_len=24,
-                     tokens=lambda: tokenize(TEXTS, load_tokenizer(files), 24), encoder=lambda: FrozenEncoder(files),
+                     tokenize=lambda t: tokenize(t, load_tokenizer(files), 24), encoder=lambda: FrozenEncoder(files),
                      stream=False, progress=Recorder())
