@@ -51,3 +51,14 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     total = len(labels)
     return float(sum(row["rows"] / total * abs(row["confidence"] - row["accuracy"])
                      for row in reliability(probs, labels, bins) if row["rows"]))
+
+
+def calibration_report(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """ECE and reliability of out-of-fold predictions, before and after temperature scaling.
+
+    The temperature is fitted on the same rows, so `ece_scaled` is an in-sample figure.
+    """
+    temperature = fit_temperature(probs, labels)
+    scaled = apply_temperature(probs, temperature)
+    return {"ece": expected_calibration_error(probs, labels), "temperature": temperature,
+            "ece_scaled": expected_calibration_error(scaled, labels), "reliability": reliability(probs, labels)}

@@ -193,6 +193,10 @@ def select_cmd(
         sweep.add_row(f"{row['threshold']:.2f}", str(row["selected"]), " / ".join(map(str, row["per_class"])),
                       str(row["oof_selected"]), precision)
     console.print(sweep)
+    cal = shown["calibration"]
+    if cal.get("ece") is not None:
+        console.print(f"OOF calibration of round {shown['round']}: ECE {cal['ece']:.3f}; temperature "
+                      f"{cal['temperature']:.2f} would give ECE {cal['ece_scaled']:.3f} (--calibrate applies it)")
     console.print(f"written: {shown['written']}")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .calibrate import apply_temperature, fit_temperature
+from .calibrate import apply_temperature, calibration_report, fit_temperature
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, make_folds, run_folds
 from .data import LABEL_VALUES, Posts, label_values, load_labeled, load_unlabeled
 from .encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
@@ -310,6 +310,7 @@ class Run:
         out = run_folds(plan, self.progress)
         evaluated = folds != HOLDOUT
         oof = scores(self.labeled.labels[evaluated], out.oof[evaluated])
+        oof["calibration"] = calibration_report(out.oof[evaluated], self.labeled.labels[evaluated])
         atomic_write_npy(folder / "oof_preds.npy", out.oof)
         holdout = None
         if out.holdout is not None:
@@ -453,6 +454,8 @@ def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str = "
     keep = folds != HOLDOUT
     temperature = info["temperature"]
     return {"round": k, "next_round": k + 1, "written": str(rd.round(k + 1) / "pseudo_labels.csv"),
+            "calibration": {key: metrics["oof"].get("calibration", {}).get(key)
+                            for key in ("ece", "temperature", "ece_scaled")},
             "selection": info, "labeled_prior": prior.tolist(), "pool_rows": int(labels.shape[1]),
             "sweep": sweep(apply_temperature(unmask, temperature), SWEEP,
                            apply_temperature(oof[keep], temperature), human[keep])}

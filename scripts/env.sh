@@ -1,0 +1,16 @@
+# Sourced by demo.sh and test.sh: a virtual environment in .venv with pseudo and its test tools.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+if ! python -c "import pseudolabel, pytest, tensorflow, tf_keras, transformers" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -e ".[test]"
+  touch .venv/.installed
+fi
+export TF_CPP_MIN_LOG_LEVEL=3
