@@ -120,6 +120,26 @@ def build_head(max_len: int, hidden: int, recipe: Recipe):
     return compile_model(model, recipe)
 
 
+_ENCODER_ROWS = []
+
+
+def faithful_encoder_rows() -> int:
+    """Texts the in-graph encoder of faithful models has run over in this process (fit and predict)."""
+    return int(_ENCODER_ROWS[0].numpy()) if _ENCODER_ROWS else 0
+
+
+class CountRows(keras.layers.Layer):
+    """Identity that counts the rows passing through it (the faithful model's encoder passes)."""
+
+    def call(self, inputs):
+        if not _ENCODER_ROWS:
+            with tf.init_scope():
+                _ENCODER_ROWS.append(tf.Variable(0, dtype=tf.int64, trainable=False))
+        counted = _ENCODER_ROWS[0].assign_add(tf.cast(tf.shape(inputs)[0], tf.int64))
+        with tf.control_dependencies([counted]):
+            return tf.identity(inputs)
+
+
 def build_faithful(bert, max_len: int, recipe: Recipe):
     """The reference script's graph: the frozen encoder inside the model, features = hidden_states[-2].
 
@@ -131,7 +151,7 @@ def build_faithful(bert, max_len: int, recipe: Recipe):
     bert.trainable = False
     out = bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=tf.zeros_like(input_ids),
                output_hidden_states=True)
-    feats = out.hidden_states[-2]
+    feats = CountRows(name="count_encoder_rows")(out.hidden_states[-2])
     mask = None
     if recipe.zero_padding:
         mask = tf.cast(attention_mask, feats.dtype)[:, :, None]

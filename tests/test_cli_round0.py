@@ -81,10 +81,15 @@ def test_features_reused_by_a_new_round0(cached_run, tiny_data, tiny_encoder):
 
 
 def test_faithful_mode_end_to_end(tiny_data, tiny_encoder, tmp_path):
+    from pseudolabel.model import faithful_encoder_rows
+
     run_dir = tmp_path / "faithful"
+    before = faithful_encoder_rows()
     result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0", "--mode", "faithful",
                               "--recipe", "seed"))
     assert result.exit_code == 0, result.output
+    # the script's protocol: per fold, 2 epochs over the training part, then its validation part, test, pool
+    assert faithful_encoder_rows() - before == 3 * (2 * 60 + 30 + 20 + 60)
     assert np.load(run_dir / "round_0" / "test_preds.npy").shape == (3, 20, 3)
     assert not (run_dir / "features").exists()  # the encoder ran inside the graph, nothing cached
     metrics = json.loads((run_dir / "round_0" / "metrics.json").read_text())
