@@ -239,6 +239,7 @@ class Run:
 
     def execute(self) -> RunResult:
         cfg = self.config
+        atomic_write_json(self.dir.root / "status.json", {"stop_reason": None, "running": True})
         folds = self.folds()
         sources = self.sources()
         rounds: list[dict] = []

@@ -84,4 +84,7 @@ def footer_lines(rounds: list[dict], stop: str | None) -> list[Text]:
         lines.append(Text(COLLAPSE_HINT, style="red"))
     if stop:
         lines.append(Text(f"stop reason: {stop}", style="bold"))
+    else:
+        lines.append(Text("not finished (interrupted or still running): re-run the same `pseudo run` command "
+                          "to resume", style="yellow"))
     return lines
