@@ -43,9 +43,10 @@ VARIANTS = {
     "core": CORE,
     "core +zeropad": replace(CORE, name="core +zeropad", zero_padding=True),
     "core +150steps": replace(CORE, name="core +150steps", min_steps=150),
-    "core +300steps +earlystop": replace(CORE, name="core +300steps +earlystop", min_steps=300, early_stopping=True),
+    "core +300steps +earlystop": replace(CORE, name="core +300steps +earlystop", min_steps=300, early_stopping=True,
+                                         patience=99),
     "core +300steps +earlystop lr3e-4": replace(CORE, name="core +300steps +earlystop lr3e-4", min_steps=300,
-                                                early_stopping=True, learning_rate=3e-4),
+                                                early_stopping=True, learning_rate=3e-4, patience=99),
     "default": RECIPES["default"],
 }
 

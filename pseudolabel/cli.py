@@ -72,6 +72,11 @@ class RichProgress(Progress):
     def note(self, message):
         self.console.print(f"[dim]· {message}[/dim]")
 
+    def round_finished(self, rounds):
+        from .report import rounds_table
+
+        self.console.print(rounds_table(rounds, f"after round {rounds[-1]['round']}"))
+
 
 def _fail(message: str, code: int = 1):
     errors.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)

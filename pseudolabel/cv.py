@@ -235,6 +235,9 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
             if entry["monitor_macro_f1"] > best[0]:
                 best = (entry["monitor_macro_f1"], model.get_weights(), epoch + 1)
         history.append(entry)
+        if plan.recipe.early_stopping and epoch + 1 - best[2] >= plan.recipe.patience:
+            progress.advance(task, (epochs - epoch - 1) * steps_per_epoch)
+            break
     progress.finish(task)
     if plan.recipe.early_stopping and best[1] is not None:
         model.set_weights(best[1])
@@ -242,8 +245,8 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
 
     valid_probs = predict([model], plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", valid)[0]
     record = {"fold": fold, "n_train_human": n_h, "n_train_pseudo": n_p, "n_valid": len(valid),
-              "n_monitor": len(monitor),
-              "epochs": epochs, "best_epoch": best[2] or epochs, "history": history,
+              "n_monitor": len(monitor), "epochs": len(history), "best_epoch": best[2] or len(history),
+              "history": history,
               "train_seconds": train_seconds, "valid": scores(plan.labels[valid], valid_probs)}
     folder.mkdir(parents=True, exist_ok=True)
     if plan.mode == "faithful":  # the script predicts test and pool with each fold's model

@@ -291,6 +291,7 @@ class Run:
             atomic_write_json(folder / "metrics.json", metrics)
             mark_done(folder)
             rounds.append(metrics)
+            self.progress.round_finished(rounds)
             if stop:
                 break
         if stop is None:

@@ -39,6 +39,7 @@ class Recipe:
     min_steps: int = 0  # train at least this many batches (more epochs on small data)
     early_stopping: bool = False  # keep the epoch with the best macro-F1 on a monitor slice of the training part
     monitor_share: float = 0.1  # share of the training part held back to monitor early stopping
+    patience: int = 3  # early stopping: epochs without a better monitor score before stopping
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
@@ -63,8 +64,10 @@ class Recipe:
 
 RECIPES = {
     "seed": Recipe(),
-    "default": Recipe(name="default", standardize=True, spatial_dropout=0.0, bn_momentum=0.9,
-                      min_steps=300, early_stopping=True),
+    # chosen by benchmarks/recipe_ablation.py (see the README): the two fixes of the known trap, a smaller
+    # step size, enough steps for small data, and early stopping on a slice of the training part
+    "default": Recipe(name="default", standardize=True, spatial_dropout=0.0, bn_momentum=0.9, learning_rate=3e-4,
+                      min_steps=200, early_stopping=True),
 }
 
 

@@ -21,6 +21,9 @@ class Progress:
     def note(self, message: str) -> None:
         """A one-line remark for the user (how a file was read, what was reused, ...)."""
 
+    def round_finished(self, rounds: list[dict]) -> None:
+        """A round was trained; `rounds` holds the metrics of every round so far."""
+
 
 class Recorder(Progress):
     """Keeps everything it is told; useful for tests and for logging."""
