@@ -134,7 +134,6 @@ def run(
 ):
     """Round 0 of the recipe, then pseudo-label rounds; resumes an interrupted run in the same run directory."""
     from .loop import Run, RunConfig
-    from .store import config_hash
 
     config = RunConfig(train=train, test=test or None, unlabeled=unlabeled or None, encoder=encoder, run_dir="",
                        rounds=rounds, folds=folds, recipe=recipe, epochs=epochs, batch_size=batch_size,
@@ -144,7 +143,10 @@ def run(
                        stream=tuple(s.strip() for s in stream.split(",") if s.strip()), threshold=threshold,
                        strategy=strategy, top_k=top_k, pseudo_weight=pseudo_weight, pseudo_source=pseudo_source,
                        holdout=holdout, calibrate=calibrate, force=force)
-    config.run_dir = run_dir or f"runs/run-{config_hash(config.results_dict())[:8]}"
+    try:
+        config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
+    except PseudoError as exc:
+        _fail(str(exc))
     try:
         with RichProgress(console) as progress:
             job = Run(config, progress, restart=restart)

@@ -99,6 +99,10 @@ class RunConfig:
             raise PseudoError(f"spatial-dropout must be in [0, 1) and bn-momentum in (0, 1), got "
                               f"{recipe.spatial_dropout}, {recipe.bn_momentum}")
 
+    def results_hash(self) -> str:
+        """Hash of everything that decides the run's numbers: the options and the resolved recipe."""
+        return config_hash({"config": self.results_dict(), "recipe": self.resolved_recipe().to_dict()})
+
     def resolved_recipe(self):
         return make_recipe(self.recipe, **{name: getattr(self, name) for name in RECIPE_OVERRIDES})
 
@@ -149,10 +153,12 @@ class Run:
 
     def _prepare_dir(self, restart: bool) -> None:
         resolved = self.config.results_dict()
-        record = {"config": resolved, "hash": config_hash(resolved), "package": f"pseudolabel {__version__}",
+        recipe = self.recipe.to_dict()
+        record = {"config": resolved, "hash": self.config.results_hash(),
+                  "package": f"pseudolabel {__version__}",
                   "encoder": {"folder": str(self.files.folder), "sha256": self.files.identity,
                               "config": self.files.config_dict()},
-                  "recipe": self.recipe.to_dict(),
+                  "recipe": recipe,
                   "data": {"train_rows": len(self.labeled), "test_rows": len(self.test) if self.test else 0,
                            "unlabeled_rows": len(self.pool) if self.pool else 0}}
         if self.dir.exists():
@@ -164,6 +170,8 @@ class Run:
             elif saved.get("hash") != record["hash"]:
                 before = saved.get("config", {})
                 diffs = [f"{k} (saved {before.get(k)!r}, now {v!r})" for k, v in resolved.items() if before.get(k) != v]
+                diffs += [f"recipe {self.recipe.name!r} {k} (saved {saved.get('recipe', {}).get(k)!r}, now {v!r})"
+                          for k, v in recipe.items() if saved.get("recipe", {}).get(k) != v and k != "name"]
                 raise PseudoError(f"{self.dir.root}: made with other options: {'; '.join(diffs) or 'unknown'}; "
                                   f"use the same options, another --run-dir, or --restart to start over")
             elif saved.get("encoder", {}).get("sha256") != self.files.identity:

@@ -177,3 +177,16 @@ def test_changed_options_refuse_to_continue(two_rounds, tiny_data, tiny_encoder)
                               "--pseudo-weight", "0.5"))
     assert result.exit_code == 1
     assert "pseudo_weight (saved 1.0, now 0.5)" in result.output and "--restart" in result.output
+
+
+def test_changed_recipe_refuses_to_continue(two_rounds, tiny_data, tiny_encoder, monkeypatch):
+    """A run made under other recipe settings (e.g. an older default) does not silently continue."""
+    from dataclasses import replace
+
+    from pseudolabel import model
+
+    run_dir, _ = two_rounds
+    monkeypatch.setitem(model.RECIPES, "default", replace(model.RECIPES["default"], learning_rate=0.01))
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "2", "--holdout", "0.2", *SELECT))
+    assert result.exit_code == 1
+    assert "learning_rate (saved 0.0003, now 0.01)" in result.output
