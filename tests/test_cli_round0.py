@@ -113,6 +113,8 @@ def test_cli_bad_inputs(tiny_data, tiny_encoder, tmp_path):
     no_text = write_rows(tmp_path / "notext.csv", [header[:3] + header[4:]] + [r[:3] + r[4:] for r in rows])
     no_label = write_rows(tmp_path / "nolabel.csv", [header[:-1]] + [r[:-1] for r in rows])
     junk = write_rows(tmp_path / "junk.csv", [header] + [r[:-1] + ["x"] for r in rows])
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)))
     cases = [
         ({"train": tmp_path / "missing.csv"}, ["missing.csv", "file not found"]),
         ({"train": empty}, ["empty.csv", "file is empty"]),
@@ -120,6 +122,7 @@ def test_cli_bad_inputs(tiny_data, tiny_encoder, tmp_path):
         ({"train": no_label}, ["nolabel.csv", "情感倾向"]),
         ({"train": junk}, ["junk.csv", "no usable label"]),
         ({"unlabeled": empty}, ["empty.csv", "file is empty"]),
+        ({"test": binary}, ["binary.csv", "unreadable encoding, expected UTF-8, UTF-8 with BOM or GB18030"]),
     ]
     for change, fragments in cases:
         data = {**base, **change}
