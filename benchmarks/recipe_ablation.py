@@ -47,6 +47,7 @@ VARIANTS = {
                                          patience=99),
     "core +300steps +earlystop lr3e-4": replace(CORE, name="core +300steps +earlystop lr3e-4", min_steps=300,
                                                 early_stopping=True, learning_rate=3e-4, patience=99),
+    "default +crossentropy": replace(RECIPES["default"], name="default +crossentropy", loss="crossentropy"),
     "default": RECIPES["default"],
 }
 

@@ -40,6 +40,7 @@ class Recipe:
     early_stopping: bool = False  # keep the epoch with the best macro-F1 on a monitor slice of the training part
     monitor_share: float = 0.1  # share of the training part held back to monitor early stopping
     patience: int = 3  # early stopping: epochs without a better monitor score before stopping
+    loss: str = "focal"  # "focal" (the recipe's) or "crossentropy"
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
@@ -106,9 +107,15 @@ def head_layers(x, recipe: Recipe, mask=None):
     return keras.layers.Dense(N_CLASSES, activation="softmax")(x)
 
 
+LOSSES = ("focal", "crossentropy")
+
+
 def compile_model(model, recipe: Recipe):
-    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
-                  loss=FocalLoss(recipe.focal_alpha, recipe.focal_gamma))
+    if recipe.loss not in LOSSES:
+        raise PseudoError(f"loss must be one of {', '.join(LOSSES)}, got {recipe.loss!r}")
+    loss = (FocalLoss(recipe.focal_alpha, recipe.focal_gamma) if recipe.loss == "focal"
+            else keras.losses.CategoricalCrossentropy())
+    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=loss)
     return model
 
 

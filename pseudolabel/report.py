@@ -11,8 +11,9 @@ from .data import LABEL_VALUES
 from .errors import PseudoError
 from .store import RunDir, is_done, read_json
 
-COLLAPSE_HINT = ("collapsed: the head learned nothing (predicts too few classes); use the default recipe "
-                 "or a better encoder; its pseudo-labels are refused")
+COLLAPSE_HINT = ("collapsed: the head learned nothing (a class is (almost) never predicted, or macro-F1 is not above "
+                 "always predicting the majority); use the default recipe or a better encoder; its pseudo-labels "
+                 "are refused (--force selects anyway)")
 
 
 def load_rounds(run_dir: str | Path) -> tuple[list[dict], str | None]:
