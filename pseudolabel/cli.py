@@ -182,7 +182,7 @@ def select_cmd(
         _fail(str(exc))
     info = shown["selection"]
     counts = Table(title=f"selection from round {shown['round']} for round {shown['next_round']} "
-                         f"({info['strategy']}, threshold {info['threshold']}, source {info['source']}"
+                         f"(strategy {info['strategy']}, threshold {info['threshold']}, source {info['source']}"
                          f"{', temperature %.2f' % info['temperature'] if info['temperature'] != 1 else ''})",
                    title_justify="left")
     for column in ("class", "selected", "share", "labeled prior"):

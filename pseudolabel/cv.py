@@ -127,7 +127,6 @@ class RoundPlan:
     seed: int = 0
     pseudo: Pseudo | None = None
     bert_factory: Callable[[], object] | None = None  # faithful mode: a fresh frozen TFBertModel
-    fold_hook: Callable[[int, int], None] | None = None  # called after each finished fold (round, fold)
     n_folds: int = field(init=False)
 
     def __post_init__(self):
@@ -292,8 +291,6 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
             records.append(read_json(folder / "fold.json"))
             continue
         records.append(train_fold(plan, fold, progress))
-        if plan.fold_hook is not None:
-            plan.fold_hook(plan.round, fold)
     train_seconds = time.time() - started
 
     oof = np.zeros((len(plan.labels), N_CLASSES), np.float32)

@@ -278,10 +278,10 @@ class Run:
             info = {}
             if k >= 1:
                 labels, confidence, info = self.selection(k, folds)
-                if (labels != NOT_SELECTED).sum() == 0 or (prev_labels is not None
-                                                           and np.array_equal(labels, prev_labels)):
+                empty = not (labels != NOT_SELECTED).any()
+                if empty or (prev_labels is not None and np.array_equal(labels, prev_labels)):
                     stop = "no_change"
-                    self.progress.note(f"round {k}: the selection is {'empty' if (labels != NOT_SELECTED).sum() == 0 else 'unchanged'}; stopping")
+                    self.progress.note(f"round {k}: the selection is {'empty' if empty else 'unchanged'}; stopping")
                     break
                 rows = [np.flatnonzero(labels[f] != NOT_SELECTED) for f in range(len(labels))]
                 eye = np.eye(N_CLASSES, dtype=np.float32)
@@ -315,8 +315,7 @@ class Run:
                          max_len=self.config.max_len, hidden=int(self.files.config_dict().get("hidden_size", 0)),
                          labels=self.labeled.labels, folds=folds, labeled=sources["labeled"],
                          test=sources["test"], unlabeled=sources["unlabeled"], seed=self.config.seed,
-                         pseudo=pseudo, bert_factory=lambda: load_bert(self.files),
-                         fold_hook=getattr(self, "fold_hook", None))
+                         pseudo=pseudo, bert_factory=lambda: load_bert(self.files))
         out = run_folds(plan, self.progress)
         evaluated = folds != HOLDOUT
         oof = scores(self.labeled.labels[evaluated], out.oof[evaluated])
