@@ -48,6 +48,7 @@ VARIANTS = {
     "core +300steps +earlystop lr3e-4": replace(CORE, name="core +300steps +earlystop lr3e-4", min_steps=300,
                                                 early_stopping=True, learning_rate=3e-4, patience=99),
     "default +crossentropy": replace(RECIPES["default"], name="default +crossentropy", loss="crossentropy"),
+    "default no patience": replace(RECIPES["default"], name="default no patience", patience=99),
     "default": RECIPES["default"],
 }
 
