@@ -108,7 +108,7 @@ def main() -> None:
     print(f"\nrecipe ablation · {len(labels)} posts · folds used {args.folds_used}/5 · max_len {args.max_len} · "
           f"encoder {files.describe()} · {platform.processor() or platform.machine()}, "
           f"{__import__('os').cpu_count()} cores")
-    print(f"| variant | OOF macro-F1 | F1 -1 / 0 / 1 | predicted -1/0/1 | collapsed | epochs | time |")
+    print("| variant | OOF macro-F1 | F1 -1 / 0 / 1 | predicted -1/0/1 | collapsed | epochs | time |")
     print("|---|---|---|---|---|---|---|")
     for name, r, seconds, epochs in rows:
         f1 = " / ".join(f"{v:.3f}" for v in r["f1_per_class"].values())

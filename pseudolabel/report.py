@@ -9,7 +9,7 @@ from rich.text import Text
 
 from .data import LABEL_VALUES
 from .errors import PseudoError
-from .store import RunDir, is_done, read_json
+from .store import RunDir, read_json
 
 COLLAPSE_HINT = ("collapsed: the head learned nothing (a class is (almost) never predicted, or macro-F1 is not above "
                  "always predicting the majority); use the default recipe or a better encoder; its pseudo-labels "

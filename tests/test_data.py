@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import DATA, SHARED, read_rows, write_rows
+from conftest import DATA, SHARED, write_rows
 from pseudolabel.data import EMPTY_TEXT, load_labeled, load_unlabeled
 from pseudolabel.errors import PseudoError
 
