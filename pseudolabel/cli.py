@@ -44,7 +44,7 @@ class RichProgress(Progress):
 
     def __init__(self, console: Console):
         self.console = console
-        self.bars = RichBars(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+        self.bars = RichBars(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
         self.ids: dict[str, int] = {}
 
@@ -68,6 +68,11 @@ class RichProgress(Progress):
         bar = self.ids.get(task)
         if bar is not None:
             self.bars.update(bar, completed=self.bars.tasks[bar].total)
+
+    def status(self, task, text):
+        bar = self.ids.get(task)
+        if bar is not None:
+            self.bars.update(bar, description=f"{task} {text}")
 
     def note(self, message):
         self.console.print(f"[dim]· {message}[/dim]")
@@ -228,6 +233,62 @@ def report(
         console.print(f"{path}: no finished round yet")
         return
     _render_rounds(rounds, stop, f"run {path}")
+
+
+@app.command()
+def pretrain(
+    corpus: list[str] = typer.Argument(..., help="CSV file(s) with a text column (labels are never read)."),
+    out: str = typer.Option(..., help="Output encoder folder (also holds the checkpoint to resume from)."),
+    init: Optional[str] = typer.Option(None, help="Continue from this encoder folder instead of a fresh config."),
+    vocab: Optional[str] = typer.Option(DEFAULT_ENCODER, help="vocab.txt (or an encoder folder) for a fresh "
+                                                              "config; ignored with --init."),
+    layers: int = typer.Option(4, help="Fresh config: transformer layers."),
+    hidden: int = typer.Option(256, help="Fresh config: hidden size."),
+    heads: int = typer.Option(4, help="Fresh config: attention heads."),
+    intermediate: int = typer.Option(1024, help="Fresh config: feed-forward size."),
+    dropout: float = typer.Option(0.1, help="Dropout of the encoder during pretraining."),
+    max_len: int = typer.Option(128, help="Tokens per post (longer posts are truncated)."),
+    batch_size: int = typer.Option(64, help="Posts per step (batches are grouped by length)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps [default: 2000, or from --epochs]."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the corpus (sets --steps)."),
+    lr: float = typer.Option(5e-4, help="Peak learning rate (AdamW)."),
+    warmup: float = typer.Option(0.06, help="Share of the steps with linear warm-up (then linear decay)."),
+    mask_prob: float = typer.Option(0.15, help="Share of tokens predicted (80% [MASK], 10% random, 10% kept)."),
+    eval_rows: int = typer.Option(1000, help="Posts held out for the MLM loss at checkpoints."),
+    checkpoint_every: int = typer.Option(200, help="Steps between checkpoints (and held-out evaluations)."),
+    corpus_limit: Optional[int] = typer.Option(None, help="Read only the first N rows of each corpus file."),
+    seed: int = typer.Option(0, help="Seed of initialisation, batch order and masks."),
+    threads: int = typer.Option(0, help="CPU threads for TensorFlow (0: all)."),
+    restart: bool = typer.Option(False, help="Discard the checkpoint in --out and start over."),
+):
+    """Masked-language-model training of an encoder on unlabeled posts; resumes from its checkpoint."""
+    from .pretrain import PretrainConfig, count_steps, pretrain as run_pretrain
+
+    if threads:
+        from ._tf import tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        if steps is not None and epochs is not None:
+            raise PseudoError("give --steps or --epochs, not both")
+        if epochs is not None:
+            steps = count_steps(corpus, epochs, batch_size, eval_rows, corpus_limit)
+        config = PretrainConfig(layers=layers, hidden=hidden, heads=heads, intermediate=intermediate,
+                                dropout=dropout, max_len=max_len, batch_size=batch_size,
+                                steps=steps if steps is not None else 2000, learning_rate=lr, warmup=warmup,
+                                mask_prob=mask_prob, seed=seed, eval_rows=eval_rows,
+                                checkpoint_every=checkpoint_every, corpus_limit=corpus_limit)
+        with RichProgress(console) as progress:
+            record = run_pretrain(corpus, out, config, vocab=vocab, init=init, restart=restart, progress=progress)
+    except PseudoError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; run the same command to resume from the last checkpoint in {out}", 130)
+    held = [e["loss"] for e in record["eval_loss"] if e["loss"] is not None]
+    console.print(f"encoder written to {out} · {record['steps_done']} steps · {record['seconds'] / 60:.1f} min"
+                  + (f" · held-out MLM loss {held[0]:.3f} -> {held[-1]:.3f}" if held else ""))
+    console.print(f"use it: pseudo run --encoder {out}")
 
 
 def main():  # pragma: no cover - the console script

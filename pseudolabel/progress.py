@@ -18,6 +18,9 @@ class Progress:
     def finish(self, task: str) -> None:
         pass
 
+    def status(self, task: str, text: str) -> None:
+        """A short running figure of the task (e.g. its current loss)."""
+
     def note(self, message: str) -> None:
         """A one-line remark for the user (how a file was read, what was reused, ...)."""
 
