@@ -49,6 +49,8 @@ VARIANTS = {
                                                 early_stopping=True, learning_rate=3e-4, patience=99),
     "default +crossentropy": replace(RECIPES["default"], name="default +crossentropy", loss="crossentropy"),
     "default no patience": replace(RECIPES["default"], name="default no patience", patience=99),
+    "default -preciseBN": replace(RECIPES["default"], name="default -preciseBN", precise_bn=0),
+    "seed +preciseBN": replace(SEED, name="seed +preciseBN", precise_bn=2048),
     "default": RECIPES["default"],
 }
 

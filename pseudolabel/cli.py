@@ -117,6 +117,9 @@ def run(
                                                help="Z-score features with training-fold statistics."),
     spatial_dropout: Optional[float] = typer.Option(None, help="SpatialDropout1D rate on the features."),
     bn_momentum: Optional[float] = typer.Option(None, help="BatchNormalization momentum."),
+    precise_bn: Optional[int] = typer.Option(None, help="Recompute BatchNorm statistics in inference mode on this "
+                                                        "many training rows after each epoch (0: off) "
+                                                        "[default: the recipe's]."),
     zero_padding: Optional[bool] = typer.Option(None, "--zero-padding/--no-zero-padding",
                                                 help="Zero the features at padding positions."),
     early_stopping: Optional[bool] = typer.Option(None, "--early-stopping/--no-early-stopping",
@@ -143,7 +146,8 @@ def run(
     config = RunConfig(train=train, test=test or None, unlabeled=unlabeled or None, encoder=encoder, run_dir="",
                        rounds=rounds, folds=folds, recipe=recipe, epochs=epochs, batch_size=batch_size,
                        min_steps=min_steps, standardize=standardize, spatial_dropout=spatial_dropout,
-                       bn_momentum=bn_momentum, zero_padding=zero_padding, early_stopping=early_stopping,
+                       bn_momentum=bn_momentum, precise_bn=precise_bn, zero_padding=zero_padding,
+                       early_stopping=early_stopping,
                        max_len=max_len, seed=seed, unlabeled_limit=unlabeled_limit, mode=mode,
                        stream=tuple(s.strip() for s in stream.split(",") if s.strip()), threshold=threshold,
                        strategy=strategy, top_k=top_k, pseudo_weight=pseudo_weight, pseudo_source=pseudo_source,

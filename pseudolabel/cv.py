@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from ._tf import keras
 from .errors import PseudoError
 from .metrics import scores
-from .model import N_CLASSES, Recipe, build_faithful, build_head, set_standardization
+from .model import N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, set_standardization
 from .progress import Progress
 from .store import atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
 
@@ -213,6 +213,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
         return _unwrap(_concat(parts)), np.concatenate([from_h, from_p + n_h])
 
     n_train = n_h + n_p
+    precise = PreciseBatchNorm(model) if plan.recipe.precise_bn > 0 else None
     epochs = plan.recipe.epochs_for(n_train)
     batch = plan.recipe.batch_size
     steps_per_epoch = -(-n_train // batch)
@@ -228,6 +229,9 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
             losses.append(float(model.train_on_batch(x, targets[taken], sample_weight=weights[taken])))
             progress.advance(task)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        if precise is not None:
+            sample = np.sort(rng.choice(n_train, size=min(n_train, plan.recipe.precise_bn), replace=False))
+            precise.update(batch_inputs(sample[i:i + PREDICT_CHUNK])[0] for i in range(0, len(sample), PREDICT_CHUNK))
         if plan.recipe.early_stopping:
             monitor_probs = predict([model], plan.labeled, Progress(), "", monitor)[0]
             entry["monitor_macro_f1"] = scores(plan.labels[monitor], monitor_probs)["macro_f1"]

@@ -167,6 +167,9 @@ class FrozenEncoder:
 def quiet_transformers() -> None:
     """Silence the deprecation banners transformers prints for its TF classes."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging as hf_logging  # importing it sets its own level first
+
+    hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 

@@ -35,7 +35,7 @@ MODES = ("cached", "faithful")
 PSEUDO_SOURCES = ("mean", "fold")
 STREAMABLE = ("test", "unlabeled")
 RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial_dropout", "bn_momentum",
-                    "zero_padding", "early_stopping")
+                    "precise_bn", "zero_padding", "early_stopping")
 
 
 @dataclass
@@ -55,6 +55,7 @@ class RunConfig:
     standardize: bool | None = None
     spatial_dropout: float | None = None
     bn_momentum: float | None = None
+    precise_bn: int | None = None
     zero_padding: bool | None = None
     early_stopping: bool | None = None
     max_len: int = 140
@@ -95,6 +96,8 @@ class RunConfig:
         if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.min_steps < 0:
             raise PseudoError(f"epochs and batch-size must be >= 1 and min-steps >= 0, got {recipe.epochs}, "
                               f"{recipe.batch_size}, {recipe.min_steps}")
+        if recipe.precise_bn < 0:
+            raise PseudoError(f"precise-bn must be >= 0 (rows; 0: off), got {recipe.precise_bn}")
         if not 0 <= recipe.spatial_dropout < 1 or not 0 < recipe.bn_momentum < 1:
             raise PseudoError(f"spatial-dropout must be in [0, 1) and bn-momentum in (0, 1), got "
                               f"{recipe.spatial_dropout}, {recipe.bn_momentum}")

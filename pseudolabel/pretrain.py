@@ -300,11 +300,26 @@ def _tokenizer_for(vocab: Path):
     return load_tokenizer(EncoderFiles(vocab.parent, vocab, vocab, vocab, ""))
 
 
+def _encoder_only(model):
+    """A TFBertModel holding the MLM model's encoder weights (the MLM head is not part of the encoder
+    folder; it stays in the checkpoint). Its pooler is unused by `pseudo` and left as initialised."""
+    from transformers import TFBertModel
+
+    base = TFBertModel(model.config)
+    base(base.dummy_inputs, training=False)
+    trained = {v.name.split("/", 1)[1]: v for v in model.bert.weights}
+    for variable in base.bert.weights:
+        key = variable.name.split("/", 1)[1]
+        if "pooler" not in key:
+            variable.assign(trained[key])
+    return base
+
+
 def _write_encoder(out: Path, lm: MaskedLM, vocab: Path, card: dict) -> None:
     """The encoder folder's files, each written to a temporary folder first and renamed into place."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
         tmp = Path(tmp)
-        lm.model.save_pretrained(str(tmp), safe_serialization=False)
+        _encoder_only(lm.model).save_pretrained(str(tmp), safe_serialization=False)
         shutil.copyfile(vocab, tmp / "vocab.txt")
         for name in TOKENIZER_EXTRAS:
             if name != "tokenizer.json" and (vocab.parent / name).is_file():

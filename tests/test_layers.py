@@ -74,3 +74,26 @@ def test_focal_loss_equals_hand_computation():
     assert per_row[0] == pytest.approx(0.25 * 0.09 * -np.log(0.7), rel=1e-5)
     mean = FocalLoss()(tf.constant(y_true), tf.constant(y_pred)).numpy()
     assert mean == pytest.approx(hand.mean(), rel=1e-5)
+
+
+def test_precise_batchnorm_sets_the_inference_statistics_of_the_training_rows():
+    from dataclasses import replace
+
+    from pseudolabel.model import RECIPES, PreciseBatchNorm, build_head
+
+    recipe = replace(RECIPES["default"], gru_units=8, dense_units=(16, 8))
+    model = build_head(12, 6, recipe)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 12, 6)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 64)]
+    for _ in range(3):
+        model.train_on_batch(x[:32], y[:32])
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    first_input = keras.Model(model.inputs, bns[0].input).predict_on_batch(x)
+    assert not np.allclose(bns[0].get_weights()[2], first_input.mean(axis=0), atol=1e-3)  # lagging averages
+
+    PreciseBatchNorm(model).update([x[:40], x[40:]])
+    for bn in bns:
+        inputs = keras.Model(model.inputs, bn.input).predict_on_batch(x)  # with the updated earlier layers
+        assert np.allclose(bn.get_weights()[2], inputs.mean(axis=0), atol=1e-5)
+        assert np.allclose(bn.get_weights()[3], inputs.var(axis=0), rtol=1e-3, atol=1e-6)
