@@ -128,11 +128,16 @@ def run(
     seed: int = typer.Option(0, help="Seed of weight init, shuffling and the holdout split."),
     unlabeled_limit: int = typer.Option(500_000, help="Use the first N rows of the unlabeled pool."),
     threshold: float = typer.Option(0.9, help="Select pool rows whose fold-mean max probability is >= this."),
-    strategy: str = typer.Option("threshold", help="threshold | per-class | class-balanced | top-k."),
+    strategy: str = typer.Option("class-balanced", help="class-balanced (the mix follows the labeled prior; "
+                                                        "cap: rows over --threshold) | threshold | per-class | top-k."),
     top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced)."),
     pseudo_weight: float = typer.Option(1.0, help="Sample weight of pseudo-labeled rows."),
-    pseudo_source: str = typer.Option("mean", help="'mean': all folds' average; 'fold': fold k learns from "
-                                                   "fold k's previous model only (leak-free OOF)."),
+    pseudo_source: str = typer.Option("fold", help="'fold': fold k learns from fold k's previous model only "
+                                                   "(leak-free OOF); 'mean': all folds' average."),
+    soft_targets: bool = typer.Option(False, help="Train on the teacher's probabilities instead of hard labels."),
+    sharpen: float = typer.Option(1.0, help="Soft targets: temperature T of p^(1/T) (T < 1 sharpens)."),
+    student_noise: float = typer.Option(0.0, help="Rounds >= 1: std of Gaussian noise on the student's "
+                                                  "standardised features while training (a noised student)."),
     holdout: float = typer.Option(0.0, help="Share of labeled rows held out for evaluation only."),
     stream: str = typer.Option("", help="Comma-separated splits (test, unlabeled) to recompute each round "
                                         "instead of caching their features on disk."),
@@ -151,6 +156,7 @@ def run(
                        max_len=max_len, seed=seed, unlabeled_limit=unlabeled_limit, mode=mode,
                        stream=tuple(s.strip() for s in stream.split(",") if s.strip()), threshold=threshold,
                        strategy=strategy, top_k=top_k, pseudo_weight=pseudo_weight, pseudo_source=pseudo_source,
+                       soft_targets=soft_targets, sharpen=sharpen, student_noise=student_noise,
                        holdout=holdout, calibrate=calibrate, force=force)
     try:
         config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
@@ -174,7 +180,7 @@ def select_cmd(
     threshold: float = typer.Option(0.9, help="Minimum fold-mean max probability (inclusive)."),
     run_dir: Optional[str] = typer.Option(None, help="Run directory [default: the newest under runs/]."),
     round: Optional[int] = typer.Option(None, "--round", help="Finished round to select from [default: last]."),
-    strategy: str = typer.Option("threshold", help="threshold | per-class | class-balanced | top-k."),
+    strategy: str = typer.Option("class-balanced", help="class-balanced | threshold | per-class | top-k."),
     top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced)."),
     source: Optional[str] = typer.Option(None, help="mean | fold [default: the run's]."),
     calibrate: bool = typer.Option(False, help="Temperature-scale on OOF rows before selecting."),

@@ -247,7 +247,9 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     train_seconds = time.time() - started
 
     valid_probs = predict([model], plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", valid)[0]
-    record = {"fold": fold, "n_train_human": n_h, "n_train_pseudo": n_p, "n_valid": len(valid),
+    record = {"fold": fold, "n_train_human": n_h, "n_train_pseudo": n_p,
+              "pseudo_targets": "soft" if n_p and not np.isin(pseudo_targets, (0.0, 1.0)).all() else "hard",
+              "n_valid": len(valid),
               "n_monitor": len(monitor), "epochs": len(history), "best_epoch": best[2] or len(history),
               "history": history,
               "train_seconds": train_seconds, "valid": scores(plan.labels[valid], valid_probs)}

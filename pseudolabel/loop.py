@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from .data import LABEL_VALUES, Posts, label_values, load_labeled, load_unlabele
 from .encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
 from .errors import PseudoError
 from .features import StreamedFeatures, cache_rows, features_for
-from .metrics import scores
+from .metrics import best_round, scores
 from .model import N_CLASSES, recipe as make_recipe
 from .progress import Progress
 from .select import NOT_SELECTED, STRATEGIES, check_threshold, counts_per_class, select, sweep
@@ -64,10 +64,13 @@ class RunConfig:
     mode: str = "cached"
     stream: tuple[str, ...] = ()  # splits recomputed each round instead of cached
     threshold: float = 0.9
-    strategy: str = "threshold"
+    strategy: str = "class-balanced"  # the pseudo-label mix follows the labeled prior (no class drift)
     top_k: int | None = None
     pseudo_weight: float = 1.0
-    pseudo_source: str = "mean"
+    pseudo_source: str = "fold"  # fold k learns from fold k's previous model: every round's OOF is leak-free
+    soft_targets: bool = False  # train on the teacher's (sharpened) probabilities instead of hard labels
+    sharpen: float = 1.0  # soft targets: temperature T of p^(1/T) (T < 1 sharpens)
+    student_noise: float = 0.0  # rounds >= 1: std of Gaussian noise on the student's features while training
     holdout: float = 0.0
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway
@@ -84,6 +87,10 @@ class RunConfig:
         check_threshold(self.threshold)
         if self.pseudo_weight <= 0:
             raise PseudoError(f"pseudo-weight must be > 0, got {self.pseudo_weight}")
+        if self.sharpen <= 0:
+            raise PseudoError(f"sharpen must be > 0, got {self.sharpen}")
+        if self.student_noise < 0:
+            raise PseudoError(f"student-noise must be >= 0, got {self.student_noise}")
         for split in self.stream:
             if split not in STREAMABLE:
                 raise PseudoError(f"stream must name {' or '.join(STREAMABLE)}, got {split!r}")
@@ -234,6 +241,17 @@ class Run:
 
     def selection(self, k: int, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
         """(labels (F, N_pool), confidence (F, N_pool), info) for round k, written or reused."""
+        labels, confidence, info = self._selection(k)
+        prior = np.array(read_json(self.dir.round(k - 1) / "metrics.json")["labeled_prior"])
+        info["drift"] = mix_drift(info["per_class"], prior)
+        if info["drift"] > DRIFT_WARN:
+            mix = " / ".join(str(n) for n in info["per_class"])
+            self.progress.note(f"round {k}: the pseudo-label mix -1/0/1 ({mix}) drifts from the labeled prior "
+                               f"({' / '.join(f'{p:.2f}' for p in prior)}) by {info['drift']:.2f}; "
+                               f"--strategy class-balanced keeps it at the prior")
+        return labels, confidence, info
+
+    def _selection(self, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
         folder = self.dir.round(k)
         if (folder / "pseudo_labels.npy").is_file():
             info = read_json(folder / "selection.json")
@@ -287,9 +305,11 @@ class Run:
                     self.progress.note(f"round {k}: the selection is {'empty' if empty else 'unchanged'}; stopping")
                     break
                 rows = [np.flatnonzero(labels[f] != NOT_SELECTED) for f in range(len(labels))]
-                eye = np.eye(N_CLASSES, dtype=np.float32)
-                pseudo = Pseudo(self.pseudo_source(sources["unlabeled"], np.concatenate(rows)), rows,
-                                [eye[labels[f][r]] for f, r in enumerate(rows)], cfg.pseudo_weight)
+                teacher = self.teacher_probs(k - 1) if cfg.soft_targets else None
+                targets = [pseudo_targets(labels[f], rows[f], None if teacher is None else teacher[f], cfg.sharpen)
+                           for f in range(len(labels))]
+                pseudo = Pseudo(self.pseudo_source(sources["unlabeled"], np.concatenate(rows)), rows, targets,
+                                cfg.pseudo_weight)
                 any_fold = (labels != NOT_SELECTED).any(axis=0)
                 first_selected = np.where((first_selected == -1) & any_fold, k, first_selected)
                 info["n_changed"] = _changed(prev_labels, labels)
@@ -307,14 +327,39 @@ class Run:
                 break
         if stop is None:
             stop = "max_rounds"
+        if rounds:
+            self.deliver(rounds)
         atomic_write_json(self.dir.root / "status.json", {"stop_reason": stop, "rounds_finished": len(rounds)})
         return RunResult(self.dir.root, rounds, stop,
                          encoder_rows=self._encoder.rows if self._encoder is not None else 0)
 
+    def teacher_probs(self, k: int) -> np.ndarray:
+        """(F, N_pool, 3): the probabilities round k's selection was made from (per fold or fold mean)."""
+        unmask = load_npy(self.dir.round(k) / "unmask_preds.npy")
+        if self.config.pseudo_source == "mean":
+            unmask = np.repeat(unmask.mean(axis=0, keepdims=True), len(unmask), axis=0)
+        temperature = read_json(self.dir.round(k + 1) / "selection.json").get("temperature", 1.0)
+        return np.stack([apply_temperature(p, temperature) for p in unmask])
+
+    def deliver(self, rounds: list[dict]) -> dict:
+        """The run's final output: the best round by a leak-free score (never worse than round 0 on it)."""
+        choice = best_round(rounds)
+        chosen = self.dir.round(choice["round"])
+        if (chosen / "submission.csv").is_file():
+            shutil.copyfile(chosen / "submission.csv", self.dir.root / ".submission.csv.tmp")
+            (self.dir.root / ".submission.csv.tmp").replace(self.dir.root / "submission.csv")
+            choice["submission"] = str(self.dir.root / "submission.csv")
+        atomic_write_json(self.dir.root / "final.json", choice)
+        return choice
+
     def train_round(self, k, folds, sources, pseudo, prior, info) -> dict:
         started = time.time()
         folder = self.dir.round(k)
-        plan = RoundPlan(round=k, folder=folder, mode=self.config.mode, recipe=self.recipe,
+        recipe = self.recipe
+        if k >= 1 and self.config.student_noise > 0:
+            recipe = replace(recipe, name=f"{recipe.name}+noise{self.config.student_noise}",
+                             feature_noise=self.config.student_noise)
+        plan = RoundPlan(round=k, folder=folder, mode=self.config.mode, recipe=recipe,
                          max_len=self.config.max_len, hidden=int(self.files.config_dict().get("hidden_size", 0)),
                          labels=self.labeled.labels, folds=folds, labeled=sources["labeled"],
                          test=sources["test"], unlabeled=sources["unlabeled"], seed=self.config.seed,
@@ -339,7 +384,7 @@ class Run:
         return {
             "round": k,
             "mode": self.config.mode,
-            "recipe": self.recipe.name,
+            "recipe": recipe.name,
             "rows_human": int(np.mean([f["n_train_human"] for f in out.folds])),
             "n_pseudo": int(np.mean(n_pseudo)),
             "pseudo_per_class": dict(zip(LABEL_VALUES, info.get("per_class", [0, 0, 0]))),
@@ -355,6 +400,26 @@ class Run:
             "seconds": {**out.seconds, "total": time.time() - started},
             "stop_reason": None,
         }
+
+
+DRIFT_WARN = 0.15  # total-variation distance of the pseudo-label mix from the prior that earns a warning
+
+
+def mix_drift(per_class, prior) -> float:
+    """Total-variation distance between the pseudo-label class mix and the labeled prior (0 if empty)."""
+    counts = np.asarray(per_class, dtype=np.float64)
+    if counts.sum() == 0:
+        return 0.0
+    return float(0.5 * np.abs(counts / counts.sum() - np.asarray(prior) / np.sum(prior)).sum())
+
+
+def pseudo_targets(labels: np.ndarray, rows: np.ndarray, probs: np.ndarray | None, sharpen: float = 1.0):
+    """Training targets of the selected pool rows: one-hot labels, or the teacher's probabilities
+    sharpened as p^(1/T) / sum (T = `sharpen`)."""
+    if probs is None:
+        return np.eye(N_CLASSES, dtype=np.float32)[labels[rows]]
+    p = np.asarray(probs[rows], dtype=np.float64) ** (1.0 / sharpen)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _changed(prev: np.ndarray | None, labels: np.ndarray) -> int:

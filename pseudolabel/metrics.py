@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from .model import N_CLASSES
+from .data import LABEL_VALUES
+
+N_CLASSES = len(LABEL_VALUES)
 
 MIN_CLASS_SHARE = 0.05  # a class with at least this share of labels must be predicted...
 MIN_PREDICTED_SHARE = 0.01  # ...for at least this share of the rows (a handful of stray rows do not count)
@@ -53,3 +55,26 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> dict:
         "collapsed": reason is not None,
         "collapse_reason": reason,
     }
+
+
+def best_round(rounds: list[dict]) -> dict:
+    """Which round's predictions a run delivers: the best by a leak-free macro-F1, never a collapsed
+    round unless all are, round 0 on ties.
+
+    The metric is the holdout macro-F1 when every round has one, else the OOF macro-F1 when every
+    round's OOF is leak-free (round 0 always is; later rounds with `--pseudo-source fold`). Without
+    either, later rounds cannot be compared honestly and round 0 is delivered.
+    """
+    if not rounds:
+        raise ValueError("no finished round")
+    if all(m.get("holdout") for m in rounds):
+        metric, values = "holdout", [m["holdout"]["macro_f1"] for m in rounds]
+    elif all(m["leak_free"]["oof"] for m in rounds):
+        metric, values = "oof", [m["oof"]["macro_f1"] for m in rounds]
+    else:
+        return {"round": 0, "metric": None, "value": None, "round0": rounds[0]["oof"]["macro_f1"], "gain": None,
+                "reason": "later rounds have no leak-free score (use --pseudo-source fold or --holdout)"}
+    usable = [k for k, m in enumerate(rounds) if not m["collapsed"]] or list(range(len(rounds)))
+    best = max(usable, key=lambda k: (values[k], -k))
+    return {"round": rounds[best]["round"], "metric": metric, "value": values[best], "round0": values[0],
+            "gain": values[best] - values[0], "reason": None}

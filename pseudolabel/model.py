@@ -34,6 +34,7 @@ class Recipe:
     precise_bn: int = 0  # recompute BatchNorm statistics on this many training rows after each epoch (0: off)
     standardize: bool = False  # z-score features with training-fold statistics over real tokens
     zero_padding: bool = False  # set features at padding positions to zero (after standardising)
+    feature_noise: float = 0.0  # std of Gaussian noise on the (standardised) features while training
     learning_rate: float = 1e-3
     batch_size: int = 128
     epochs: int = 2
@@ -89,6 +90,8 @@ def head_layers(x, recipe: Recipe, mask=None):
     """Apply the head to a (B, T, H) feature tensor; returns the softmax output."""
     if recipe.standardize:
         x = Standardize(name="standardize")(x)
+    if recipe.feature_noise > 0:
+        x = keras.layers.GaussianNoise(recipe.feature_noise, name="feature_noise")(x)
     if recipe.zero_padding and mask is not None:
         x = keras.layers.Multiply(name="zero_padding")([x, mask])
     if recipe.spatial_dropout > 0:

@@ -9,6 +9,7 @@ from rich.text import Text
 
 from .data import LABEL_VALUES
 from .errors import PseudoError
+from .metrics import best_round
 from .store import RunDir, read_json
 
 COLLAPSE_HINT = ("collapsed: the head learned nothing (a class is (almost) never predicted, or macro-F1 is not above "
@@ -48,7 +49,8 @@ def round_summary(m: dict) -> dict:
 
 def report_json(run_dir: str | Path) -> dict:
     rounds, stop = load_rounds(run_dir)
-    return {"run_dir": str(run_dir), "rounds": [round_summary(m) for m in rounds], "stop_reason": stop}
+    return {"run_dir": str(run_dir), "rounds": [round_summary(m) for m in rounds], "stop_reason": stop,
+            "final": best_round(rounds) if rounds else None}
 
 
 def _f1(value: float | None, leak_free: bool) -> Text:
@@ -76,6 +78,25 @@ def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
     return table
 
 
+def final_line(rounds: list[dict]) -> Text:
+    """Which round the run delivers (submission.csv at the run's top) and whether pseudo-labels helped."""
+    choice = best_round(rounds)
+    if choice["metric"] is None:
+        return Text(f"final output: round 0 — {choice['reason']}", style="bold")
+    name = "holdout" if choice["metric"] == "holdout" else "leak-free OOF"
+    if len(rounds) == 1:
+        return Text(f"final output: round 0 ({name} macro-F1 {choice['value']:.4f})", style="bold")
+    if choice["round"] == 0:
+        best_later = max(m["holdout"]["macro_f1"] if choice["metric"] == "holdout" else m["oof"]["macro_f1"]
+                         for m in rounds[1:])
+        return Text(f"final output: round 0 — pseudo-labeling did not help ({name} macro-F1 {choice['value']:.4f}; "
+                    f"best pseudo round {best_later:.4f}, {100 * (best_later - choice['value']):+.1f} points)",
+                    style="bold yellow")
+    return Text(f"final output: round {choice['round']} — pseudo-labeling helped: {name} macro-F1 "
+                f"{choice['value']:.4f} vs {choice['round0']:.4f} in round 0 ({100 * choice['gain']:+.1f} points)",
+                style="bold green")
+
+
 def footer_lines(rounds: list[dict], stop: str | None) -> list[Text]:
     lines = []
     if any(not round_summary(m)["leak_free"]["oof"] for m in rounds):
@@ -83,6 +104,8 @@ def footer_lines(rounds: list[dict], stop: str | None) -> list[Text]:
                           "training (use --pseudo-source fold or --holdout for a leak-free number)", style="yellow"))
     if any(m["collapsed"] for m in rounds):
         lines.append(Text(COLLAPSE_HINT, style="red"))
+    if rounds:
+        lines.append(final_line(rounds))
     if stop:
         lines.append(Text(f"stop reason: {stop}", style="bold"))
     else:

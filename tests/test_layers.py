@@ -67,9 +67,13 @@ def test_focal_loss_equals_hand_computation():
     y_true = np.array([[1, 0, 0], [0, 0, 1], [0.2, 0.5, 0.3]], np.float32)
     y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]], np.float32)
     p = y_pred.astype(np.float64) + 1e-7
-    hand = np.max(-y_true * np.log(p) * (1 - p) ** 2 * y_true * 0.25, axis=-1)
+    hand = np.sum(-y_true * np.log(p) * (1 - p) ** 2 * y_true * 0.25, axis=-1)
     per_row = FocalLoss(reduction="none")(tf.constant(y_true), tf.constant(y_pred)).numpy()
     np.testing.assert_allclose(per_row, hand, rtol=1e-5)
+    # the recipe's max over classes, on its one-hot rows
+    recipe = np.max(-y_true * np.log(p) * (1 - p) ** 2 * y_true * 0.25, axis=-1)
+    np.testing.assert_allclose(per_row[:2], recipe[:2], rtol=1e-5)
+    assert per_row[2] > recipe[2]  # a soft row: every class's term counts
     # first row by hand: 0.25 * 0.3^2 * -log(0.7)
     assert per_row[0] == pytest.approx(0.25 * 0.09 * -np.log(0.7), rel=1e-5)
     mean = FocalLoss()(tf.constant(y_true), tf.constant(y_pred)).numpy()

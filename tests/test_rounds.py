@@ -26,7 +26,8 @@ def load(path):
 @pytest.fixture(scope="module")
 def two_rounds(tiny_data, tiny_encoder, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "mean"
-    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "2", "--holdout", "0.2", *SELECT))
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "2", "--holdout", "0.2",
+                              "--pseudo-source", "mean", *SELECT))
     assert result.exit_code == 0, result.output
     return run_dir, result
 
@@ -135,13 +136,14 @@ def test_report_json_reproduces_the_run(two_rounds):
 def test_select_command_writes_what_the_next_round_uses(tiny_data, tiny_encoder, tmp_path):
     run_dir = tmp_path / "sel"
     assert invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0")).exit_code == 0
-    result = invoke("select", "--run-dir", str(run_dir), "--threshold", "0.34", "--force")
+    result = invoke("select", "--run-dir", str(run_dir), "--strategy", "threshold", "--threshold", "0.34", "--force")
     assert result.exit_code == 0, result.output
     assert "threshold sweep" in result.output and "OOF precision" in result.output
     written = load(run_dir / "round_1" / "pseudo_labels.npy")
-    unmask = load(run_dir / "round_0" / "unmask_preds.npy").mean(axis=0)
-    np.testing.assert_array_equal(written[0], select(unmask, "threshold", 0.34))
-    n = int((written[0] != NOT_SELECTED).sum())
+    unmask = load(run_dir / "round_0" / "unmask_preds.npy")  # the default source: each fold's own model
+    for fold in range(3):
+        np.testing.assert_array_equal(written[fold], select(unmask[fold], "threshold", 0.34))
+    n = int((written[0] != NOT_SELECTED).sum())  # fold 0's rows
     assert n > 0
     cont = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--force"))
     assert cont.exit_code == 0, cont.output
@@ -187,6 +189,7 @@ def test_changed_recipe_refuses_to_continue(two_rounds, tiny_data, tiny_encoder,
 
     run_dir, _ = two_rounds
     monkeypatch.setitem(model.RECIPES, "default", replace(model.RECIPES["default"], learning_rate=0.01))
-    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "2", "--holdout", "0.2", *SELECT))
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "2", "--holdout", "0.2",
+                              "--pseudo-source", "mean", *SELECT))
     assert result.exit_code == 1
     assert "learning_rate (saved 0.0003, now 0.01)" in result.output
