@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ._tf import keras
+from .batching import length_grouped, padded_length
 from .errors import PseudoError
 from .metrics import scores
 from .model import N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, set_standardization
@@ -59,12 +60,17 @@ def make_folds(labels: np.ndarray, n_folds: int = 5, holdout: float = 0.0, seed:
 class FeatureSource:
     """Model inputs from encoder features (cached or streamed): [features] or [features, token mask]."""
 
+    dynamic_ok = True
+
     def __init__(self, features, with_mask: bool = False):
         self.features = features
         self.with_mask = with_mask
 
     def __len__(self) -> int:
         return len(self.features)
+
+    def lengths(self, idx: np.ndarray) -> np.ndarray:
+        return self.features.lengths[idx]
 
     def rows(self, idx: np.ndarray) -> list[np.ndarray]:
         x = self.features.rows(idx)
@@ -76,6 +82,8 @@ class FeatureSource:
 
 class TokenSource:
     """Model inputs for the faithful model: [input_ids, attention_mask]."""
+
+    dynamic_ok = False
 
     def __init__(self, tokens):
         self.tokens = tokens
@@ -96,6 +104,12 @@ def _concat(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 def _unwrap(inputs: list[np.ndarray]):
     return inputs[0] if len(inputs) == 1 else inputs
+
+
+def _trim(inputs: list[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]:
+    """Dynamic padding: cut the time axis to the batch's longest row (rounded up, see padded_length)."""
+    keep = padded_length(lengths.max() if len(lengths) else 1, inputs[0].shape[1])
+    return [x[:, :keep] for x in inputs]
 
 
 # ---------------------------------------------------------------- one round's plan
@@ -159,16 +173,22 @@ def _standardization(plan: RoundPlan, train_rows: np.ndarray, rng: np.random.Gen
     return mean, std
 
 
-def predict(models: list, source, progress: Progress, task: str, idx: np.ndarray | None = None) -> np.ndarray:
-    """(len(models), N, 3): every model on each chunk of rows, each chunk read once."""
-    idx = np.arange(len(source)) if idx is None else idx
+def predict(models: list, source, progress: Progress, task: str, idx: np.ndarray | None = None,
+            dynamic: bool = False) -> np.ndarray:
+    """(len(models), N, 3): every model on each chunk of rows, each chunk read once.
+
+    With `dynamic`, rows go in order of length and each chunk is cut to its longest row."""
+    idx = np.arange(len(source)) if idx is None else np.asarray(idx)
     out = np.zeros((len(models), len(idx), N_CLASSES), np.float32)
+    order = np.argsort(source.lengths(idx), kind="stable") if dynamic else np.arange(len(idx))
     progress.start(task, len(idx))
     for start in range(0, len(idx), PREDICT_CHUNK):
-        part = idx[start:start + PREDICT_CHUNK]
-        x = _unwrap(source.rows(part))
+        at = order[start:start + PREDICT_CHUNK]
+        part = idx[at]
+        inputs = source.rows(part)
+        x = _unwrap(_trim(inputs, source.lengths(part)) if dynamic else inputs)
         for m, model in enumerate(models):
-            out[m, start:start + len(part)] = model.predict_on_batch(x)
+            out[m, at] = model.predict_on_batch(x)
         progress.advance(task, len(part))
     progress.finish(task)
     return out
@@ -206,11 +226,18 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     if plan.recipe.standardize:
         set_standardization(model, *_standardization(plan, human, rng))
 
+    dynamic = plan.recipe.dynamic_padding
+    if dynamic:
+        lengths = np.concatenate([plan.labeled.lengths(human),
+                                  plan.pseudo.source.lengths(pseudo_rows) if n_p else np.zeros(0, np.int64)])
+
     def batch_inputs(order: np.ndarray):
         from_h, from_p = order[order < n_h], order[order >= n_h] - n_h
         parts = [plan.labeled.rows(human[from_h]) if len(from_h) else None,
                  plan.pseudo.source.rows(pseudo_rows[from_p]) if len(from_p) else None]
-        return _unwrap(_concat(parts)), np.concatenate([from_h, from_p + n_h])
+        taken = np.concatenate([from_h, from_p + n_h])
+        inputs = _concat(parts)
+        return _unwrap(_trim(inputs, lengths[taken]) if dynamic else inputs), taken
 
     n_train = n_h + n_p
     precise = PreciseBatchNorm(model) if plan.recipe.precise_bn > 0 else None
@@ -222,18 +249,24 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     best = (-1.0, None, 0)
     history = []
     for epoch in range(epochs):
-        order = rng.permutation(n_train)
+        if dynamic:
+            batches = length_grouped(lengths, batch, rng)
+        else:
+            order = rng.permutation(n_train)
+            batches = [order[start:start + batch] for start in range(0, n_train, batch)]
         losses = []
-        for start in range(0, n_train, batch):
-            x, taken = batch_inputs(order[start:start + batch])
+        for rows in batches:
+            x, taken = batch_inputs(rows)
             losses.append(float(model.train_on_batch(x, targets[taken], sample_weight=weights[taken])))
             progress.advance(task)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if precise is not None:
             sample = np.sort(rng.choice(n_train, size=min(n_train, plan.recipe.precise_bn), replace=False))
+            if dynamic:  # chunks of similar length, as predictions run
+                sample = sample[np.argsort(lengths[sample], kind="stable")]
             precise.update(batch_inputs(sample[i:i + PREDICT_CHUNK])[0] for i in range(0, len(sample), PREDICT_CHUNK))
         if plan.recipe.early_stopping:
-            monitor_probs = predict([model], plan.labeled, Progress(), "", monitor)[0]
+            monitor_probs = predict([model], plan.labeled, Progress(), "", monitor, dynamic)[0]
             entry["monitor_macro_f1"] = scores(plan.labels[monitor], monitor_probs)["macro_f1"]
             if entry["monitor_macro_f1"] > best[0]:
                 best = (entry["monitor_macro_f1"], model.get_weights(), epoch + 1)
@@ -246,7 +279,8 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
         model.set_weights(best[1])
     train_seconds = time.time() - started
 
-    valid_probs = predict([model], plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", valid)[0]
+    valid_probs = predict([model], plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", valid,
+                          dynamic)[0]
     record = {"fold": fold, "n_train_human": n_h, "n_train_pseudo": n_p,
               "pseudo_targets": "soft" if n_p and not np.isin(pseudo_targets, (0.0, 1.0)).all() else "hard",
               "n_valid": len(valid),
@@ -319,7 +353,8 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
     if jobs:
         heads = [load_head(plan, fold) for fold in range(plan.n_folds)]
         for name, source, idx in jobs:
-            out[name] = predict(heads, source, progress, f"round {plan.round} score {name}", idx)
+            out[name] = predict(heads, source, progress, f"round {plan.round} score {name}", idx,
+                                plan.recipe.dynamic_padding)
         keras.backend.clear_session()
     return RoundOutput(oof, out["test"], out["unmask"], out["holdout"], records,
                        {"train": train_seconds, "score": time.time() - started})

@@ -35,7 +35,7 @@ MODES = ("cached", "faithful")
 PSEUDO_SOURCES = ("mean", "fold")
 STREAMABLE = ("test", "unlabeled")
 RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial_dropout", "bn_momentum",
-                    "precise_bn", "zero_padding", "early_stopping")
+                    "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class RunConfig:
     precise_bn: int | None = None
     zero_padding: bool | None = None
     early_stopping: bool | None = None
+    dynamic_padding: bool | None = None
     max_len: int = 140
     seed: int = 0
     unlabeled_limit: int | None = 500_000
@@ -97,6 +98,8 @@ class RunConfig:
         if self.rounds > 0 and not self.unlabeled:
             raise PseudoError("rounds >= 1 need an unlabeled pool (--unlabeled)")
         recipe = self.resolved_recipe()
+        if self.mode == "faithful" and recipe.dynamic_padding:
+            raise PseudoError("dynamic-padding works on cached features: use --mode cached")
         if self.mode == "faithful" and recipe.standardize:
             raise PseudoError("mode faithful keeps the encoder in the graph and cannot standardise its features: "
                               "use --recipe seed (or --no-standardize)")

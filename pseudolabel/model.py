@@ -34,6 +34,7 @@ class Recipe:
     precise_bn: int = 0  # recompute BatchNorm statistics on this many training rows after each epoch (0: off)
     standardize: bool = False  # z-score features with training-fold statistics over real tokens
     zero_padding: bool = False  # set features at padding positions to zero (after standardising)
+    dynamic_padding: bool = False  # cut each batch to its longest post (length-grouped batches); cached mode
     feature_noise: float = 0.0  # std of Gaussian noise on the (standardised) features while training
     learning_rate: float = 1e-3
     batch_size: int = 128
@@ -125,11 +126,12 @@ def compile_model(model, recipe: Recipe):
 
 def build_head(max_len: int, hidden: int, recipe: Recipe):
     """The head over cached features: inputs (B, T, H) float32 [and (B, T, 1) mask if zero_padding]."""
-    feats = keras.Input((max_len, hidden), name="features")
+    steps = None if recipe.dynamic_padding else max_len
+    feats = keras.Input((steps, hidden), name="features")
     inputs = [feats]
     mask = None
     if recipe.zero_padding:
-        mask = keras.Input((max_len, 1), name="token_mask")
+        mask = keras.Input((steps, 1), name="token_mask")
         inputs.append(mask)
     model = keras.Model(inputs if len(inputs) > 1 else feats, head_layers(feats, recipe, mask), name="head")
     return compile_model(model, recipe)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .batching import length_grouped
 from .data import EMPTY_TEXT, load_unlabeled
 from .encoder import CARD_NAME, TOKENIZER_EXTRAS, find_encoder, load_tokenizer, quiet_transformers
 from .errors import PseudoError
@@ -127,16 +128,8 @@ def count_steps(corpus: list[str], epochs: float, batch_size: int, eval_rows: in
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The batches of one epoch: shuffled rows, sorted by length within groups of batches, batches shuffled."""
-    rng = np.random.default_rng([seed, 11, epoch])
-    order = rng.permutation(len(lengths))
-    batches = []
-    group = batch_size * _GROUP
-    for start in range(0, len(order), group):
-        chunk = order[start:start + group]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
+    """The batches of one epoch (length-grouped), a pure function of seed and epoch."""
+    return length_grouped(lengths, batch_size, np.random.default_rng([seed, 11, epoch]), _GROUP)
 
 
 def mask_batch(ids: list[np.ndarray], special: set[int], mask_id: int, vocab_size: int, mask_prob: float,
