@@ -51,6 +51,7 @@ VARIANTS = {
     "default no patience": replace(RECIPES["default"], name="default no patience", patience=99),
     "default -preciseBN": replace(RECIPES["default"], name="default -preciseBN", precise_bn=0),
     "seed +preciseBN": replace(SEED, name="seed +preciseBN", precise_bn=2048),
+    "default +dynamic padding": replace(RECIPES["default"], name="default +dynamic padding", dynamic_padding=True),
     "default": RECIPES["default"],
 }
 
