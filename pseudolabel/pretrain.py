@@ -368,7 +368,7 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
     lm = MaskedLM(config, init_files, vocab_size)
     manager = tf.train.CheckpointManager(lm.checkpoint, str(out / CHECKPOINT_DIR), max_to_keep=1)
     record = previous if previous is not None else {
-        "settings": settings, "command": " ".join(sys.argv), "corpus": described, "n_texts": len(texts),
+        "settings": settings, "command": " ".join(["pseudo", *sys.argv[1:]] if Path(sys.argv[0]).name == "pseudo" else sys.argv), "corpus": described, "n_texts": len(texts),
         "n_train": len(train_rows), "n_eval": len(eval_rows), "steps_done": 0, "seconds": 0.0,
         "train_loss": [], "eval_loss": []}
     if manager.latest_checkpoint:
