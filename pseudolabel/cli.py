@@ -36,7 +36,8 @@ def _bundled(relative: str) -> str:
 DEFAULT_TRAIN = _bundled("data/train.labeled.csv")
 DEFAULT_TEST = _bundled("data/test.csv")
 DEFAULT_UNLABELED = _bundled("data/unlabeled.csv")
-DEFAULT_ENCODER = _bundled("models/bert-mini-random")
+DEFAULT_ENCODER = _bundled("models/weibo-mlm-4l256")  # pretrained with `pseudo pretrain` (models/README.md)
+DEFAULT_VOCAB = _bundled("models/bert-mini-random")  # the bert-base-chinese vocabulary
 
 
 class RichProgress(Progress):
@@ -254,7 +255,7 @@ def pretrain(
     corpus: list[str] = typer.Argument(..., help="CSV file(s) with a text column (labels are never read)."),
     out: str = typer.Option(..., help="Output encoder folder (also holds the checkpoint to resume from)."),
     init: Optional[str] = typer.Option(None, help="Continue from this encoder folder instead of a fresh config."),
-    vocab: Optional[str] = typer.Option(DEFAULT_ENCODER, help="vocab.txt (or an encoder folder) for a fresh "
+    vocab: Optional[str] = typer.Option(DEFAULT_VOCAB, help="vocab.txt (or an encoder folder) for a fresh "
                                                               "config; ignored with --init."),
     layers: int = typer.Option(4, help="Fresh config: transformer layers."),
     hidden: int = typer.Option(256, help="Fresh config: hidden size."),
