@@ -60,8 +60,6 @@ def make_folds(labels: np.ndarray, n_folds: int = 5, holdout: float = 0.0, seed:
 class FeatureSource:
     """Model inputs from encoder features (cached or streamed): [features] or [features, token mask]."""
 
-    dynamic_ok = True
-
     def __init__(self, features, with_mask: bool = False):
         self.features = features
         self.with_mask = with_mask
@@ -82,8 +80,6 @@ class FeatureSource:
 
 class TokenSource:
     """Model inputs for the faithful model: [input_ids, attention_mask]."""
-
-    dynamic_ok = False
 
     def __init__(self, tokens):
         self.tokens = tokens
@@ -264,7 +260,8 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
             sample = np.sort(rng.choice(n_train, size=min(n_train, plan.recipe.precise_bn), replace=False))
             if dynamic:  # chunks of similar length, as predictions run
                 sample = sample[np.argsort(lengths[sample], kind="stable")]
-            precise.update(batch_inputs(sample[i:i + PREDICT_CHUNK])[0] for i in range(0, len(sample), PREDICT_CHUNK))
+            chunks = (sample[i:i + PREDICT_CHUNK] for i in range(0, len(sample), PREDICT_CHUNK))
+            precise.update(batch_inputs(chunk)[0] for chunk in chunks)
         if plan.recipe.early_stopping:
             monitor_probs = predict([model], plan.labeled, Progress(), "", monitor, dynamic)[0]
             entry["monitor_macro_f1"] = scores(plan.labels[monitor], monitor_probs)["macro_f1"]

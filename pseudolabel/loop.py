@@ -339,9 +339,11 @@ class Run:
     def teacher_probs(self, k: int) -> np.ndarray:
         """(F, N_pool, 3): the probabilities round k's selection was made from (per fold or fold mean)."""
         unmask = load_npy(self.dir.round(k) / "unmask_preds.npy")
-        if self.config.pseudo_source == "mean":
+        # the source of the selection written (`pseudo select --source` may differ from the run's)
+        selection = read_json(self.dir.round(k + 1) / "selection.json")
+        if selection.get("source", self.config.pseudo_source) == "mean":
             unmask = np.repeat(unmask.mean(axis=0, keepdims=True), len(unmask), axis=0)
-        temperature = read_json(self.dir.round(k + 1) / "selection.json").get("temperature", 1.0)
+        temperature = selection.get("temperature", 1.0)
         return np.stack([apply_temperature(p, temperature) for p in unmask])
 
     def deliver(self, rounds: list[dict]) -> dict:

@@ -322,6 +322,12 @@ def _write_encoder(out: Path, lm: MaskedLM, vocab: Path, card: dict) -> None:
             path.replace(out / path.name)
 
 
+def _command() -> str:
+    """The command line as typed (`pseudo pretrain ...` rather than the console script's full path)."""
+    args = ["pseudo", *sys.argv[1:]] if Path(sys.argv[0]).name == "pseudo" else sys.argv
+    return " ".join(args)
+
+
 def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, vocab: str | None = None,
              init: str | None = None, restart: bool = False, progress: Progress | None = None,
              stop_after: int | None = None) -> dict:
@@ -368,7 +374,7 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
     lm = MaskedLM(config, init_files, vocab_size)
     manager = tf.train.CheckpointManager(lm.checkpoint, str(out / CHECKPOINT_DIR), max_to_keep=1)
     record = previous if previous is not None else {
-        "settings": settings, "command": " ".join(["pseudo", *sys.argv[1:]] if Path(sys.argv[0]).name == "pseudo" else sys.argv), "corpus": described, "n_texts": len(texts),
+        "settings": settings, "command": _command(), "corpus": described, "n_texts": len(texts),
         "n_train": len(train_rows), "n_eval": len(eval_rows), "steps_done": 0, "seconds": 0.0,
         "train_loss": [], "eval_loss": []}
     if manager.latest_checkpoint:
