@@ -206,26 +206,24 @@ def _build_model(config: PretrainConfig, init, vocab_size: int):
     return model
 
 
-class _Schedule:
-    """The learning-rate schedule as a Keras schedule (evaluated from the optimizer's step)."""
+def keras_schedule(config: PretrainConfig):
+    """`learning_rate_at` as a Keras schedule, evaluated by the optimizer from its step counter."""
+    from ._tf import keras, tf
 
-    def __new__(cls, config: PretrainConfig):
-        from ._tf import keras, tf
+    warm = float(max(1, int(round(config.warmup * config.steps)))) if config.warmup > 0 else 0.0
+    peak, total = float(config.learning_rate), float(config.steps)
 
-        warm = float(max(1, int(round(config.warmup * config.steps)))) if config.warmup > 0 else 0.0
-        peak, total = float(config.learning_rate), float(config.steps)
+    class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            up = peak * (step + 1.0) / max(warm, 1.0)
+            down = peak * tf.maximum(0.0, 1.0 - (step - warm) / max(total - warm, 1.0))
+            return tf.where(step < warm, up, down)
 
-        class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
-            def __call__(self, step):
-                step = tf.cast(step, tf.float32)
-                up = peak * (step + 1.0) / max(warm, 1.0)
-                down = peak * tf.maximum(0.0, 1.0 - (step - warm) / max(total - warm, 1.0))
-                return tf.where(step < warm, up, down)
+        def get_config(self):
+            return {"peak": peak, "warmup": warm, "total": total}
 
-            def get_config(self):
-                return {"peak": peak, "warmup": warm, "total": total}
-
-        return WarmupLinear()
+    return WarmupLinear()
 
 
 class MaskedLM:
@@ -236,7 +234,7 @@ class MaskedLM:
 
         keras.utils.set_random_seed(config.seed)
         self.model = _build_model(config, init, vocab_size)
-        self.optimizer = keras.optimizers.AdamW(learning_rate=_Schedule(config), weight_decay=config.weight_decay,
+        self.optimizer = keras.optimizers.AdamW(learning_rate=keras_schedule(config), weight_decay=config.weight_decay,
                                                 beta_1=0.9, beta_2=0.999, epsilon=1e-6, clipnorm=1.0)
         self.optimizer.exclude_from_weight_decay(var_names=["LayerNorm", "layer_norm", "bias"])
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -12,8 +12,8 @@ from conftest import VOCAB
 
 from pseudolabel.cli import app
 from pseudolabel.encoder import FrozenEncoder, find_encoder, load_tokenizer, read_card
-from pseudolabel.pretrain import (MaskedLM, PretrainConfig, epoch_batches, learning_rate_at, mask_batch, pretrain,
-                                  token_lists)
+from pseudolabel.pretrain import (MaskedLM, PretrainConfig, epoch_batches, keras_schedule, learning_rate_at,
+                                  mask_batch, pretrain, token_lists)
 from pseudolabel.tokenize import tokenize
 
 TINY = dict(layers=2, hidden=64, heads=2, intermediate=128, max_len=32, batch_size=8, eval_rows=10,
@@ -63,6 +63,11 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert all(a < b for a, b in zip(rates[:9], rates[1:10]))
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
     assert rates[-1] < 2e-5
+    schedule = keras_schedule(config)  # what the optimizer uses
+    np.testing.assert_allclose([float(schedule(s)) for s in range(100)], rates, rtol=1e-5, atol=1e-9)
+    flat = PretrainConfig(steps=50, warmup=0.0, learning_rate=1e-3)
+    np.testing.assert_allclose([float(keras_schedule(flat)(s)) for s in range(50)],
+                               [learning_rate_at(s, flat) for s in range(50)], rtol=1e-5, atol=1e-9)
 
 
 def test_mlm_steps_lower_the_loss_on_a_fixed_batch():
