@@ -22,6 +22,7 @@ ID_COLUMN = "微博id"
 TEXT_COLUMN = "微博中文内容"
 LABEL_COLUMN = "情感倾向"
 LABEL_VALUES = ("-1", "0", "1")  # class index i <-> LABEL_VALUES[i]
+N_CLASSES = len(LABEL_VALUES)
 EMPTY_TEXT = "无"
 DEFAULT_UNLABELED_LIMIT = 500_000
 # More replacement characters than this share of the text means the file is not in a

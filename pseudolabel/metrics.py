@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from .data import LABEL_VALUES
-
-N_CLASSES = len(LABEL_VALUES)
+from .data import N_CLASSES
 
 MIN_CLASS_SHARE = 0.05  # a class with at least this share of labels must be predicted...
 MIN_PREDICTED_SHARE = 0.01  # ...for at least this share of the rows (a handful of stray rows do not count)

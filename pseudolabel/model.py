@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from ._tf import keras, tf
+from .data import N_CLASSES
 from .errors import PseudoError
 from .layers import Capsule, Standardize
 from .losses import FocalLoss
 
-N_CLASSES = 3
 
 
 @dataclass(frozen=True)
@@ -193,12 +193,10 @@ class PreciseBatchNorm:
     """
 
     def __init__(self, model):
-        self.model = model
         layers = model.layers
-        first = next((i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.BatchNormalization)),
-                     None)
-        self.tail = layers[first:] if first is not None else []
-        self.to_first = keras.Model(model.inputs, layers[first].input) if first is not None else None
+        norms = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.BatchNormalization)]
+        self.tail = layers[norms[0]:norms[-1] + 1] if norms else []  # first BatchNorm .. last BatchNorm
+        self.to_first = keras.Model(model.inputs, layers[norms[0]].input) if norms else None
 
     def update(self, batches) -> None:
         """`batches`: an iterable of model inputs (the rows to take the statistics over)."""
