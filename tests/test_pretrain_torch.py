@@ -1,4 +1,4 @@
-"""scripts/pretrain_torch.py's framework-free parts: the token file and the weight shards round-trip exactly.
+"""tools/pretrain_torch.py's framework-free parts: the token file and the weight shards round-trip exactly.
 
 (Its PyTorch training step runs on a GPU machine; `assemble` checks the result through pseudo's own
 loader against features the trainer saved, so a wrong weight mapping cannot pass silently.)
@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 
 from conftest import DATA, VOCAB
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_torch.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "pretrain_torch.py"
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ held-out split, length-grouped batch order, masks and learning-rate schedule, al
 `pseudolabel.pretrain`), and only the framework doing the steps differs. Three steps:
 
     # 1. here (pseudo's venv): tokenize the corpus once into a compact array file
-    python scripts/pretrain_torch.py prepare ../shared/data/covid_weibo_200k.unlabeled.csv \
+    python tools/pretrain_torch.py prepare ../shared/data/covid_weibo_200k.unlabeled.csv \
         --vocab models/bert-mini-random --out corpus.npz
     # 2. on the GPU machine (PyTorch + transformers): train for a wall-clock budget
-    python scripts/pretrain_torch.py train corpus.npz --out shards/ --budget 420
+    python tools/pretrain_torch.py train corpus.npz --out shards/ --budget 420
     # 3. here again: assemble the shards into an encoder folder and check it loads
-    python scripts/pretrain_torch.py assemble shards/ --vocab models/bert-mini-random --out models/NAME
+    python tools/pretrain_torch.py assemble shards/ --vocab models/bert-mini-random --out models/NAME
 
 The step count is fixed after a timed start (`--budget` seconds of training in all), so the
 learning-rate schedule still ends at zero; `pretrain.json` records the count, losses and machine.
