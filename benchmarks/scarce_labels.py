@@ -1,0 +1,228 @@
+"""Scarce labels: does pseudo-labeling help when labels are few, and does `pseudo` ever deliver worse?
+
+    python benchmarks/scarce_labels.py                          # shared train set, 3 seeds, all variants
+    python benchmarks/scarce_labels.py --rows 400 --max-len 24 --epochs 2 --seeds 0 --folds 3   # tiny
+
+For each seed: a stratified 20% of the shared train set is set aside as the evaluation split; of the
+rest, a stratified 10% keeps its labels and 90% becomes the unlabeled pool (its labels are used only
+to measure pseudo-label precision). Every variant is a real `pseudo` run (round 0, then --rounds
+pseudo-label rounds) with the evaluation split as its test file, so the macro-F1 of each round's
+test predictions is a score no round trained or selected on. The anchor: sklearn's
+SelfTrainingClassifier on char 1-3-gram TF-IDF + logistic regression, on the same splits.
+Prints per seed, variant and round: evaluation macro-F1, pseudo-label count, precision and class mix,
+and the round the run delivered; then mean and spread over seeds. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pseudolabel.data import ID_COLUMN, LABEL_COLUMN, LABEL_VALUES, TEXT_COLUMN, load_labeled  # noqa: E402
+from pseudolabel.loop import Run, RunConfig  # noqa: E402
+from pseudolabel.metrics import scores  # noqa: E402
+from pseudolabel.progress import Progress  # noqa: E402
+from pseudolabel.select import NOT_SELECTED  # noqa: E402
+from pseudolabel.store import load_npy, read_json  # noqa: E402
+
+VARIANTS = {  # name -> RunConfig options on top of the defaults
+    "threshold 0.9 (reference)": dict(strategy="threshold", threshold=0.9),
+    "class-balanced (default)": dict(),
+    "class-balanced soft": dict(soft_targets=True, sharpen=0.5),
+    "class-balanced soft +noise": dict(soft_targets=True, sharpen=0.5, student_noise=0.1),
+}
+
+
+def split(labels: np.ndarray, seed: int, eval_share: float, labeled_share: float):
+    """(eval rows, labeled rows, pool rows), stratified, as sorted row indices."""
+    rows = np.arange(len(labels))
+    rest, evaluation = train_test_split(rows, test_size=eval_share, stratify=labels, random_state=seed)
+    labeled, pool = train_test_split(rest, train_size=labeled_share, stratify=labels[rest], random_state=seed)
+    return np.sort(evaluation), np.sort(labeled), np.sort(pool)
+
+
+def anchor(texts: list[str], labels: np.ndarray, parts) -> dict:
+    """Supervised TF-IDF + LR against sklearn's self-training on the pool (threshold 0.9)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.semi_supervised import SelfTrainingClassifier
+
+    evaluation, labeled, pool = parts
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
+    x = vectorizer.fit_transform([texts[i] for i in np.concatenate([labeled, pool])])
+    x_eval = vectorizer.transform([texts[i] for i in evaluation])
+    y = np.concatenate([labels[labeled], np.full(len(pool), -1)])  # class indices; -1 marks the pool
+    lr = dict(max_iter=2000, C=4.0, class_weight="balanced")
+    supervised = LogisticRegression(**lr).fit(x[:len(labeled)], labels[labeled])
+    out = {"supervised": f1_score(labels[evaluation], supervised.predict(x_eval), average="macro")}
+    for name, options in (("self-training 0.9", dict(threshold=0.9)),
+                          ("self-training k_best", dict(criterion="k_best", k_best=len(pool) // 10))):
+        model = SelfTrainingClassifier(LogisticRegression(**lr), max_iter=10, **options).fit(x, y)
+        out[name] = f1_score(labels[evaluation], model.predict(x_eval), average="macro")
+    return out
+
+
+def write_csv(posts, rows: np.ndarray, path: Path, with_label: bool) -> None:
+    """The rows as a competition-style CSV (id, text and, for the labeled part, the label)."""
+    frame = pd.DataFrame({ID_COLUMN: [posts.ids[i] for i in rows], TEXT_COLUMN: [posts.texts[i] for i in rows]})
+    if with_label:
+        frame[LABEL_COLUMN] = np.asarray(LABEL_VALUES)[posts.labels[rows]]
+    frame.to_csv(path, index=False, encoding="utf-8")
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name).strip("_")
+
+
+def run_variant(name: str, options: dict, folder: Path, files: dict, args, first: Path | None) -> list[dict]:
+    """One variant's `pseudo` run. After the seed's first variant, its feature cache and its round 0
+    are copied in: the variants differ only in how rounds >= 1 select and train, so their round 0
+    (same labeled rows, folds, recipe and seed) is the same computation."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    if first is not None:
+        shutil.copytree(first / "features", folder / "features", copy_function=os.link)
+        shutil.copytree(first / "round_0", folder / "round_0")
+    config = RunConfig(run_dir=str(folder), train=str(files["labeled"]), test=str(files["eval"]),
+                       unlabeled=str(files["pool"]), encoder=args.encoder, rounds=args.rounds, folds=args.folds,
+                       max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size, min_steps=args.min_steps,
+                       force=args.force, seed=0, **options)
+    started = time.time()
+    result = Run(config, Progress()).execute()
+    print(f"  {name}: {len(result.rounds)} round(s), stop {result.stop_reason}, {time.time() - started:.0f}s",
+          flush=True)
+    return result.rounds
+
+
+def round_rows(folder: Path, rounds: list[dict], eval_labels: np.ndarray, pool_labels: np.ndarray) -> list[dict]:
+    final = read_json(folder / "final.json")
+    out = []
+    for metrics in rounds:
+        k = metrics["round"]
+        test = load_npy(folder / f"round_{k}" / "test_preds.npy").mean(axis=0)
+        row = {"round": k, "eval_f1": scores(eval_labels, test)["macro_f1"], "oof_f1": metrics["oof"]["macro_f1"],
+               "collapsed": metrics["collapsed"], "delivered": final["round"] == k, "n_pseudo": metrics["n_pseudo"],
+               "mix": list(metrics["pseudo_per_class"].values()), "precision": None}
+        if k >= 1:
+            chosen = load_npy(folder / f"round_{k}" / "pseudo_labels.npy")  # (folds, pool), class index or -1
+            hit = chosen != NOT_SELECTED
+            truth = np.broadcast_to(pool_labels, chosen.shape)
+            row["precision"] = float((chosen[hit] == truth[hit]).mean()) if hit.any() else None
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", default="../shared/data/smp_virus_train.labeled.csv")
+    parser.add_argument("--encoder", default="models/weibo-mlm-4l256")
+    parser.add_argument("--rows", type=int, default=None, help="use a stratified subset of this many rows")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--max-len", type=int, default=140)
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    parser.add_argument("--min-steps", type=int, default=None, help="override the recipe's minimum steps")
+    parser.add_argument("--force", action="store_true",
+                        help="select pseudo-labels even from a collapsed round (smoke runs at tiny sizes)")
+    parser.add_argument("--eval-share", type=float, default=0.2)
+    parser.add_argument("--labeled-share", type=float, default=0.1)
+    parser.add_argument("--work", default="runs/.scarce-labels")
+    parser.add_argument("--json", dest="json_out", default=None)
+    args = parser.parse_args()
+
+    posts = load_labeled(args.train)
+    if args.rows and args.rows < len(posts.labels):
+        keep = np.sort(train_test_split(np.arange(len(posts.labels)), train_size=args.rows, stratify=posts.labels,
+                                        random_state=0)[0])
+        posts = SimpleNamespace(ids=[posts.ids[i] for i in keep], texts=[posts.texts[i] for i in keep],
+                                labels=posts.labels[keep])
+    labels, texts = posts.labels, posts.texts
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    work = Path(args.work)
+    results = []
+    started = time.time()
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        parts = split(labels, seed, args.eval_share, args.labeled_share)
+        evaluation, labeled, pool = parts
+        folder = work / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {"eval": folder / "eval.csv", "labeled": folder / "labeled.csv", "pool": folder / "pool.csv"}
+        write_csv(posts, evaluation, files["eval"], False)
+        write_csv(posts, labeled, files["labeled"], True)
+        write_csv(posts, pool, files["pool"], False)
+        print(f"seed {seed}: {len(labeled)} labeled, {len(pool)} pool, {len(evaluation)} evaluation posts", flush=True)
+        entry = {"seed": seed, "sizes": [len(labeled), len(pool), len(evaluation)], "anchor": anchor(texts, labels, parts),
+                 "variants": {}}
+        print("  anchor (TF-IDF + LR): " + ", ".join(f"{k} {v:.4f}" for k, v in entry["anchor"].items()), flush=True)
+        first = None
+        for name in names:
+            run_dir = folder / slug(name)
+            rounds = run_variant(name, VARIANTS[name], run_dir, files, args, first)
+            first = first or run_dir
+            entry["variants"][name] = round_rows(run_dir, rounds, labels[evaluation], labels[pool])
+        results.append(entry)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(results, indent=2))
+
+    report(results, names, args, time.time() - started)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+
+
+def report(results: list[dict], names: list[str], args, seconds: float) -> None:
+    sizes = results[0]["sizes"]
+    print(f"\nscarce labels · {args.train} · {sizes[0]} labeled / {sizes[1]} pool / {sizes[2]} evaluation posts · "
+          f"seeds {args.seeds} · {args.folds} folds, max_len {args.max_len}, epochs {args.epochs or 'recipe'} · "
+          f"encoder {args.encoder} · {platform.machine()}, {os.cpu_count()} cores · {seconds:.0f}s")
+    print("| seed | variant | round | eval macro-F1 | OOF macro-F1 | pseudo-labels | precision | mix -1/0/1 | delivered |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for entry in results:
+        for name in names:
+            for r in entry["variants"][name]:
+                precision = "-" if r["precision"] is None else f"{r['precision']:.3f}"
+                print(f"| {entry['seed']} | {name} | {r['round']} | {r['eval_f1']:.4f} | {r['oof_f1']:.4f} | "
+                      f"{r['n_pseudo']} | {precision} | {'/'.join(str(m) for m in r['mix'])} | "
+                      f"{'yes' if r['delivered'] else ''} |")
+    print("\nmean ± std over seeds of the evaluation macro-F1 (gain = best pseudo round - round 0; "
+          "delivered - round 0 is what the user gets)")
+    print("| variant | round 0 | best pseudo round | gain | delivered | delivered - round 0 |")
+    print("|---|---|---|---|---|---|")
+
+    def stat(values) -> str:
+        values = np.asarray(values, float)
+        return f"{values.mean():.4f} ± {values.std():.4f}"
+
+    for name in names:
+        r0 = [e["variants"][name][0]["eval_f1"] for e in results]
+        best = [max((r["eval_f1"] for r in e["variants"][name][1:]), default=np.nan) for e in results]
+        delivered = [next(r["eval_f1"] for r in e["variants"][name] if r["delivered"]) for e in results]
+        print(f"| {name} | {stat(r0)} | {stat(best)} | {stat(np.subtract(best, r0))} | {stat(delivered)} | "
+              f"{stat(np.subtract(delivered, r0))} |")
+    for key in results[0]["anchor"]:
+        print(f"| anchor: {key} | | | | {stat([e['anchor'][key] for e in results])} | "
+              f"{stat([e['anchor'][key] - e['anchor']['supervised'] for e in results])} (vs supervised) |")
+
+
+if __name__ == "__main__":
+    main()
