@@ -160,6 +160,37 @@ def mask_batch(ids: list[np.ndarray], special: set[int], mask_id: int, vocab_siz
     return {"input_ids": input_ids, "attention_mask": attention, "positions": positions, "labels": labels}
 
 
+class Batches:
+    """The masked batches of a pretraining: training step `s`'s batch (length-grouped epoch order,
+    masks) is a pure function of the seed and `s`; the held-out batches are masked the same way at
+    every checkpoint."""
+
+    def __init__(self, ids: list[np.ndarray], lengths: np.ndarray, train_rows: np.ndarray, eval_rows: np.ndarray,
+                 config: PretrainConfig, special: set[int], mask_id: int, vocab_size: int):
+        self.ids, self.lengths, self.train_rows, self.eval_rows = ids, lengths, train_rows, eval_rows
+        self.config, self.special, self.mask_id, self.vocab_size = config, special, mask_id, vocab_size
+        self.per_epoch = len(epoch_batches(lengths[train_rows], config.batch_size, config.seed, 0))
+        self._epoch: tuple[int, list[np.ndarray]] | None = None
+
+    def _mask(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return mask_batch([self.ids[r] for r in rows], self.special, self.mask_id, self.vocab_size,
+                          self.config.mask_prob, rng)
+
+    def train(self, step: int) -> dict[str, np.ndarray]:
+        epoch, index = divmod(step, self.per_epoch)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, epoch_batches(self.lengths[self.train_rows], self.config.batch_size,
+                                                self.config.seed, epoch))
+        rows = self.train_rows[self._epoch[1][index]]
+        return self._mask(rows, np.random.default_rng([self.config.seed, 17, step]))
+
+    def held_out(self):
+        rng = np.random.default_rng([self.config.seed, 13])
+        order = self.eval_rows[np.argsort(self.lengths[self.eval_rows], kind="stable")]
+        for i in range(0, len(order), self.config.batch_size):
+            yield self._mask(order[i:i + self.config.batch_size], rng)
+
+
 def learning_rate_at(step: int, config: PretrainConfig) -> float:
     """Linear warm-up over `warmup` of the steps, then linear decay to zero (step counts from 0)."""
     warm = max(1, int(round(config.warmup * config.steps)))
@@ -364,7 +395,6 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
     progress.note(f"corpus: {len(texts):,} distinct posts from {len(corpus)} file(s); {len(eval_rows):,} held out")
     ids = token_lists(texts, tokenizer, config.max_len)
     lengths = np.array([len(x) for x in ids])
-    train_lengths = lengths[train_rows]
     special = set(tokenizer.all_special_ids)
     vocab_size = len(tokenizer.get_vocab())
     mask_id = tokenizer.mask_token_id
@@ -382,28 +412,24 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
     record["train_loss"] = [e for e in record["train_loss"] if e["step"] <= start_step]
     record["eval_loss"] = [e for e in record["eval_loss"] if e["step"] <= start_step]
 
+    batches = Batches(ids, lengths, train_rows, eval_rows, config, special, mask_id, vocab_size)
+
     def evaluate() -> float | None:
         if not len(eval_rows):
             return None
-        rng = np.random.default_rng([config.seed, 13])
-        order = eval_rows[np.argsort(lengths[eval_rows], kind="stable")]
         total, count = 0.0, 0
-        for i in range(0, len(order), config.batch_size):
-            batch = mask_batch([ids[r] for r in order[i:i + config.batch_size]], special, mask_id, vocab_size,
-                               config.mask_prob, rng)
+        for batch in batches.held_out():
             total += lm.run(lm.eval_step, batch) * len(batch["labels"])
             count += len(batch["labels"])
         return total / count
 
     if start_step == 0 and not record["eval_loss"]:
         record["eval_loss"].append({"step": 0, "loss": evaluate()})
-    per_epoch = len(epoch_batches(train_lengths, config.batch_size, config.seed, 0))
     task = "pretrain (MLM)"
     progress.start(task, config.steps)
     progress.advance(task, start_step)
     started, window = time.time(), []
     seconds_before = float(record.get("seconds", 0.0))
-    epoch_cache: dict[int, list[np.ndarray]] = {}
 
     def save(step: int) -> None:
         manager.save(checkpoint_number=step)
@@ -419,12 +445,7 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
     while step < config.steps:
         if stop_after is not None and step - start_step >= stop_after:
             break
-        epoch, index = divmod(step, per_epoch)
-        if epoch not in epoch_cache:
-            epoch_cache = {epoch: epoch_batches(train_lengths, config.batch_size, config.seed, epoch)}
-        rows = train_rows[epoch_cache[epoch][index]]
-        batch = mask_batch([ids[r] for r in rows], special, mask_id, vocab_size, config.mask_prob,
-                           np.random.default_rng([config.seed, 17, step]))
+        batch = batches.train(step)
         loss = lm.run(lm.train_step, batch)
         if not math.isfinite(loss):
             raise PseudoError(f"pretraining diverged at step {step + 1} (loss {loss}); lower --lr")

@@ -35,8 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pseudolabel.pretrain import (PretrainConfig, epoch_batches, learning_rate_at, mask_batch,  # noqa: E402
-                                  split_corpus)
+from pseudolabel.pretrain import Batches, PretrainConfig, learning_rate_at, split_corpus  # noqa: E402
 
 SHARD_BYTES = 14 * 2**20
 
@@ -137,7 +136,6 @@ def train(args) -> None:
                             checkpoint_every=args.eval_every)
     config.check()
     train_rows, eval_rows = split_corpus(len(ids), config.eval_rows, config.seed)
-    train_lengths = lengths[train_rows]
     special, mask_id, vocab_size = set(meta["special"]), meta["mask_id"], meta["vocab_size"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
@@ -166,31 +164,21 @@ def train(args) -> None:
             logits = model.cls(seq.reshape(-1, hidden)[positions])
         return F.cross_entropy(logits.float(), labels)
 
+    batches = Batches(ids, lengths, train_rows, eval_rows, config, special, mask_id, vocab_size)
+
     @torch.no_grad()
     def evaluate() -> float:
         model.eval()
-        rng = np.random.default_rng([config.seed, 13])
-        order = eval_rows[np.argsort(lengths[eval_rows], kind="stable")]
         total, count = 0.0, 0
-        for i in range(0, len(order), config.batch_size):
-            batch = mask_batch([ids[r] for r in order[i:i + config.batch_size]], special, mask_id, vocab_size,
-                               config.mask_prob, rng)
+        for batch in batches.held_out():
             total += float(loss_of(*tensors(batch))) * len(batch["labels"])
             count += len(batch["labels"])
         model.train()
         return total / count
 
-    per_epoch = len(epoch_batches(train_lengths, config.batch_size, config.seed, 0))
-
-    def batches(q: queue.Queue, stop: threading.Event) -> None:
-        cache: dict[int, list[np.ndarray]] = {}
+    def produce(q: queue.Queue, stop: threading.Event) -> None:  # builds the batches ahead of the GPU
         for step in range(config.steps):
-            epoch, index = divmod(step, per_epoch)
-            if epoch not in cache:
-                cache = {epoch: epoch_batches(train_lengths, config.batch_size, config.seed, epoch)}
-            rows = train_rows[cache[epoch][index]]
-            batch = mask_batch([ids[r] for r in rows], special, mask_id, vocab_size, config.mask_prob,
-                               np.random.default_rng([config.seed, 17, step]))
+            batch = batches.train(step)
             while not stop.is_set():
                 try:
                     q.put(batch, timeout=0.5)
@@ -202,7 +190,7 @@ def train(args) -> None:
 
     q: queue.Queue = queue.Queue(maxsize=64)
     stop = threading.Event()
-    worker = threading.Thread(target=batches, args=(q, stop), daemon=True)
+    worker = threading.Thread(target=produce, args=(q, stop), daemon=True)
     worker.start()
 
     record = {"settings": {"config": None, "tokens": str(args.tokens), "vocab_sha256": meta["vocab_sha256"],
