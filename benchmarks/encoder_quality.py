@@ -81,7 +81,9 @@ def main() -> None:
         line = f"{name:<8} {r['encoder']}: linear probe {r['linear_probe']['macro_f1']:.4f}"
         if "round0" in r:
             line += (f", round 0 (default recipe) {r['round0']['macro_f1']:.4f}"
-                     f"{' COLLAPSED' if r['round0']['collapsed'] else ''} in {r['round0_seconds']:.0f}s")
+                     f"{' COLLAPSED' if r['round0']['collapsed'] else ''} in {r['round0_seconds']:.0f}s "
+                     f"(F1 -1/0/1 {' / '.join(f'{v:.3f}' for v in r['round0']['f1_per_class'].values())}, "
+                     f"predicted {'/'.join(str(v) for v in r['round0']['predicted_per_class'].values())})")
         print(line)
     print(json.dumps({k: {"probe": v["linear_probe"]["macro_f1"], "round0": v.get("round0", {}).get("macro_f1")}
                       for k, v in results.items()}))

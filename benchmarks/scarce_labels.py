@@ -43,6 +43,8 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults
     "class-balanced (default)": dict(),
     "class-balanced soft": dict(soft_targets=True, sharpen=0.5),
     "class-balanced soft +noise": dict(soft_targets=True, sharpen=0.5, student_noise=0.1),
+    # the reference's source: pseudo-labels from the fold ensemble's mean (later OOF scores not leak-free)
+    "class-balanced mean-source": dict(pseudo_source="mean"),
 }
 
 

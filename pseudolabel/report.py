@@ -81,18 +81,18 @@ def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
 def final_line(rounds: list[dict]) -> Text:
     """Which round the run delivers (submission.csv at the run's top) and whether pseudo-labels helped."""
     choice = best_round(rounds)
-    if choice["metric"] is None:
-        return Text(f"final output: round 0 — {choice['reason']}", style="bold")
-    name = "holdout" if choice["metric"] == "holdout" else "leak-free OOF"
     if len(rounds) == 1:
-        return Text(f"final output: round 0 ({name} macro-F1 {choice['value']:.4f})", style="bold")
+        return Text(f"final output: round 0 (OOF macro-F1 {rounds[0]['oof']['macro_f1']:.4f})", style="bold")
+    if choice["metric"] is None:
+        oof = "" if choice["oof_gain"] is None else \
+            f"; best pseudo round's leak-free OOF macro-F1 {100 * choice['oof_gain']:+.1f} points"
+        return Text(f"final output: round 0 — {choice['reason']}{oof}", style="bold yellow")
     if choice["round"] == 0:
-        best_later = max(m["holdout"]["macro_f1"] if choice["metric"] == "holdout" else m["oof"]["macro_f1"]
-                         for m in rounds[1:])
-        return Text(f"final output: round 0 — pseudo-labeling did not help ({name} macro-F1 {choice['value']:.4f}; "
+        best_later = max(m["holdout"]["macro_f1"] for m in rounds[1:])
+        return Text(f"final output: round 0 — pseudo-labeling did not help (holdout macro-F1 {choice['value']:.4f}; "
                     f"best pseudo round {best_later:.4f}, {100 * (best_later - choice['value']):+.1f} points)",
                     style="bold yellow")
-    return Text(f"final output: round {choice['round']} — pseudo-labeling helped: {name} macro-F1 "
+    return Text(f"final output: round {choice['round']} — pseudo-labeling helped: holdout macro-F1 "
                 f"{choice['value']:.4f} vs {choice['round0']:.4f} in round 0 ({100 * choice['gain']:+.1f} points)",
                 style="bold green")
 

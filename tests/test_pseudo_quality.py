@@ -57,13 +57,19 @@ def _round(k, oof, leak_free=True, holdout=None, collapsed=False):
 
 
 def test_best_round_rule():
-    assert best_round([_round(0, 0.60), _round(1, 0.58), _round(2, 0.55)])["round"] == 0
-    better = best_round([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)])
-    assert better["round"] == 1 and better["gain"] == pytest.approx(0.03) and better["metric"] == "oof"
-    assert best_round([_round(0, 0.60), _round(1, 0.60)])["round"] == 0  # ties keep round 0
-    assert best_round([_round(0, 0.60), _round(1, 0.70, collapsed=True)])["round"] == 0
-    leaky = best_round([_round(0, 0.60), _round(1, 0.70, leak_free=False)])
-    assert leaky["round"] == 0 and leaky["metric"] is None and "leak-free" in leaky["reason"]
+    # without a holdout the fold ensemble has no held-out score: round 0, whatever the OOF says
+    no_holdout = best_round([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)])
+    assert no_holdout["round"] == 0 and no_holdout["metric"] is None and "--holdout" in no_holdout["reason"]
+    assert no_holdout["oof_gain"] == pytest.approx(0.03)
+    assert best_round([_round(0, 0.60), _round(1, 0.70, leak_free=False)])["oof_gain"] is None
+    assert best_round([_round(0, 0.60)])["reason"] is None
+    # with one, the best holdout round; ties and collapsed rounds keep round 0
+    h = lambda k, value, **kw: _round(k, 0.6, holdout=value, **kw)  # noqa: E731
+    assert best_round([h(0, 0.60), h(1, 0.58), h(2, 0.55)])["round"] == 0
+    better = best_round([h(0, 0.60), h(1, 0.63), h(2, 0.61)])
+    assert better["round"] == 1 and better["gain"] == pytest.approx(0.03) and better["metric"] == "holdout"
+    assert best_round([h(0, 0.60), h(1, 0.60)])["round"] == 0
+    assert best_round([h(0, 0.60), h(1, 0.70, collapsed=True)])["round"] == 0
     by_holdout = best_round([_round(0, 0.60, holdout=0.50), _round(1, 0.70, leak_free=False, holdout=0.55)])
     assert by_holdout["round"] == 1 and by_holdout["metric"] == "holdout"
 
@@ -72,7 +78,7 @@ def test_run_with_soft_targets_and_a_noised_student_delivers_its_best_round(tiny
     run_dir = tmp_path / "soft"
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--threshold",
                                               "0.34", "--soft-targets", "--sharpen", "0.5", "--student-noise", "0.2",
-                                              "--force"), catch_exceptions=False)
+                                              "--holdout", "0.2", "--force"), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     fold = json.loads((run_dir / "round_1" / "fold_0" / "fold.json").read_text())
     assert fold["n_train_pseudo"] > 0 and fold["pseudo_targets"] == "soft"
@@ -81,9 +87,9 @@ def test_run_with_soft_targets_and_a_noised_student_delivers_its_best_round(tiny
     assert "noise" not in json.loads((run_dir / "round_0" / "metrics.json").read_text())["recipe"]
     final = json.loads((run_dir / "final.json").read_text())
     rounds = [json.loads((run_dir / f"round_{k}" / "metrics.json").read_text()) for k in (0, 1)]
-    assert final["metric"] == "oof"  # the default fold source keeps every round leak-free
+    assert final["metric"] == "holdout"  # the fold ensemble's score on posts no fold trained on
     assert final["round"] == best_round(rounds)["round"]
-    assert final["value"] >= rounds[0]["oof"]["macro_f1"]
+    assert final["value"] >= rounds[0]["holdout"]["macro_f1"]
     delivered = (run_dir / "submission.csv").read_text()
     assert delivered == (run_dir / f"round_{final['round']}" / "submission.csv").read_text()
     assert len(list(csv.reader(delivered.splitlines()))) == 21
