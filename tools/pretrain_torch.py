@@ -116,6 +116,8 @@ def _save_check(out: Path, model, rows: list[np.ndarray], device) -> None:
     with torch.no_grad():
         states = model.bert(input_ids=ids.to(device), attention_mask=attention.to(device),
                             token_type_ids=torch.zeros_like(ids).to(device), output_hidden_states=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model.train()
     save_file({"input_ids": ids.numpy(), "attention_mask": attention.numpy(),
                "features": states.hidden_states[-2].float().cpu().numpy()}, str(out / "check.safetensors"))
 
@@ -204,6 +206,7 @@ def train(args) -> None:
               "train_loss": [], "eval_loss": [{"step": 0, "loss": evaluate()}]}
     print(f"{len(ids):,} posts ({len(train_rows):,} train, {len(eval_rows):,} held out) on "
           f"{record['trainer']['device']}; held-out loss at step 0 {record['eval_loss'][0]['loss']:.3f}", flush=True)
+    check_rows = [ids[r] for r in eval_rows[:4]]
     warm = args.warmup_steps
     if not 100 < args.timing_steps < args.max_steps:
         raise SystemExit("--timing-steps must be above 100 and below --max-steps")
@@ -241,6 +244,7 @@ def train(args) -> None:
             record["steps_done"], record["seconds"] = step, time.time() - started
             record["settings"]["config"] = asdict(schedule)
             _save_shards(out, model, record)
+            _save_check(out, model, check_rows, device)  # so that an interrupted run still assembles
             print(f"step {step:,}/{schedule.steps:,} lr {lr:.2e} train {record['train_loss'][-1]['loss'] if record['train_loss'] else float('nan'):.3f} "
                   f"held-out {held:.3f} ({time.time() - started:.0f} s)", flush=True)
     stop.set()
@@ -248,7 +252,7 @@ def train(args) -> None:
     record["seconds"] = time.time() - started
     record["settings"]["config"] = asdict(schedule)
     _save_shards(out, model, record)
-    _save_check(out, model, [ids[r] for r in eval_rows[:4]], device)
+    _save_check(out, model, check_rows, device)
     print(f"done: {step:,} steps in {record['seconds']:.0f} s (+{started - t0:.0f} s setup); "
           f"held-out MLM loss {record['eval_loss'][-1]['loss']:.3f}", flush=True)
 
