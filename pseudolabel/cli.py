@@ -143,7 +143,8 @@ def run(
     sharpen: float = typer.Option(1.0, help="Soft targets: temperature T of p^(1/T) (T < 1 sharpens)."),
     student_noise: float = typer.Option(0.0, help="Rounds >= 1: std of Gaussian noise on the student's "
                                                   "standardised features while training (a noised student)."),
-    holdout: float = typer.Option(0.0, help="Share of labeled rows held out for evaluation only."),
+    holdout: float = typer.Option(0.0, help="Share of labeled rows held out for evaluation only; with it, a "
+                                  "pseudo round that beats round 0 there is delivered (without: round 0)."),
     stream: str = typer.Option("", help="Comma-separated splits (test, unlabeled) to recompute each round "
                                         "instead of caching their features on disk."),
     calibrate: bool = typer.Option(False, help="Temperature-scale probabilities on OOF rows before selecting."),
