@@ -57,7 +57,8 @@ def split(labels: np.ndarray, seed: int, eval_share: float, labeled_share: float
 
 
 def anchor(texts: list[str], labels: np.ndarray, parts) -> dict:
-    """Supervised TF-IDF + LR against sklearn's self-training on the pool (threshold 0.9)."""
+    """Supervised TF-IDF + LR against sklearn's self-training on the pool (threshold 0.9, and k_best:
+    a tenth of the pool per iteration)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
