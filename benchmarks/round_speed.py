@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+SHARED_POOL = ROOT.parent / "shared" / "data" / "covid_weibo_200k.unlabeled.csv"
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -102,6 +105,9 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=1024)
     parser.add_argument("--max-len", type=int, default=140)
     parser.add_argument("--score-rows", default="2000,8000", help="pool sizes for the scoring-memory check")
+    parser.add_argument("--tokenize-file", default=str(SHARED_POOL if SHARED_POOL.exists() else ROOT / "data" / "unlabeled.csv"),
+                        help="posts for the tokenization throughput (default: the shared 200k pool if present)")
+    parser.add_argument("--tokenize-rows", type=int, default=20000)
     parser.add_argument("--skip-reference", action="store_true", help="only (b) and (c)")
     args = parser.parse_args()
 
@@ -133,18 +139,28 @@ def main() -> None:
     texts = [labeled.texts[i] for i in keep] + test.texts + pool.texts
     distinct = len(set([labeled.texts[i] for i in keep])) + len(set(test.texts)) + len(set(pool.texts))
 
-    # tokenization: the script's per-row encode_plus (BertTokenizer) against batch encoding (BertTokenizerFast)
+    # tokenization: the script's per-row encode_plus (BertTokenizer) against the fast tokenizer called on whole
+    # batches and against pseudo's `tokenize` (segments), each from a fresh tokenizer, on the same posts
     from transformers import BertTokenizer
 
+    tok_texts = load_unlabeled(args.tokenize_file, args.tokenize_rows).texts
     slow = BertTokenizer(vocab_file=str(files.vocab))
-    tokenizer = load_tokenizer(files)
     t = time.time()
-    for text in texts:
+    for text in tok_texts:
         slow.encode_plus(text, max_length=args.max_len, padding="max_length", truncation=True)
     per_row_s = time.time() - t
+    fast = load_tokenizer(files)
     t = time.time()
-    tokenize(texts, tokenizer, args.max_len)
+    for start in range(0, len(tok_texts), 4096):
+        fast(tok_texts[start:start + 4096], max_length=args.max_len, padding="max_length", truncation=True,
+             return_tensors="np")
+    whole_s = time.time() - t
+    t = time.time()
+    tokenize(tok_texts, load_tokenizer(files), args.max_len)
     batch_s = time.time() - t
+    rates = {"per-row": len(tok_texts) / per_row_s, "whole": len(tok_texts) / whole_s,
+             "segments": len(tok_texts) / batch_s}
+    per_row_s = len(texts) / rates["per-row"]  # the reference's tokenization time for this run's texts
 
     def config(run_dir, mode, rounds):
         return RunConfig(train=str(paths["train"]), test=str(paths["test"]), unlabeled=str(paths["unlabeled"]),
@@ -185,8 +201,11 @@ def main() -> None:
     print(f"\nround speed · {platform.machine()}, {os.cpu_count()} cores · encoder: random BERT, {args.layers} layers, "
           f"hidden {args.hidden}, {args.heads} heads, intermediate {args.intermediate}, max_len {args.max_len} · "
           f"{len(keep)} labeled, {len(test)} test, {len(pool)} unlabeled posts · recipe seed, 5 folds")
-    print(f"tokenization: per-row BertTokenizer.encode_plus {len(texts) / per_row_s:,.0f} texts/s, batch "
-          f"{len(texts) / batch_s:,.0f} texts/s, ratio {per_row_s / batch_s:.1f}x")
+    base = rates["per-row"]
+    print(f"tokenization of {len(tok_texts):,} posts ({args.tokenize_file}): per-row BertTokenizer.encode_plus "
+          f"{base:,.0f} texts/s; fast tokenizer on whole batches {rates['whole']:,.0f} texts/s "
+          f"({rates['whole'] / base:.1f}x); pseudo tokenize (segments) {rates['segments']:,.0f} texts/s "
+          f"({rates['segments'] / base:.1f}x)")
     if "a" in results:
         print(f"(a) reference round 0 (per-row tokenization + faithful): {results['a']:.1f}s, "
               f"encoder passes per text {results['a_passes']:.2f} (counted in the graph)")

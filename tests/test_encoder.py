@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import DATA, VOCAB
-from pseudolabel.data import load_unlabeled
+from conftest import DATA, REPO, VOCAB
+from pseudolabel.data import load_labeled, load_unlabeled
 from pseudolabel.encoder import FrozenEncoder, find_encoder, load_tokenizer, save_random_encoder
 from pseudolabel.errors import PseudoError
 from pseudolabel.features import CachedFeatures, features_for
@@ -51,13 +51,26 @@ def test_both_layouts_and_safetensors_give_same_features(tiny_encoder, tmp_path)
     np.testing.assert_allclose(outs[0], outs[2], atol=1e-5)  # same seed, same weights
 
 
-def test_tokenize_matches_per_row_encode_plus(tiny_encoder):
-    tokenizer = load_tokenizer(find_encoder(tiny_encoder))
-    toks = tokenize(TEXTS, tokenizer, 20)
-    for i in (0, 5, 36):
-        one = tokenizer.encode_plus(TEXTS[i], max_length=20, padding="max_length", truncation=True)
-        assert toks.input_ids[i].tolist() == one["input_ids"]
-        assert toks.attention_mask[i].tolist() == one["attention_mask"]
+EDGE_CASES = ["", "   ", "[SEP] 你好 [cls]", "a\x0bb\x1cc\u200dd", "中\u0301文", "ＡＢＣ１２３", "ÉCOLE café",
+              "丽\uf900豈", "http://t.cn/A6wX?x=1&y=2", "😀😀哈哈", "x" * 150, "\u3000全角\u00a0空格\t\n", "我" * 300,
+              "@小明_123:回复@Ab-C：[哈哈][心]#武汉加油#…！？", "\ufeff开头"]
+
+
+@pytest.mark.parametrize("max_len", [20, 140])
+def test_tokenize_by_segments_equals_the_fast_tokenizer(max_len):
+    """Every bundled post and the edge cases get exactly the ids of the fast tokenizer called whole, and of
+    the reference script's per-row encode_plus."""
+    tokenizer = load_tokenizer(find_encoder(REPO / "models" / "weibo-mlm-4l256"))
+    texts = (load_unlabeled(DATA / "unlabeled.csv", limit=None).texts + load_labeled(DATA / "train.labeled.csv").texts
+             + load_unlabeled(DATA / "test.csv", limit=None).texts + EDGE_CASES)
+    toks = tokenize(texts, tokenizer, max_len)
+    assert tokenizer._pseudo_segments.isolating  # the segment path ran
+    whole = tokenizer(texts, max_length=max_len, padding="max_length", truncation=True, return_tensors="np")
+    np.testing.assert_array_equal(toks.input_ids, whole["input_ids"])
+    np.testing.assert_array_equal(toks.attention_mask, whole["attention_mask"])
+    for i in [0, 5, 36] + list(range(len(texts) - len(EDGE_CASES), len(texts))):
+        one = tokenizer.encode_plus(texts[i], max_length=max_len, padding="max_length", truncation=True)
+        assert toks.input_ids[i].tolist() == one["input_ids"], repr(texts[i])
 
 
 @pytest.mark.parametrize("missing, message", [
