@@ -45,6 +45,7 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults
     "class-balanced soft +noise": dict(soft_targets=True, sharpen=0.5, student_noise=0.1),
     # the reference's source: pseudo-labels from the fold ensemble's mean (later OOF scores not leak-free)
     "class-balanced mean-source": dict(pseudo_source="mean"),
+    "threshold 0.9 mean-source": dict(strategy="threshold", threshold=0.9, pseudo_source="mean"),
 }
 
 
@@ -94,11 +95,13 @@ def slug(name: str) -> str:
 def run_variant(name: str, options: dict, folder: Path, files: dict, args, first: Path | None) -> list[dict]:
     """One variant's `pseudo` run. After the seed's first variant, its feature cache and its round 0
     are copied in: the variants differ only in how rounds >= 1 select and train, so their round 0
-    (same labeled rows, folds, recipe and seed) is the same computation."""
-    if folder.exists():
+    (same labeled rows, folds, recipe and seed) is the same computation. With --resume an existing
+    run directory is continued (its finished rounds kept; more --rounds add rounds)."""
+    if folder.exists() and not (args.resume and (folder / "config.json").exists()):
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    if first is not None:
+    if not folder.exists():
+        folder.mkdir(parents=True)
+    if first is not None and not (folder / "round_0").exists():
         shutil.copytree(first / "features", folder / "features", copy_function=os.link)
         shutil.copytree(first / "round_0", folder / "round_0")
     config = RunConfig(run_dir=str(folder), train=str(files["labeled"]), test=str(files["eval"]),
@@ -148,6 +151,8 @@ def main() -> None:
     parser.add_argument("--eval-share", type=float, default=0.2)
     parser.add_argument("--labeled-share", type=float, default=0.1)
     parser.add_argument("--work", default="runs/.scarce-labels")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the variants' run directories under --work instead of starting them over")
     parser.add_argument("--json", dest="json_out", default=None)
     args = parser.parse_args()
 
@@ -179,6 +184,8 @@ def main() -> None:
                  "variants": {}}
         print("  anchor (TF-IDF + LR): " + ", ".join(f"{k} {v:.4f}" for k, v in entry["anchor"].items()), flush=True)
         first = None
+        if args.resume:  # a finished round 0 of an earlier call (same split, options and seed) is reused
+            first = next((d for d in sorted(folder.iterdir()) if (d / "round_0" / "DONE").exists()), None)
         for name in names:
             run_dir = folder / slug(name)
             rounds = run_variant(name, VARIANTS[name], run_dir, files, args, first)
