@@ -130,6 +130,37 @@ def test_cached_features_equal_direct_call_and_are_reused(tiny_encoder, tmp_path
     assert len(made) == 2 and len(other) == len(TEXTS) - 1
 
 
+def test_cached_rows_read_without_the_map_in_any_order(tmp_path):
+    """Rows come back in the asked order, duplicates included, equal to the file's entries; the memory map
+    is never touched (its pages would stay in the process's resident memory)."""
+    rng = np.random.default_rng(0)
+    entries = rng.normal(size=(50, 7, 5)).astype(np.float16)
+    np.save(tmp_path / "features.npy", entries, allow_pickle=False)
+    np.save(tmp_path / "lengths.npy", np.full(50, 7, np.int32), allow_pickle=False)
+    index = rng.integers(0, 50, 80)  # 80 rows of a split onto 50 distinct texts
+    np.save(tmp_path / "index.npy", index, allow_pickle=False)
+    cached = CachedFeatures(tmp_path)
+    cached.features = FailOnRead(cached.features)
+    idx = np.array([5, 3, 3, 79, 0, 41, 42, 43, 44, 12])
+    got = cached.rows(idx)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, entries[index[idx]].astype(np.float32))
+    np.testing.assert_array_equal(cached.rows(np.arange(80)), entries[index].astype(np.float32))
+    (tmp_path / "features.npy").write_bytes((tmp_path / "features.npy").read_bytes()[:-100])
+    with pytest.raises(PseudoError, match="file ends early"):
+        cached.rows(np.arange(80))
+
+
+class FailOnRead:
+    """A memory map stand-in that allows shape, dtype and offset but no reads of the data."""
+
+    def __init__(self, mapped):
+        self.shape, self.dtype, self.offset = mapped.shape, mapped.dtype, mapped.offset
+
+    def __getitem__(self, key):
+        raise AssertionError("read through the memory map")
+
+
 def test_interrupted_encoding_resumes(tiny_encoder, tmp_path, monkeypatch):
     from pseudolabel import features as features_mod
 
