@@ -28,12 +28,12 @@ def test_recipe_ablation_runs_at_a_tiny_size(tmp_path, tiny_data, tiny_encoder):
 def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     out = tmp_path / "scarce.json"
     variants = ["threshold 0.9 (reference)", "class-balanced soft +noise"]
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "scarce_labels.py"), "--train", str(REPO / "data" / "train.labeled.csv"),
-         "--encoder", str(tiny_encoder), "--rows", "300", "--labeled-share", "0.3", "--max-len", "16",
-         "--epochs", "2", "--batch-size", "16", "--min-steps", "0", "--folds", "3", "--rounds", "1", "--seeds", "0",
-         "--variants", ",".join(variants), "--force", "--work", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=REPO)
+    command = [sys.executable, str(REPO / "benchmarks" / "scarce_labels.py"), "--train",
+               str(REPO / "data" / "train.labeled.csv"), "--encoder", str(tiny_encoder), "--rows", "300",
+               "--labeled-share", "0.3", "--max-len", "16", "--epochs", "2", "--batch-size", "16", "--min-steps", "0",
+               "--folds", "3", "--seeds", "0", "--force", "--work", str(tmp_path / "work"), "--json", str(out)]
+    done = subprocess.run(command + ["--rounds", "1", "--variants", ",".join(variants)],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     [entry] = json.loads(out.read_text())
     labeled, pool, evaluation = entry["sizes"]
@@ -50,3 +50,31 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
             if r["round"] >= 1 and r["n_pseudo"]:
                 assert 0.0 <= r["precision"] <= 1.0
     assert "| class-balanced soft +noise |" in done.stdout
+
+
+def test_round_speed_runs_at_a_tiny_size(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "round_speed.py"), "--labeled", "60", "--test", "10",
+         "--unlabeled", "20", "--layers", "1", "--hidden", "32", "--heads", "2", "--intermediate", "64",
+         "--max-len", "16", "--score-rows", "40,80", "--tokenize-file", str(REPO / "data" / "unlabeled.csv"),
+         "--tokenize-rows", "300"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "tokenization of 300 posts" in out and "pseudo tokenize (segments)" in out
+    assert "ratio (a)/(b) = " in out
+    assert "encoder passes per distinct text over rounds 0 and 1: 1.00 (90 texts encoded, 90 distinct)" in out
+    assert "scoring 40 cached pool rows with 5 heads" in out and "scoring 80 cached pool rows with 5 heads" in out
+
+    # --resume continues a variant's run (its rounds kept) and gives a new variant the seed's round 0
+    kept = tmp_path / "work" / "seed0" / "threshold_0.9__reference" / "round_1" / "DONE"
+    before = kept.stat().st_mtime_ns
+    again = subprocess.run(command + ["--rounds", "2", "--resume", "--variants",
+                                      "threshold 0.9 (reference),threshold 0.9 mean-source"],
+                           capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert kept.stat().st_mtime_ns == before
+    [entry2] = json.loads(out.read_text())
+    resumed, new = entry2["variants"]["threshold 0.9 (reference)"], entry2["variants"]["threshold 0.9 mean-source"]
+    assert [r["round"] for r in resumed] == [0, 1, 2] and resumed[:2] == first
+    assert new[0]["eval_f1"] == first[0]["eval_f1"]
