@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -168,7 +169,6 @@ def encode_to_cache(
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     features_path = folder / "features.npy"
     if state.get("shape") == [n, max_len, hidden] and features_path.is_file():
-        out = np.load(features_path, mmap_mode="r+", allow_pickle=False)
         done = int(state.get("rows_done", 0))
     else:
         free = shutil.disk_usage(folder).free
@@ -177,23 +177,30 @@ def encode_to_cache(
                 f"{folder}: the feature cache needs {human_bytes(need)} but only {human_bytes(free)} is free "
                 f"(free space, or stream this split instead of caching it)"
             )
-        out = np.lib.format.open_memmap(features_path, mode="w+", dtype=np.float16, shape=(n, max_len, hidden))
+        created = np.lib.format.open_memmap(features_path, mode="w+", dtype=np.float16, shape=(n, max_len, hidden))
+        del created  # the header and a file of full size; rows are written with file writes below
         np.save(folder / "lengths.npy", tokens.lengths, allow_pickle=False)
         done = 0
         atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": 0})
+    # file writes, not a writable memory map: written pages of a map stay in the process's resident memory
+    offset = np.load(features_path, mmap_mode="r", allow_pickle=False).offset
+    row_bytes = max_len * hidden * 2
     progress.start(task, n)
     progress.advance(task, done)
     batches = 0
-    for start in range(done, n, ENCODE_BATCH):
-        stop = min(n, start + ENCODE_BATCH)
-        out[start:stop] = encoder(tokens.input_ids[start:stop], tokens.attention_mask[start:stop])
-        progress.advance(task, stop - start)
-        batches += 1
-        if batches % _FLUSH_EVERY == 0 or stop == n:
-            out.flush()
-            atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": stop})
+    with open(features_path, "r+b") as f:
+        for start in range(done, n, ENCODE_BATCH):
+            stop = min(n, start + ENCODE_BATCH)
+            feats = encoder(tokens.input_ids[start:stop], tokens.attention_mask[start:stop])
+            f.seek(offset + start * row_bytes)
+            f.write(np.ascontiguousarray(feats, dtype=np.float16).tobytes())
+            progress.advance(task, stop - start)
+            batches += 1
+            if batches % _FLUSH_EVERY == 0 or stop == n:
+                f.flush()
+                os.fsync(f.fileno())
+                atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": stop})
     progress.finish(task)
-    del out
     if index is not None:
         np.save(folder / "index.npy", np.asarray(index, np.int64), allow_pickle=False)
     atomic_write_json(folder / "meta.json", meta)
