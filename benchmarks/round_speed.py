@@ -9,9 +9,10 @@ In one process, one after the other, with a random-weight BERT of a stated size 
   (b) `pseudo` round 0 in `cached` mode from a cold cache;
   (c) one `pseudo` pseudo-label round on top of (b).
 Both use the reference head (`--recipe seed`) so that the head work is the same. It prints wall seconds,
-the ratios (a)/(b) and (a)/(c), tokenization throughput both ways, encoder passes per text (counted by
+the ratios (a)/(b) and (a)/(c), tokenization throughput three ways (per-row encode_plus, the fast tokenizer
+on whole batches, pseudo's `tokenize`) on posts of the shared pool, encoder passes per text (counted by
 the encoder and by a counter inside the faithful graph), and peak RSS (also of scoring a pool from the
-memory-mapped cache, measured in child processes at two pool sizes). Not part of the test suite.
+feature cache, measured in fresh child processes at the --score-rows sizes). Not part of the test suite.
 """
 
 from __future__ import annotations
