@@ -50,6 +50,18 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
             if r["round"] >= 1 and r["n_pseudo"]:
                 assert 0.0 <= r["precision"] <= 1.0
     assert "| class-balanced soft +noise |" in done.stdout
+    # --resume continues a variant's run (its rounds kept) and gives a new variant the seed's round 0
+    kept = tmp_path / "work" / "seed0" / "threshold_0.9__reference" / "round_1" / "DONE"
+    before = kept.stat().st_mtime_ns
+    again = subprocess.run(command + ["--rounds", "2", "--resume", "--variants",
+                                      "threshold 0.9 (reference),threshold 0.9 mean-source"],
+                           capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert kept.stat().st_mtime_ns == before
+    [entry2] = json.loads(out.read_text())
+    resumed, new = entry2["variants"]["threshold 0.9 (reference)"], entry2["variants"]["threshold 0.9 mean-source"]
+    assert [r["round"] for r in resumed] == [0, 1, 2] and resumed[:2] == first
+    assert new[0]["eval_f1"] == first[0]["eval_f1"]
 
 
 def test_round_speed_runs_at_a_tiny_size(tmp_path):
@@ -65,16 +77,3 @@ def test_round_speed_runs_at_a_tiny_size(tmp_path):
     assert "ratio (a)/(b) = " in out
     assert "encoder passes per distinct text over rounds 0 and 1: 1.00 (90 texts encoded, 90 distinct)" in out
     assert "scoring 40 cached pool rows with 5 heads" in out and "scoring 80 cached pool rows with 5 heads" in out
-
-    # --resume continues a variant's run (its rounds kept) and gives a new variant the seed's round 0
-    kept = tmp_path / "work" / "seed0" / "threshold_0.9__reference" / "round_1" / "DONE"
-    before = kept.stat().st_mtime_ns
-    again = subprocess.run(command + ["--rounds", "2", "--resume", "--variants",
-                                      "threshold 0.9 (reference),threshold 0.9 mean-source"],
-                           capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert kept.stat().st_mtime_ns == before
-    [entry2] = json.loads(out.read_text())
-    resumed, new = entry2["variants"]["threshold 0.9 (reference)"], entry2["variants"]["threshold 0.9 mean-source"]
-    assert [r["round"] for r in resumed] == [0, 1, 2] and resumed[:2] == first
-    assert new[0]["eval_f1"] == first[0]["eval_f1"]
