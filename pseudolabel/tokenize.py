@@ -52,7 +52,7 @@ class SegmentTokenizer:
         self.spaces: set[str] = set()  # characters it splits at and drops
         self.seen: set[str] = set()
         self.ids: dict[str, list[int]] = {}  # segment -> its WordPiece ids
-        self.pattern = re.compile(r"\S+")
+        self.pattern = re.compile(r"\S+")  # until the first characters are learned (all-empty posts)
         specials = sorted({str(t) for t in tokenizer.all_special_tokens} | set(tokenizer.get_added_vocab()), key=len)
         self.specials = re.compile("|".join(re.escape(s) for s in reversed(specials)), re.IGNORECASE)
 
@@ -116,7 +116,7 @@ class SegmentTokenizer:
 
 
 def _escape(chars: set[str]) -> str:
-    return "".join(re.escape(c) if c not in "-]^\\" else "\\" + c for c in sorted(chars))
+    return "".join(re.escape(c) for c in sorted(chars))  # escapes "-", "]", "^" and "\\" too
 
 
 def tokenize(texts: list[str], tokenizer, max_len: int = DEFAULT_MAX_LEN, progress: Progress | None = None,
