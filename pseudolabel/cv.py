@@ -1,7 +1,7 @@
 """The folds of one round: train a head per fold, predict its validation part, score test and pool.
 
 Inputs come as *sources*: objects with `rows(idx) -> list of model inputs` and `len()`. In the
-`cached` mode they read encoder features from the memory-mapped cache; in the `faithful` mode
+`cached` mode they read encoder features from the on-disk cache; in the `faithful` mode
 they are token ids and the encoder runs inside the model, as in the reference script.
 
 Each fold is written to `round_<k>/fold_<i>/` (head weights, validation predictions, scores,

@@ -1,4 +1,5 @@
-"""Frozen-encoder features, computed once per text and kept on disk (float16, memory-mapped).
+"""Frozen-encoder features, computed once per text and kept on disk (float16 .npy, read and written
+with plain file reads and writes so that resident memory does not grow with the cache).
 
 A cache entry is keyed by the encoder's content hash, the maximum length and the texts, so a
 later run over the same files reuses it and a changed file or encoder never does. An entry is
@@ -48,7 +49,7 @@ def human_bytes(n: float) -> str:
 
 
 class CachedFeatures:
-    """Features of one split, read from the memory-mapped cache.
+    """Features of one split, read from the cache on disk.
 
     The cache holds one entry per distinct text; `index.npy` maps each row of the split to its
     text's entry, so duplicate posts are encoded and stored once.
