@@ -46,6 +46,8 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults
     # the reference's source: pseudo-labels from the fold ensemble's mean (later OOF scores not leak-free)
     "class-balanced mean-source": dict(pseudo_source="mean"),
     "threshold 0.9 mean-source": dict(strategy="threshold", threshold=0.9, pseudo_source="mean"),
+    # the reference author's own second round weighted pseudo rows 0.5
+    "threshold 0.9 weight 0.5": dict(strategy="threshold", threshold=0.9, pseudo_weight=0.5),
 }
 
 
