@@ -32,6 +32,7 @@ from sklearn.model_selection import train_test_split
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pseudolabel.data import ID_COLUMN, LABEL_COLUMN, LABEL_VALUES, TEXT_COLUMN, load_labeled  # noqa: E402
+from pseudolabel.encoder import find_encoder  # noqa: E402
 from pseudolabel.loop import Run, RunConfig  # noqa: E402
 from pseudolabel.metrics import scores  # noqa: E402
 from pseudolabel.progress import Progress  # noqa: E402
@@ -103,18 +104,30 @@ def run_variant(name: str, options: dict, folder: Path, files: dict, args, first
         shutil.rmtree(folder)
     if not folder.exists():
         folder.mkdir(parents=True)
-    if first is not None and not (folder / "round_0").exists():
-        shutil.copytree(first / "features", folder / "features", copy_function=os.link)
-        shutil.copytree(first / "round_0", folder / "round_0")
     config = RunConfig(run_dir=str(folder), train=str(files["labeled"]), test=str(files["eval"]),
                        unlabeled=str(files["pool"]), encoder=args.encoder, rounds=args.rounds, folds=args.folds,
                        max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size, min_steps=args.min_steps,
                        force=args.force, seed=0, **options)
+    if first is not None and not (folder / "round_0").exists() and same_round0(first, config):
+        shutil.copytree(first / "features", folder / "features", copy_function=os.link)
+        shutil.copytree(first / "round_0", folder / "round_0")
     started = time.time()
     result = Run(config, Progress()).execute()
     print(f"  {name}: {len(result.rounds)} round(s), stop {result.stop_reason}, {time.time() - started:.0f}s",
           flush=True)
     return result.rounds
+
+
+def same_round0(first: Path, config: RunConfig) -> bool:
+    """Whether `first`'s round 0 is this config's round 0: the same options apart from those the
+    variants set (which act from round 1 on), the same encoder checkpoint and the same row counts.
+    A run directory of an earlier call (--resume) may have been made with other options."""
+    saved = read_json(first / "config.json")
+    variant_keys = {key for options in VARIANTS.values() for key in options}
+    now = config.results_dict()
+    return (all(saved["config"].get(k) == v for k, v in now.items() if k not in variant_keys)
+            and saved["encoder"]["sha256"] == find_encoder(config.encoder).identity
+            and saved["data"]["train_rows"] == len(pd.read_csv(config.train)))
 
 
 def round_rows(folder: Path, rounds: list[dict], eval_labels: np.ndarray, pool_labels: np.ndarray) -> list[dict]:

@@ -62,6 +62,20 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     resumed, new = entry2["variants"]["threshold 0.9 (reference)"], entry2["variants"]["threshold 0.9 mean-source"]
     assert [r["round"] for r in resumed] == [0, 1, 2] and resumed[:2] == first
     assert new[0]["eval_f1"] == first[0]["eval_f1"]
+    # a round 0 made with other options is not given to a new variant
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from scarce_labels import same_round0
+
+    from pseudolabel.loop import RunConfig
+
+    seed_dir = tmp_path / "work" / "seed0"
+    config = dict(run_dir=str(seed_dir / "x"), train=str(seed_dir / "labeled.csv"), test=str(seed_dir / "eval.csv"),
+                  unlabeled=str(seed_dir / "pool.csv"), encoder=str(tiny_encoder), folds=3, max_len=16, epochs=2,
+                  batch_size=16, min_steps=0, seed=0)
+    made = seed_dir / "threshold_0.9__reference"
+    assert same_round0(made, RunConfig(**config, pseudo_source="mean", soft_targets=True, pseudo_weight=0.5))
+    assert not same_round0(made, RunConfig(**{**config, "max_len": 24}))
+    assert not same_round0(made, RunConfig(**{**config, "epochs": 3}))
 
 
 def test_round_speed_runs_at_a_tiny_size(tmp_path):
