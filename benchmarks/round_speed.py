@@ -75,18 +75,15 @@ def write_csv(path: Path, ids, texts, labels=None) -> Path:
 
 def score_child(folder: str, heads_dir: str, rows: int, hidden: int, max_len: int, queue) -> None:
     """In a fresh process: score `rows` cached pool rows with every fold head; report time and peak RSS."""
-    from pseudolabel.cv import FeatureSource, predict
+    from pseudolabel.cv import FeatureSource, FoldHeads, predict
     from pseudolabel.features import CachedFeatures
     from pseudolabel.model import RECIPES, build_head
     from pseudolabel.progress import Progress
 
     reset = reset_peak_rss()
     feats = CachedFeatures(Path(folder))
-    heads = []
-    for weights in sorted(Path(heads_dir).glob("fold_*/head.weights.h5")):
-        head = build_head(max_len, hidden, RECIPES["seed"])
-        head.load_weights(str(weights))
-        heads.append(head)
+    heads = FoldHeads.load(build_head(max_len, hidden, RECIPES["seed"]),
+                           sorted(Path(heads_dir).glob("fold_*/head.weights.h5")))
     before = rss_mib()
     started = time.time()
     out = predict(heads, FeatureSource(feats), Progress(), "score", np.arange(rows))

@@ -169,13 +169,44 @@ def _standardization(plan: RoundPlan, train_rows: np.ndarray, rng: np.random.Gen
     return mean, std
 
 
-def predict(models: list, source, progress: Progress, task: str, idx: np.ndarray | None = None,
-            dynamic: bool = False) -> np.ndarray:
-    """(len(models), N, 3): every model on each chunk of rows, each chunk read once.
+class FoldHeads:
+    """The heads of a round's folds behind one Keras model: each head's weights are swapped in to
+    predict, so the predict function is traced once for all heads instead of once per head.
+    Predictions are those of the heads themselves (inference has no randomness)."""
 
-    With `dynamic`, rows go in order of length and each chunk is cut to its longest row."""
+    def __init__(self, model, weights: list[list[np.ndarray]] | None = None):
+        self.model = model
+        self.weights = weights  # None: the model's own weights, one head
+        self._current = 0 if weights is None else None
+
+    @classmethod
+    def load(cls, model, paths) -> "FoldHeads":
+        """The heads saved at `paths` (h5 weights of `model`'s architecture), in that order."""
+        weights = []
+        for path in paths:
+            model.load_weights(str(path))
+            weights.append(model.get_weights())
+        return cls(model, weights)
+
+    def __len__(self) -> int:
+        return 1 if self.weights is None else len(self.weights)
+
+    def predict_on_batch(self, head: int, x) -> np.ndarray:
+        if head != self._current:
+            self.model.set_weights(self.weights[head])
+            self._current = head
+        return self.model.predict_on_batch(x)
+
+
+def predict(heads, source, progress: Progress, task: str, idx: np.ndarray | None = None,
+            dynamic: bool = False) -> np.ndarray:
+    """(len(heads), N, 3): every head on each chunk of rows, each chunk read once.
+
+    `heads`: a FoldHeads, or a Keras model (one head). With `dynamic`, rows go in order of length
+    and each chunk is cut to its longest row."""
+    heads = heads if isinstance(heads, FoldHeads) else FoldHeads(heads)
     idx = np.arange(len(source)) if idx is None else np.asarray(idx)
-    out = np.zeros((len(models), len(idx), N_CLASSES), np.float32)
+    out = np.zeros((len(heads), len(idx), N_CLASSES), np.float32)
     order = np.argsort(source.lengths(idx), kind="stable") if dynamic else np.arange(len(idx))
     progress.start(task, len(idx))
     for start in range(0, len(idx), PREDICT_CHUNK):
@@ -183,8 +214,8 @@ def predict(models: list, source, progress: Progress, task: str, idx: np.ndarray
         part = idx[at]
         inputs = source.rows(part)
         x = _unwrap(_trim(inputs, source.lengths(part)) if dynamic else inputs)
-        for m, model in enumerate(models):
-            out[m, at] = model.predict_on_batch(x)
+        for m in range(len(heads)):
+            out[m, at] = heads.predict_on_batch(m, x)
         progress.advance(task, len(part))
     progress.finish(task)
     return out
@@ -263,7 +294,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
             chunks = (sample[i:i + PREDICT_CHUNK] for i in range(0, len(sample), PREDICT_CHUNK))
             precise.update(batch_inputs(chunk)[0] for chunk in chunks)
         if plan.recipe.early_stopping:
-            monitor_probs = predict([model], plan.labeled, Progress(), "", monitor, dynamic)[0]
+            monitor_probs = predict(model, plan.labeled, Progress(), "", monitor, dynamic)[0]
             entry["monitor_macro_f1"] = scores(plan.labels[monitor], monitor_probs)["macro_f1"]
             if entry["monitor_macro_f1"] > best[0]:
                 best = (entry["monitor_macro_f1"], model.get_weights(), epoch + 1)
@@ -276,7 +307,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
         model.set_weights(best[1])
     train_seconds = time.time() - started
 
-    valid_probs = predict([model], plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", valid,
+    valid_probs = predict(model, plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", valid,
                           dynamic)[0]
     record = {"fold": fold, "n_train_human": n_h, "n_train_pseudo": n_p,
               "pseudo_targets": "soft" if n_p and not np.isin(pseudo_targets, (0.0, 1.0)).all() else "hard",
@@ -288,7 +319,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     if plan.mode == "faithful":  # the script predicts test and pool with each fold's model
         for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
             if source is not None:
-                probs = predict([model], source, progress, f"round {plan.round} fold {fold + 1} {name}")[0]
+                probs = predict(model, source, progress, f"round {plan.round} fold {fold + 1} {name}")[0]
                 atomic_write_npy(folder / f"{name}_preds.npy", probs)
     model.save_weights(str(folder / "head.weights.h5"))
     atomic_write_npy(folder / "valid_preds.npy", valid_probs)
@@ -301,10 +332,10 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     return record
 
 
-def load_head(plan: RoundPlan, fold: int):
-    model = _new_model(plan)
-    model.load_weights(str(plan.folder / f"fold_{fold}" / "head.weights.h5"))
-    return model
+def load_heads(plan: RoundPlan) -> FoldHeads:
+    """Every fold's trained head of the round, behind one model."""
+    return FoldHeads.load(_new_model(plan), [plan.folder / f"fold_{fold}" / "head.weights.h5"
+                                             for fold in range(plan.n_folds)])
 
 
 @dataclass
@@ -348,7 +379,7 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
     if len(holdout_rows):
         jobs.append(("holdout", plan.labeled, holdout_rows))
     if jobs:
-        heads = [load_head(plan, fold) for fold in range(plan.n_folds)]
+        heads = load_heads(plan)
         for name, source, idx in jobs:
             out[name] = predict(heads, source, progress, f"round {plan.round} score {name}", idx,
                                 plan.recipe.dynamic_padding)
