@@ -82,7 +82,7 @@ def score_child(folder: str, heads_dir: str, rows: int, hidden: int, max_len: in
 
     reset = reset_peak_rss()
     feats = CachedFeatures(Path(folder))
-    heads = FoldHeads.load(build_head(max_len, hidden, RECIPES["seed"]),
+    heads = FoldHeads.load(build_head(max_len, hidden, RECIPES["seed"], compile=False),
                            sorted(Path(heads_dir).glob("fold_*/head.weights.h5")))
     before = rss_mib()
     started = time.time()

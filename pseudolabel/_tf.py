@@ -28,4 +28,15 @@ def _import_quietly():
 
 tf, keras = _import_quietly()
 
+
+class _DropRetracingNotes:
+    """Every fold trains a new head, so its functions are traced anew by design; TensorFlow's note
+    that calls "triggered tf.function retracing" says nothing a user can act on."""
+
+    def filter(self, record) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_DropRetracingNotes())
+
 __all__ = ["tf", "keras"]

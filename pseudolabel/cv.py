@@ -143,10 +143,10 @@ class RoundPlan:
         self.n_folds = int(self.folds.max()) + 1
 
 
-def _new_model(plan: RoundPlan):
+def _new_model(plan: RoundPlan, compile: bool = True):
     if plan.mode == "faithful":
-        return build_faithful(plan.bert_factory(), plan.max_len, plan.recipe)
-    return build_head(plan.max_len, plan.hidden, plan.recipe)
+        return build_faithful(plan.bert_factory(), plan.max_len, plan.recipe, compile)
+    return build_head(plan.max_len, plan.hidden, plan.recipe, compile)
 
 
 def _standardization(plan: RoundPlan, train_rows: np.ndarray, rng: np.random.Generator):
@@ -334,7 +334,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
 
 def load_heads(plan: RoundPlan) -> FoldHeads:
     """Every fold's trained head of the round, behind one model."""
-    return FoldHeads.load(_new_model(plan), [plan.folder / f"fold_{fold}" / "head.weights.h5"
+    return FoldHeads.load(_new_model(plan, compile=False), [plan.folder / f"fold_{fold}" / "head.weights.h5"
                                              for fold in range(plan.n_folds)])
 
 

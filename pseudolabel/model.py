@@ -124,8 +124,10 @@ def compile_model(model, recipe: Recipe):
     return model
 
 
-def build_head(max_len: int, hidden: int, recipe: Recipe):
-    """The head over cached features: inputs (B, T, H) float32 [and (B, T, 1) mask if zero_padding]."""
+def build_head(max_len: int, hidden: int, recipe: Recipe, compile: bool = True):
+    """The head over cached features: inputs (B, T, H) float32 [and (B, T, 1) mask if zero_padding].
+
+    Uncompiled (`compile=False`) for prediction only: saved weights load without the optimizer state."""
     steps = None if recipe.dynamic_padding else max_len
     feats = keras.Input((steps, hidden), name="features")
     inputs = [feats]
@@ -134,7 +136,7 @@ def build_head(max_len: int, hidden: int, recipe: Recipe):
         mask = keras.Input((steps, 1), name="token_mask")
         inputs.append(mask)
     model = keras.Model(inputs if len(inputs) > 1 else feats, head_layers(feats, recipe, mask), name="head")
-    return compile_model(model, recipe)
+    return compile_model(model, recipe) if compile else model
 
 
 _ENCODER_ROWS = []
@@ -157,7 +159,7 @@ class CountRows(keras.layers.Layer):
             return tf.identity(inputs)
 
 
-def build_faithful(bert, max_len: int, recipe: Recipe):
+def build_faithful(bert, max_len: int, recipe: Recipe, compile: bool = True):
     """The reference script's graph: the frozen encoder inside the model, features = hidden_states[-2].
 
     The encoder's weights are frozen but it runs in the training call, so its dropout is active
@@ -173,7 +175,7 @@ def build_faithful(bert, max_len: int, recipe: Recipe):
     if recipe.zero_padding:
         mask = tf.cast(attention_mask, feats.dtype)[:, :, None]
     model = keras.Model([input_ids, attention_mask], head_layers(feats, recipe, mask), name="faithful")
-    return compile_model(model, recipe)
+    return compile_model(model, recipe) if compile else model
 
 
 def set_standardization(model, mean: np.ndarray, std: np.ndarray) -> None:
