@@ -22,7 +22,8 @@ from ._tf import keras
 from .batching import length_grouped, padded_length
 from .errors import PseudoError
 from .metrics import scores
-from .model import N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, set_standardization
+from .model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, save_head_weights,
+                    set_standardization)
 from .progress import Progress
 from .store import atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
 
@@ -321,7 +322,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
             if source is not None:
                 probs = predict(model, source, progress, f"round {plan.round} fold {fold + 1} {name}")[0]
                 atomic_write_npy(folder / f"{name}_preds.npy", probs)
-    model.save_weights(str(folder / "head.weights.h5"))
+    save_head_weights(model, folder / "head.weights.h5")
     atomic_write_npy(folder / "valid_preds.npy", valid_probs)
     atomic_write_npy(folder / "valid_idx.npy", valid)
     atomic_write_npy(folder / "train_idx.npy", human)

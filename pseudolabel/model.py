@@ -139,6 +139,12 @@ def build_head(max_len: int, hidden: int, recipe: Recipe, compile: bool = True):
     return compile_model(model, recipe) if compile else model
 
 
+def save_head_weights(model, path) -> None:
+    """The layers' weights only: the optimizer's state (two Adam slots per weight) is not needed to
+    predict, and would make the file three times larger."""
+    keras.Model(model.inputs, model.outputs).save_weights(str(path))
+
+
 _ENCODER_ROWS = []
 
 

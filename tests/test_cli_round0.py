@@ -56,6 +56,32 @@ def test_round0_layout_and_metrics(cached_run, tiny_data):
     assert "OOF" in result.output and "stop reason: max_rounds" in result.output
 
 
+def test_saved_heads_reproduce_the_round_and_hold_no_optimizer_state(cached_run):
+    """Each fold's head file loads back (all heads behind one model) to the round's test predictions."""
+    import h5py
+
+    from pseudolabel.cv import FeatureSource, FoldHeads, predict
+    from pseudolabel.features import CachedFeatures
+    from pseudolabel.model import Recipe, build_head
+    from pseudolabel.progress import Progress
+
+    run_dir, _ = cached_run
+    saved = json.loads((run_dir / "config.json").read_text())
+    paths = sorted((run_dir / "round_0").glob("fold_*/head.weights.h5"))
+    assert len(paths) == 3
+    for path in paths:
+        with h5py.File(path) as f:
+            names = []
+            f.visit(names.append)
+        assert names and not any(n.startswith("optimizer/") for n in names), names
+    features = CachedFeatures(next((run_dir / "features").glob("test-*")))
+    hidden = saved["encoder"]["config"]["hidden_size"]
+    heads = FoldHeads.load(build_head(saved["config"]["max_len"], hidden, Recipe.from_dict(saved["recipe"]),
+                                      compile=False), paths)
+    got = predict(heads, FeatureSource(features), Progress(), "t")
+    np.testing.assert_allclose(got, np.load(run_dir / "round_0" / "test_preds.npy", allow_pickle=False), atol=1e-6)
+
+
 def test_second_run_reuses_everything(cached_run, tiny_data, tiny_encoder):
     run_dir, _ = cached_run
     before = (run_dir / "round_0" / "oof_preds.npy").stat().st_mtime_ns
