@@ -31,13 +31,14 @@ def test_collapse_rules():
     assert majority_macro_f1(labels) == pytest.approx((2 * 0.6 / 1.6) / 3)
 
 
-def one_class_head(max_len, hidden, recipe):
+def one_class_head(max_len, hidden, recipe, compile=True):
     """A real, trainable head whose output is pinned to class 1 (label 1)."""
     feats = keras.Input((max_len, hidden))
     x = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(feats))
     out = keras.layers.Lambda(lambda t: 0.0 * t + np.array([0.1, 0.1, 0.8], np.float32))(x)
     model = keras.Model(feats, out)
-    model.compile("adam", "categorical_crossentropy")
+    if compile:
+        model.compile("adam", "categorical_crossentropy")
     return model
 
 
