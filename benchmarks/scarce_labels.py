@@ -49,6 +49,10 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults
     "threshold 0.9 mean-source": dict(strategy="threshold", threshold=0.9, pseudo_source="mean"),
     # the reference author's own second round weighted pseudo rows 0.5
     "threshold 0.9 weight 0.5": dict(strategy="threshold", threshold=0.9, pseudo_weight=0.5),
+    # the reference's selection with a noised student (Gaussian noise of std 0.3 on the standardised features)
+    "threshold 0.9 +noise 0.3": dict(strategy="threshold", threshold=0.9, student_noise=0.3),
+    # distillation: every pool post, with the fold ensemble's mean probabilities as its soft target
+    "whole pool ensemble soft": dict(strategy="top-k", top_k=10 ** 9, pseudo_source="mean", soft_targets=True),
 }
 
 
