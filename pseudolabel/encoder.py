@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,8 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    # raised by transformers itself each time a TF model is called inside a Keras graph (faithful mode)
+    warnings.filterwarnings("ignore", message="`seed_generator` is deprecated", category=UserWarning)
 
 
 CARD_NAME = "encoder_card.json"
