@@ -125,6 +125,20 @@ def test_faithful_mode_end_to_end(tiny_data, tiny_encoder, tmp_path):
     assert metrics["mode"] == "faithful" and metrics["recipe"].startswith("seed(")
 
 
+def test_faithful_mode_scores_a_holdout_with_its_saved_heads(tiny_data, tiny_encoder, tmp_path):
+    """The holdout is scored after training, by the fold heads loaded back (encoder in the graph)."""
+    run_dir = tmp_path / "faithful-holdout"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0", "--mode", "faithful",
+                              "--recipe", "seed", "--holdout", "0.2"))
+    assert result.exit_code == 0, result.output
+    holdout = np.load(run_dir / "round_0" / "holdout_preds.npy", allow_pickle=False)
+    assert holdout.shape == (3, 18, 3)
+    np.testing.assert_allclose(holdout.sum(axis=2), 1.0, rtol=1e-4)
+    assert not np.allclose(holdout[0], holdout[1])  # each fold's own head, not one head three times
+    metrics = json.loads((run_dir / "round_0" / "metrics.json").read_text())
+    assert metrics["leak_free"]["holdout"] is True and metrics["holdout"]["n"] == 18
+
+
 def one_line_error(result, *fragments):
     assert result.exit_code == 1, result.output
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
