@@ -303,7 +303,8 @@ class Run:
             if k >= 1:
                 labels, confidence, info = self.selection(k, folds)
                 empty = not (labels != NOT_SELECTED).any()
-                if empty or (prev_labels is not None and np.array_equal(labels, prev_labels)):
+                unchanged = prev_labels is not None and np.array_equal(labels, prev_labels)
+                if empty or (unchanged and not cfg.soft_targets):
                     stop = "no_change"
                     self.progress.note(f"round {k}: the selection is {'empty' if empty else 'unchanged'}; stopping")
                     break
@@ -320,7 +321,9 @@ class Run:
             metrics = self.train_round(k, folds, sources, pseudo, prior, info)
             if self.pool:
                 atomic_write_npy(folder / "selected_round.npy", first_selected)
-            if k >= 1 and (prev_labels != NOT_SELECTED).all():
+            # with hard labels a round that selects the whole pool leaves nothing to add; soft targets are the
+            # teacher's probabilities, which change every round, so a distillation run goes on
+            if k >= 1 and not cfg.soft_targets and (prev_labels != NOT_SELECTED).all():
                 metrics["stop_reason"] = stop = "all_labeled"
             atomic_write_json(folder / "metrics.json", metrics)
             mark_done(folder)

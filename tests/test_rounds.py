@@ -193,3 +193,22 @@ def test_changed_recipe_refuses_to_continue(two_rounds, tiny_data, tiny_encoder,
                               "--pseudo-source", "mean", *SELECT))
     assert result.exit_code == 1
     assert "learning_rate (saved 0.0003, now 0.01)" in result.output
+
+
+def test_whole_pool_stops_with_hard_labels_and_goes_on_with_soft_targets(tiny_data, tiny_encoder, tmp_path):
+    """Selecting every pool row ends a hard-label run; a soft-target (distillation) run trains every round."""
+    whole = ["--rounds", "2", "--strategy", "top-k", "--top-k", "1000", "--force"]
+    hard = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "hard", *whole))
+    assert hard.exit_code == 0, hard.output
+    assert "stop reason: all_labeled" in hard.output
+    assert (tmp_path / "hard" / "round_1" / "DONE").is_file() and not (tmp_path / "hard" / "round_2").exists()
+
+    soft_dir = tmp_path / "soft"
+    soft = invoke(*run_args(tiny_data, tiny_encoder, soft_dir, *whole, "--soft-targets"))
+    assert soft.exit_code == 0, soft.output
+    assert "stop reason: max_rounds" in soft.output
+    assert (soft_dir / "round_2" / "DONE").is_file()
+    for k in (1, 2):  # every pool row, with the previous round's fold probabilities as targets
+        assert (load(soft_dir / f"round_{k}" / "pseudo_labels.npy") != NOT_SELECTED).all()
+        record = json.loads((soft_dir / f"round_{k}" / "fold_0" / "fold.json").read_text())
+        assert record["n_train_pseudo"] == 60 and record["pseudo_targets"] == "soft"
