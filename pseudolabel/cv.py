@@ -335,8 +335,8 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
 
 def load_heads(plan: RoundPlan) -> FoldHeads:
     """Every fold's trained head of the round, behind one model."""
-    return FoldHeads.load(_new_model(plan, compile=False), [plan.folder / f"fold_{fold}" / "head.weights.h5"
-                                             for fold in range(plan.n_folds)])
+    paths = [plan.folder / f"fold_{fold}" / "head.weights.h5" for fold in range(plan.n_folds)]
+    return FoldHeads.load(_new_model(plan, compile=False), paths)
 
 
 @dataclass

@@ -67,3 +67,16 @@ def run_args(tiny_data, tiny_encoder, run_dir, *extra) -> list[str]:
     return ["run", "--train", str(tiny_data["train"]), "--test", str(tiny_data["test"]),
             "--unlabeled", str(tiny_data["unlabeled"]), "--encoder", str(tiny_encoder),
             "--run-dir", str(run_dir), *FAST, *extra]
+
+
+class ArrayFeatures:
+    """In-memory stand-in for cached features: `rows(idx)`, `lengths`, `shape`."""
+
+    def __init__(self, x, lengths):
+        self.x, self.lengths, self.shape = x, lengths, x.shape
+
+    def __len__(self):
+        return len(self.x)
+
+    def rows(self, idx):
+        return self.x[idx]

@@ -8,23 +8,12 @@ from dataclasses import replace
 import numpy as np
 from typer.testing import CliRunner
 
-from conftest import run_args
+from conftest import ArrayFeatures, run_args
 from pseudolabel.batching import padded_length
 from pseudolabel.cli import app
 from pseudolabel.cv import FeatureSource, predict
 from pseudolabel.model import RECIPES, build_head
 from pseudolabel.progress import Progress
-
-
-class _Features:
-    def __init__(self, x, lengths):
-        self.x, self.lengths, self.shape = x, lengths, x.shape
-
-    def __len__(self):
-        return len(self.x)
-
-    def rows(self, idx):
-        return self.x[idx]
 
 
 def test_padded_length_rounds_up_and_caps():
@@ -40,7 +29,7 @@ def test_dynamic_predictions_come_back_in_row_order(monkeypatch):
     lengths = rng.integers(3, 60, 30)
     x = rng.normal(size=(30, 64, 6)).astype(np.float32)
     model = build_head(64, 6, replace(RECIPES["default"], gru_units=4, dense_units=(8, 8), dynamic_padding=True))
-    source = FeatureSource(_Features(x, lengths))
+    source = FeatureSource(ArrayFeatures(x, lengths))
     got = predict(model, source, Progress(), "t", np.arange(30), dynamic=True)[0]
     order = np.argsort(lengths, kind="stable")
     for start in range(0, 30, 8):
@@ -63,24 +52,3 @@ def test_run_with_dynamic_padding(tiny_data, tiny_encoder, tmp_path):
                                            "--recipe", "seed", "--dynamic-padding"))
     assert bad.exit_code == 1 and "dynamic-padding works on cached features" in bad.output
 
-
-def test_fold_heads_behind_one_model_predict_as_each_head_alone(monkeypatch, tmp_path):
-    """Scoring swaps every fold's weights into one model; each head's predictions stay its own."""
-    import pseudolabel.cv as cv
-
-    monkeypatch.setattr(cv, "PREDICT_CHUNK", 8)
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(21, 12, 6)).astype(np.float32)
-    recipe = replace(RECIPES["default"], gru_units=4, dense_units=(8, 8))
-    alone, weights = [], []
-    for seed in range(3):
-        cv.keras.utils.set_random_seed(seed)
-        head = build_head(12, 6, recipe)
-        alone.append(np.concatenate([head.predict_on_batch(x[i:i + 8]) for i in range(0, 21, 8)]))
-        weights.append(head.get_weights())
-    shared = cv.FoldHeads(build_head(12, 6, recipe), weights)
-    got = predict(shared, FeatureSource(_Features(x, np.full(21, 12))), Progress(), "t")
-    assert got.shape == (3, 21, 3)
-    for m in range(3):
-        np.testing.assert_array_equal(got[m], alone[m])
-    assert not np.allclose(got[0], got[1])  # the heads differ, so a missed swap would show
