@@ -88,6 +88,9 @@ def test_round_speed_runs_at_a_tiny_size(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "tokenization of 300 posts" in out and "pseudo tokenize (segments)" in out
-    assert "ratio (a)/(b) = " in out
+    assert "ratio (a)/(b) = " in out and "(a1)/(c) = " in out
+    # the reference's pseudo-label round runs the encoder again, more than once per text
+    a1 = next(line for line in out.splitlines() if line.startswith("(a1) reference pseudo-label round ("))
+    assert float(a1.split("encoder passes per text ")[1].split(",")[0]) > 1.0
     assert "encoder passes per distinct text over rounds 0 and 1: 1.00 (90 texts encoded, 90 distinct)" in out
     assert "scoring 40 cached pool rows with 5 heads" in out and "scoring 80 cached pool rows with 5 heads" in out
