@@ -1,6 +1,7 @@
 """Speed: `pseudo` rounds against the reference protocol, on the same posts and the same encoder.
 
-    python benchmarks/round_speed.py                 # defaults finish in about 10 minutes on 2 cores
+    python benchmarks/round_speed.py                 # defaults: about 10 minutes on 2 cores without (a1),
+                                                     # which takes about 1.3x as long as (a) (~2.7 minutes)
     python benchmarks/round_speed.py --labeled 300 --test 100 --unlabeled 300 --layers 2   # a quick look
 
 In one process, one after the other, with a random-weight BERT of a stated size built here:
