@@ -1,7 +1,7 @@
 """Speed: `pseudo` rounds against the reference protocol, on the same posts and the same encoder.
 
-    python benchmarks/round_speed.py                 # defaults: about 10 minutes on 2 cores without (a1),
-                                                     # which takes about 1.3x as long as (a) (~2.7 minutes)
+    python benchmarks/round_speed.py                 # defaults finish in about 10 minutes on 2 cores
+    python benchmarks/round_speed.py --reference-round1   # also (a1): about 1.3x as long as (a) more
     python benchmarks/round_speed.py --labeled 300 --test 100 --unlabeled 300 --layers 2   # a quick look
 
 In one process, one after the other, with a random-weight BERT of a stated size built here:
@@ -9,7 +9,7 @@ In one process, one after the other, with a random-weight BERT of a stated size 
       the Keras graph, recomputed for every fold, epoch and prediction), round 0;
   (b) `pseudo` round 0 in `cached` mode from a cold cache;
   (c) one `pseudo` pseudo-label round on top of (b);
-  (a1) the reference protocol's own pseudo-label round on top of (a): as many pseudo-labeled posts per
+  (a1) with --reference-round1, the reference protocol's own pseudo-label round on top of (a): as many pseudo-labeled posts per
        fold as (c) trains on, the encoder again in the graph (what the reference pays every round).
 All use the reference head (`--recipe seed`) so that the head work is the same. It prints wall seconds,
 the ratios (a)/(b), (a)/(c) and (a1)/(c) (like for like: one pseudo-label round each), tokenization throughput three ways (per-row encode_plus, the fast tokenizer
@@ -128,8 +128,8 @@ def main() -> None:
                         help="posts for the tokenization throughput (default: the shared 200k pool if present)")
     parser.add_argument("--tokenize-rows", type=int, default=20000)
     parser.add_argument("--skip-reference", action="store_true", help="only (b) and (c)")
-    parser.add_argument("--skip-reference-round1", action="store_true",
-                        help="skip (a1), the reference protocol's pseudo-label round")
+    parser.add_argument("--reference-round1", action="store_true",
+                        help="also time (a1), the reference protocol's own pseudo-label round")
     args = parser.parse_args()
 
     from pseudolabel.data import load_labeled, load_unlabeled
@@ -195,7 +195,7 @@ def main() -> None:
         results["a"] = time.time() - t + per_row_s
         results["a_passes"] = faithful_encoder_rows() / len(texts)
         print(f"(a) reference round 0: {results['a']:.1f}s", flush=True)
-        if not args.skip_reference_round1:
+        if args.reference_round1:
             before = faithful_encoder_rows()
             t = time.time()
             ref1 = Run(config(work / "faithful", "faithful", 1), Progress()).execute()

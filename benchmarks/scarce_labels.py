@@ -53,11 +53,11 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults
     "threshold 0.9 +noise 0.3": dict(strategy="threshold", threshold=0.9, student_noise=0.3),
     # distillation: every pool post, with the fold ensemble's mean probabilities as its soft target
     "whole pool ensemble soft": dict(strategy="top-k", top_k=10 ** 9, pseudo_source="mean", soft_targets=True),
-    # the same, the targets sharpened (temperature 0.5), or the pool's rows weighted 0.3 against the labeled rows
+    # the same, the targets sharpened (temperature 0.5) or softened (temperature 2)
     "whole pool ensemble soft T0.5": dict(strategy="top-k", top_k=10 ** 9, pseudo_source="mean", soft_targets=True,
                                           sharpen=0.5),
-    "whole pool ensemble soft weight 0.3": dict(strategy="top-k", top_k=10 ** 9, pseudo_source="mean",
-                                                soft_targets=True, pseudo_weight=0.3),
+    "whole pool ensemble soft T2": dict(strategy="top-k", top_k=10 ** 9, pseudo_source="mean", soft_targets=True,
+                                        sharpen=2.0),
 }
 
 

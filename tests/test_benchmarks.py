@@ -83,7 +83,7 @@ def test_round_speed_runs_at_a_tiny_size(tmp_path):
         [sys.executable, str(REPO / "benchmarks" / "round_speed.py"), "--labeled", "60", "--test", "10",
          "--unlabeled", "20", "--layers", "1", "--hidden", "32", "--heads", "2", "--intermediate", "64",
          "--max-len", "16", "--score-rows", "40,80", "--tokenize-file", str(REPO / "data" / "unlabeled.csv"),
-         "--tokenize-rows", "300"],
+         "--tokenize-rows", "300", "--reference-round1"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
