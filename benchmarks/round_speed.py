@@ -1,7 +1,7 @@
 """Speed: `pseudo` rounds against the reference protocol, on the same posts and the same encoder.
 
     python benchmarks/round_speed.py                 # defaults finish in about 10 minutes on 2 cores
-    python benchmarks/round_speed.py --reference-round1   # also (a1): about 1.3x as long as (a) more
+    python benchmarks/round_speed.py --reference-round1   # also (a1), which takes about 1.3x as long as (a)
     python benchmarks/round_speed.py --labeled 300 --test 100 --unlabeled 300 --layers 2   # a quick look
 
 In one process, one after the other, with a random-weight BERT of a stated size built here:
@@ -9,13 +9,15 @@ In one process, one after the other, with a random-weight BERT of a stated size 
       the Keras graph, recomputed for every fold, epoch and prediction), round 0;
   (b) `pseudo` round 0 in `cached` mode from a cold cache;
   (c) one `pseudo` pseudo-label round on top of (b);
-  (a1) with --reference-round1, the reference protocol's own pseudo-label round on top of (a): as many pseudo-labeled posts per
-       fold as (c) trains on, the encoder again in the graph (what the reference pays every round).
+  (a1) with --reference-round1, the reference protocol's own pseudo-label round on top of (a): as many
+       pseudo-labeled posts per fold as (c) trains on, the encoder again in the graph (what the reference
+       pays every round).
 All use the reference head (`--recipe seed`) so that the head work is the same. It prints wall seconds,
-the ratios (a)/(b), (a)/(c) and (a1)/(c) (like for like: one pseudo-label round each), tokenization throughput three ways (per-row encode_plus, the fast tokenizer
-on whole batches, pseudo's `tokenize`) on posts of the shared pool, encoder passes per text (counted by
-the encoder and by a counter inside the faithful graph), and peak RSS (also of scoring a pool from the
-feature cache, measured in fresh child processes at the --score-rows sizes). Not part of the test suite.
+the ratios (a)/(b), (a)/(c) and (a1)/(c) (like for like: one pseudo-label round each), tokenization
+throughput three ways (per-row encode_plus, the fast tokenizer on whole batches, pseudo's `tokenize`) on
+posts of the shared pool, encoder passes per text (counted by the encoder and by a counter inside the
+faithful graph), and peak RSS (also of scoring a pool from the feature cache, measured in fresh child
+processes at the --score-rows sizes). Not part of the test suite.
 """
 
 from __future__ import annotations
