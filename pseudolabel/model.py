@@ -87,16 +87,28 @@ def recipe(name: str, **overrides) -> Recipe:
     return replace(base, name=f"{name}({label})", **chosen)
 
 
+# Seeds of the head's random layers at build time; every fold resets them (reset_random_layers).
+_RANDOM_SEEDS = {"feature_noise": 1, "spatial_dropout": 2, "dropout": 3}
+
+
 def head_layers(x, recipe: Recipe, mask=None):
-    """Apply the head to a (B, T, H) feature tensor; returns the softmax output."""
+    """Apply the head to a (B, T, H) feature tensor; returns the softmax output.
+
+    The random layers draw from a `tf.random.Generator` each (state in a variable), not from
+    stateful random ops: their masks then follow from the seed set by `reset_random_layers` and
+    the step, however often the training function is traced, so one traced head serves every fold.
+    """
+    def rng(name):
+        return {"seed": _RANDOM_SEEDS[name], "rng_type": "stateful"}
+
     if recipe.standardize:
         x = Standardize(name="standardize")(x)
     if recipe.feature_noise > 0:
-        x = keras.layers.GaussianNoise(recipe.feature_noise, name="feature_noise")(x)
+        x = keras.layers.GaussianNoise(recipe.feature_noise, name="feature_noise", **rng("feature_noise"))(x)
     if recipe.zero_padding and mask is not None:
         x = keras.layers.Multiply(name="zero_padding")([x, mask])
     if recipe.spatial_dropout > 0:
-        x = keras.layers.SpatialDropout1D(recipe.spatial_dropout)(x)
+        x = keras.layers.SpatialDropout1D(recipe.spatial_dropout, **rng("spatial_dropout"))(x)
     x = keras.layers.Bidirectional(
         keras.layers.GRU(recipe.gru_units, activation=recipe.gru_activation, return_sequences=True))(x)
     x = Capsule(recipe.num_capsule, recipe.dim_capsule, recipe.routings, share_weights=True)(x)
@@ -105,11 +117,26 @@ def head_layers(x, recipe: Recipe, mask=None):
     x = keras.layers.Dense(first)(x)
     x = keras.layers.BatchNormalization(momentum=recipe.bn_momentum)(x)
     x = keras.layers.ReLU()(x)
-    x = keras.layers.Dropout(recipe.dropout)(x)
+    x = keras.layers.Dropout(recipe.dropout, **rng("dropout"))(x)
     x = keras.layers.Dense(second)(x)
     x = keras.layers.BatchNormalization(momentum=recipe.bn_momentum)(x)
     x = keras.layers.ReLU()(x)
     return keras.layers.Dense(N_CLASSES, activation="softmax")(x)
+
+
+def reset_random_layers(model, seed: int) -> None:
+    """Restart the random stream of each of the head's random layers from `seed` (and its place in
+    the model): the masks of a fold are then a function of its seed and step alone."""
+    for index, layer in enumerate(model.layers):
+        generator = getattr(getattr(layer, "_random_generator", None), "_generator", None)
+        if generator is not None:
+            generator.reset_from_seed(seed * 64 + index)
+
+
+def reset_optimizer(model) -> None:
+    """Zero the optimizer's step count and slots, as a freshly compiled model has them."""
+    for variable in model.optimizer.variables:
+        variable.assign(tf.zeros_like(variable))
 
 
 LOSSES = ("focal", "crossentropy")

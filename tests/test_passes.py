@@ -30,7 +30,9 @@ def test_two_rounds_encode_each_distinct_text_once(tiny_data, tiny_encoder, tmp_
     assert result.encoder_rows == distinct_per_split  # 1.0 pass per distinct text over three rounds
     unmask = np.load(tmp_path / "run" / "round_2" / "unmask_preds.npy")
     assert unmask.shape == (3, 70, 3)
-    np.testing.assert_allclose(unmask[:, 60:], unmask[:, :10], atol=1e-6)  # repeated posts, same scores
+    # repeated posts, same scores (up to float32 rounding: rows at other places of a batch take other
+    # kernel paths, measured up to 3e-6 apart)
+    np.testing.assert_allclose(unmask[:, 60:], unmask[:, :10], atol=2e-5)
 
 
 def test_streamed_pool_is_encoded_once_per_round(tiny_data, tiny_encoder, tmp_path):

@@ -1,0 +1,76 @@
+"""One traced training head serves every fold of a round, and each fold trains as on a new head."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from conftest import ArrayFeatures
+from pseudolabel import cv
+from pseudolabel._tf import keras
+from pseudolabel.cv import FeatureSource, RoundPlan, make_folds, release_training_head, train_fold
+from pseudolabel.model import RECIPES, build_head, reset_random_layers
+from pseudolabel.progress import Progress
+
+# every random layer of the head switched on: feature noise, SpatialDropout1D, Dropout
+RECIPE = replace(RECIPES["default"], gru_units=8, dense_units=(16, 8), epochs=2, min_steps=0, batch_size=16,
+                 precise_bn=64, feature_noise=0.3, spatial_dropout=0.2)
+
+
+def make_plan(folder, recipe=RECIPE) -> RoundPlan:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    lengths = rng.integers(3, 12, len(labels))
+    x = rng.normal(size=(len(labels), 12, 6)).astype(np.float32) + labels[:, None, None] * 0.3
+    return RoundPlan(round=0, folder=folder, mode="cached", recipe=recipe, max_len=12, hidden=6, labels=labels,
+                     folds=make_folds(labels, 3), labeled=FeatureSource(ArrayFeatures(x, lengths)), test=None,
+                     unlabeled=None)
+
+
+def test_a_fold_on_the_reused_head_equals_the_fold_on_a_new_head(tmp_path):
+    plan = make_plan(tmp_path / "together")
+    records = [train_fold(plan, fold, Progress()) for fold in range(3)]
+    head = cv._REUSED[0].model
+    release_training_head()
+    assert not cv._REUSED
+
+    alone = make_plan(tmp_path / "alone")
+    record = train_fold(alone, 2, Progress())  # as a resumed run trains it: first fold of a new process
+    assert cv._REUSED[0].model is not head
+    np.testing.assert_allclose(np.load(alone.folder / "fold_2" / "valid_preds.npy"),
+                               np.load(plan.folder / "fold_2" / "valid_preds.npy"), rtol=0, atol=1e-6)
+    assert record["history"] == records[2]["history"]
+    release_training_head()
+
+
+def test_the_training_function_is_traced_once_per_round_not_per_fold(tmp_path):
+    plan = make_plan(tmp_path / "run")
+    counts = []
+    for fold in range(3):
+        train_fold(plan, fold, Progress())
+        counts.append(cv._REUSED[0].model.train_function.experimental_get_tracing_count())
+    # the first fold traces (its first call twice, as it creates the optimizer's slots; then a shape
+    # general enough for every batch); the folds after it trace nothing
+    assert counts[0] == counts[1] == counts[2] <= 3
+    other = make_plan(tmp_path / "other", replace(RECIPE, dropout=0.3))  # another recipe: a new head
+    first = cv._REUSED[0].model
+    train_fold(other, 0, Progress())
+    assert cv._REUSED[0].model is not first
+    release_training_head()
+
+
+def test_random_layers_follow_the_seed_they_are_reset_to():
+    model = build_head(12, 6, RECIPE)
+    dropout = next(layer for layer in model.layers if isinstance(layer, keras.layers.SpatialDropout1D))
+    x = np.ones((4, 12, 6), np.float32)
+
+    def masks(seed):
+        reset_random_layers(model, seed)
+        return [dropout(x, training=True).numpy() for _ in range(2)]
+
+    first, again, other = masks(5), masks(5), masks(6)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], first[1])  # the stream moves on within a fold
+    assert not np.array_equal(first[0], other[0])  # and starts elsewhere for another seed
