@@ -157,20 +157,20 @@ class _TrainingHead:
     precise: PreciseBatchNorm | None
 
 
-_REUSED: list[_TrainingHead] = []  # the cached mode's training head of the current round, if any
+_REUSED: list[_TrainingHead] = []  # the cached mode's training head, kept for the next fold or round
 
 
 def _fold_model(plan: RoundPlan, seed: int):
     """A compiled head with fresh weights for the fold with `seed`, and its precise-BN helper.
 
-    Cached mode: one model per round's shape and recipe serves every fold, so Keras traces its
-    training and predict functions once per round instead of once per fold (2-4 s a fold at
-    bert-base size). Each fold gets exactly what a new model would have: the weights of a head
+    Cached mode: one model per shape and recipe serves every fold (and every round with the same
+    recipe), so Keras traces its training and predict functions once instead of once per fold
+    (2-4 s a fold at bert-base size); `load_heads` scores with it too. Each fold gets exactly what a new model would have: the weights of a head
     built after seeding (built, never traced), a zeroed optimizer, and random layers restarted
     from the fold's seed; a resumed run therefore trains the same folds as an uninterrupted one.
     Faithful mode builds a model per fold, as the reference script does."""
-    key = (plan.mode, plan.max_len, plan.hidden, plan.recipe)
-    reuse = plan.mode == "cached" and bool(_REUSED) and _REUSED[0].key == key
+    key = _head_key(plan)
+    reuse = _reused_head(plan) is not None
     if not reuse:
         release_training_head()
     keras.utils.set_random_seed(seed)
@@ -188,8 +188,19 @@ def _fold_model(plan: RoundPlan, seed: int):
     return head.model, head.precise
 
 
+def _head_key(plan: RoundPlan) -> tuple:
+    return (plan.mode, plan.max_len, plan.hidden, plan.recipe)
+
+
+def _reused_head(plan: RoundPlan) -> _TrainingHead | None:
+    """The training head kept from an earlier fold (or round) with the plan's shape and recipe."""
+    if plan.mode == "cached" and _REUSED and _REUSED[0].key == _head_key(plan):
+        return _REUSED[0]
+    return None
+
+
 def release_training_head() -> None:
-    """Drop the reused training head (at the end of a round's training)."""
+    """Drop the reused training head (a later fold with another shape or recipe builds a new one)."""
     if _REUSED:
         _REUSED.clear()
         keras.backend.clear_session()
@@ -224,22 +235,24 @@ class FoldHeads:
         self.model = model
         self.weights = weights  # None: the model's own weights, one head
         self._current = 0 if weights is None else None
+        # the layers without the compiled loss and optimizer: what save_head_weights wrote
+        self._layers = keras.Model(model.inputs, model.outputs)
 
     @classmethod
     def load(cls, model, paths) -> "FoldHeads":
         """The heads saved at `paths` (h5 weights of `model`'s architecture), in that order."""
-        weights = []
+        heads = cls(model, [])
         for path in paths:
-            model.load_weights(str(path))
-            weights.append(model.get_weights())
-        return cls(model, weights)
+            heads._layers.load_weights(str(path))
+            heads.weights.append(heads._layers.get_weights())
+        return heads
 
     def __len__(self) -> int:
         return 1 if self.weights is None else len(self.weights)
 
     def predict_on_batch(self, head: int, x) -> np.ndarray:
         if head != self._current:
-            self.model.set_weights(self.weights[head])
+            self._layers.set_weights(self.weights[head])
             self._current = head
         return self.model.predict_on_batch(x)
 
@@ -378,9 +391,11 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
 
 
 def load_heads(plan: RoundPlan) -> FoldHeads:
-    """Every fold's trained head of the round, behind one model."""
+    """Every fold's trained head of the round, behind one model: the training head when one is
+    kept (its predict function is traced already), else a new one."""
     paths = [plan.folder / f"fold_{fold}" / "head.weights.h5" for fold in range(plan.n_folds)]
-    return FoldHeads.load(_new_model(plan, compile=False), paths)
+    reused = _reused_head(plan)
+    return FoldHeads.load(reused.model if reused else _new_model(plan, compile=False), paths)
 
 
 @dataclass
@@ -404,7 +419,6 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
             records.append(read_json(folder / "fold.json"))
             continue
         records.append(train_fold(plan, fold, progress))
-    release_training_head()
     train_seconds = time.time() - started
 
     oof = np.zeros((len(plan.labels), N_CLASSES), np.float32)
@@ -429,6 +443,7 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
         for name, source, idx in jobs:
             out[name] = predict(heads, source, progress, f"round {plan.round} score {name}", idx,
                                 plan.recipe.dynamic_padding)
-        keras.backend.clear_session()
+        if _reused_head(plan) is None:
+            keras.backend.clear_session()
     return RoundOutput(oof, out["test"], out["unmask"], out["holdout"], records,
                        {"train": train_seconds, "score": time.time() - started})

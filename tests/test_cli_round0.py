@@ -80,7 +80,9 @@ def test_saved_heads_reproduce_the_round_and_hold_no_optimizer_state(cached_run)
     heads = FoldHeads.load(build_head(saved["config"]["max_len"], hidden, Recipe.from_dict(saved["recipe"]),
                                       compile=False), paths)
     got = predict(heads, FeatureSource(features), Progress(), "t")
-    np.testing.assert_allclose(got, np.load(run_dir / "round_0" / "test_preds.npy", allow_pickle=False), atol=1e-6)
+    # up to float32 rounding: the run scored on its training model, whose functions are traced for
+    # other batch shapes than this new model's (measured 3e-6 apart)
+    np.testing.assert_allclose(got, np.load(run_dir / "round_0" / "test_preds.npy", allow_pickle=False), atol=2e-5)
 
 
 def test_second_run_reuses_everything(cached_run, tiny_data, tiny_encoder):

@@ -9,7 +9,8 @@ import numpy as np
 from conftest import ArrayFeatures
 from pseudolabel import cv
 from pseudolabel._tf import keras
-from pseudolabel.cv import FeatureSource, RoundPlan, make_folds, release_training_head, train_fold
+from pseudolabel.cv import (FeatureSource, FoldHeads, RoundPlan, load_heads, make_folds, predict,
+                            release_training_head, train_fold)
 from pseudolabel.model import RECIPES, build_head, reset_random_layers
 from pseudolabel.progress import Progress
 
@@ -53,6 +54,23 @@ def test_the_training_function_is_traced_once_per_round_not_per_fold(tmp_path):
     # the first fold traces (its first call twice, as it creates the optimizer's slots; then a shape
     # general enough for every batch); the folds after it trace nothing
     assert counts[0] == counts[1] == counts[2] <= 3
+
+    # the round's scoring runs on the same model, each fold's saved weights swapped in; its
+    # predictions are those of a new model with the same weights, up to float32 rounding (the
+    # functions are traced for other shapes, measured 2e-6 apart)
+    heads = load_heads(plan)
+    assert heads.model is cv._REUSED[0].model
+    got = predict(heads, plan.labeled, Progress(), "score")
+    paths = [plan.folder / f"fold_{fold}" / "head.weights.h5" for fold in range(3)]
+    alone = FoldHeads.load(build_head(12, 6, RECIPE, compile=False), paths)
+    np.testing.assert_allclose(got, predict(alone, plan.labeled, Progress(), "score"), rtol=0, atol=2e-5)
+    valid = np.load(plan.folder / "fold_1" / "valid_idx.npy")
+    np.testing.assert_allclose(got[1, valid], np.load(plan.folder / "fold_1" / "valid_preds.npy"), atol=2e-5)
+    assert counts[2] == cv._REUSED[0].model.train_function.experimental_get_tracing_count()
+
+    later = replace(make_plan(tmp_path / "run"), round=1)  # the next round, same recipe: the same model
+    train_fold(later, 0, Progress())
+    assert cv._REUSED[0].model is heads.model
     other = make_plan(tmp_path / "other", replace(RECIPE, dropout=0.3))  # another recipe: a new head
     first = cv._REUSED[0].model
     train_fold(other, 0, Progress())
