@@ -30,9 +30,9 @@ tf, keras = _import_quietly()
 
 
 class _DropRetracingNotes:
-    """Each round (and in faithful mode each fold) builds a new model whose functions are traced
-    anew by design; TensorFlow's note that calls "triggered tf.function retracing" says nothing a
-    user can act on."""
+    """A new recipe or shape (and in faithful mode each fold) builds a new model whose functions
+    are traced anew by design; TensorFlow's note that calls "triggered tf.function retracing" says
+    nothing a user can act on."""
 
     def filter(self, record) -> bool:
         return "triggered tf.function retracing" not in record.getMessage()

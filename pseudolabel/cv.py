@@ -165,10 +165,11 @@ def _fold_model(plan: RoundPlan, seed: int):
 
     Cached mode: one model per shape and recipe serves every fold (and every round with the same
     recipe), so Keras traces its training and predict functions once instead of once per fold
-    (2-4 s a fold at bert-base size); `load_heads` scores with it too. Each fold gets exactly what a new model would have: the weights of a head
-    built after seeding (built, never traced), a zeroed optimizer, and random layers restarted
-    from the fold's seed; a resumed run therefore trains the same folds as an uninterrupted one.
-    Faithful mode builds a model per fold, as the reference script does."""
+    (2-4 s a fold at bert-base size); `load_heads` scores with it too. Each fold gets exactly what
+    a new model would have: the weights of a head built after seeding (built, never traced), a
+    zeroed optimizer, and random layers restarted from the fold's seed; a resumed run therefore
+    trains the same folds as an uninterrupted one. Faithful mode builds a model per fold, as the
+    reference script does."""
     key = _head_key(plan)
     reuse = _reused_head(plan) is not None
     if not reuse:
@@ -189,7 +190,7 @@ def _fold_model(plan: RoundPlan, seed: int):
 
 
 def _head_key(plan: RoundPlan) -> tuple:
-    return (plan.mode, plan.max_len, plan.hidden, plan.recipe)
+    return (plan.max_len, plan.hidden, plan.recipe)
 
 
 def _reused_head(plan: RoundPlan) -> _TrainingHead | None:
@@ -235,8 +236,9 @@ class FoldHeads:
         self.model = model
         self.weights = weights  # None: the model's own weights, one head
         self._current = 0 if weights is None else None
-        # the layers without the compiled loss and optimizer: what save_head_weights wrote
-        self._layers = keras.Model(model.inputs, model.outputs)
+        # several heads: swapped in through the layers alone (what save_head_weights wrote), without
+        # the compiled loss and optimizer of a training model
+        self._layers = None if weights is None else keras.Model(model.inputs, model.outputs)
 
     @classmethod
     def load(cls, model, paths) -> "FoldHeads":

@@ -45,7 +45,7 @@ def test_a_fold_on_the_reused_head_equals_the_fold_on_a_new_head(tmp_path):
     release_training_head()
 
 
-def test_the_training_function_is_traced_once_per_round_not_per_fold(tmp_path):
+def test_the_training_function_is_traced_once_per_recipe_not_per_fold(tmp_path):
     plan = make_plan(tmp_path / "run")
     counts = []
     for fold in range(3):
