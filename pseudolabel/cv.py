@@ -170,19 +170,17 @@ def _fold_model(plan: RoundPlan, seed: int):
     zeroed optimizer, and random layers restarted from the fold's seed; a resumed run therefore
     trains the same folds as an uninterrupted one. Faithful mode builds a model per fold, as the
     reference script does."""
-    key = _head_key(plan)
-    reuse = _reused_head(plan) is not None
-    if not reuse:
+    head = _reused_head(plan)
+    if head is None:
         release_training_head()
     keras.utils.set_random_seed(seed)
     fresh = _new_model(plan)
-    if reuse:
-        head = _REUSED[0]
+    if head is not None:
         head.model.set_weights(fresh.get_weights())
         reset_optimizer(head.model)
-        del fresh
     else:
-        head = _TrainingHead(key, fresh, PreciseBatchNorm(fresh) if plan.recipe.precise_bn > 0 else None)
+        head = _TrainingHead(_head_key(plan), fresh,
+                             PreciseBatchNorm(fresh) if plan.recipe.precise_bn > 0 else None)
         if plan.mode == "cached":
             _REUSED.append(head)
     reset_random_layers(head.model, seed)
