@@ -58,6 +58,10 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults
                                           sharpen=0.5),
     "whole pool ensemble soft T2": dict(strategy="top-k", top_k=10 ** 9, pseudo_source="mean", soft_targets=True,
                                         sharpen=2.0),
+    # a noised student with word dropout: a fifth of the token positions lose their features while training
+    "threshold 0.9 +token dropout 0.2": dict(strategy="threshold", threshold=0.9, student_token_dropout=0.2),
+    "whole pool ensemble soft +token dropout 0.2": dict(strategy="top-k", top_k=10 ** 9, pseudo_source="mean",
+                                                        soft_targets=True, student_token_dropout=0.2),
 }
 
 
@@ -97,7 +101,9 @@ def write_csv(posts, rows: np.ndarray, path: Path, with_label: bool) -> None:
     frame = pd.DataFrame({ID_COLUMN: [posts.ids[i] for i in rows], TEXT_COLUMN: [posts.texts[i] for i in rows]})
     if with_label:
         frame[LABEL_COLUMN] = np.asarray(LABEL_VALUES)[posts.labels[rows]]
-    frame.to_csv(path, index=False, encoding="utf-8")
+    partial = path.with_name(f".{path.name}.{os.getpid()}")  # atomic: another call may be reading the same split
+    frame.to_csv(partial, index=False, encoding="utf-8")
+    partial.replace(path)
 
 
 def slug(name: str) -> str:
@@ -178,7 +184,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the variants' run directories under --work instead of starting them over")
     parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for TensorFlow (0: all); two calls with 1 thread each share a 2-core machine")
     args = parser.parse_args()
+    if args.threads:
+        from pseudolabel._tf import tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     posts = load_labeled(args.train)
     if args.rows and args.rows < len(posts.labels):

@@ -143,6 +143,8 @@ def run(
     sharpen: float = typer.Option(1.0, help="Soft targets: temperature T of p^(1/T) (T < 1 sharpens)."),
     student_noise: float = typer.Option(0.0, help="Rounds >= 1: std of Gaussian noise on the student's "
                                                   "standardised features while training (a noised student)."),
+    student_token_dropout: float = typer.Option(0.0, help="Rounds >= 1: share of token positions whose features "
+                                                          "the student loses while training (word dropout)."),
     holdout: float = typer.Option(0.0, help="Share of labeled rows held out for evaluation only; with it, a "
                                   "pseudo round that beats round 0 there is delivered (without: round 0)."),
     stream: str = typer.Option("", help="Comma-separated splits (test, unlabeled) to recompute each round "
@@ -163,7 +165,7 @@ def run(
                        stream=tuple(s.strip() for s in stream.split(",") if s.strip()), threshold=threshold,
                        strategy=strategy, top_k=top_k, pseudo_weight=pseudo_weight, pseudo_source=pseudo_source,
                        soft_targets=soft_targets, sharpen=sharpen, student_noise=student_noise,
-                       holdout=holdout, calibrate=calibrate, force=force)
+                       student_token_dropout=student_token_dropout, holdout=holdout, calibrate=calibrate, force=force)
     try:
         config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
     except PseudoError as exc:

@@ -38,6 +38,11 @@ RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial
                     "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
 
 
+# options added after run directories existed: left out of a run's record at these values, so a run that
+# does not use them keeps the hash (and run directory) it had
+ADDED_OPTIONS = {"student_token_dropout": 0.0}
+
+
 @dataclass
 class RunConfig:
     train: str
@@ -72,6 +77,7 @@ class RunConfig:
     soft_targets: bool = False  # train on the teacher's (sharpened) probabilities instead of hard labels
     sharpen: float = 1.0  # soft targets: temperature T of p^(1/T) (T < 1 sharpens)
     student_noise: float = 0.0  # rounds >= 1: std of Gaussian noise on the student's features while training
+    student_token_dropout: float = 0.0  # rounds >= 1: share of the student's token positions dropped while training
     holdout: float = 0.0
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway
@@ -92,6 +98,8 @@ class RunConfig:
             raise PseudoError(f"sharpen must be > 0, got {self.sharpen}")
         if self.student_noise < 0:
             raise PseudoError(f"student-noise must be >= 0, got {self.student_noise}")
+        if not 0 <= self.student_token_dropout < 1:
+            raise PseudoError(f"student-token-dropout must be in [0, 1), got {self.student_token_dropout}")
         for split in self.stream:
             if split not in STREAMABLE:
                 raise PseudoError(f"stream must name {' or '.join(STREAMABLE)}, got {split!r}")
@@ -124,6 +132,9 @@ class RunConfig:
         out = asdict(self)
         for key in ("run_dir", "rounds", "force"):
             out.pop(key)
+        for key, default in ADDED_OPTIONS.items():  # run directories made before these options still resume
+            if out[key] == default:
+                del out[key]
         out["stream"] = sorted(out["stream"])
         return out
 
@@ -367,6 +378,9 @@ class Run:
         if k >= 1 and self.config.student_noise > 0:
             recipe = replace(recipe, name=f"{recipe.name}+noise{self.config.student_noise}",
                              feature_noise=self.config.student_noise)
+        if k >= 1 and self.config.student_token_dropout > 0:
+            recipe = replace(recipe, name=f"{recipe.name}+tokdrop{self.config.student_token_dropout}",
+                             token_dropout=self.config.student_token_dropout)
         plan = RoundPlan(round=k, folder=folder, mode=self.config.mode, recipe=recipe,
                          max_len=self.config.max_len, hidden=int(self.files.config_dict().get("hidden_size", 0)),
                          labels=self.labeled.labels, folds=folds, labeled=sources["labeled"],

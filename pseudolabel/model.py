@@ -36,6 +36,7 @@ class Recipe:
     zero_padding: bool = False  # set features at padding positions to zero (after standardising)
     dynamic_padding: bool = False  # cut each batch to its longest post (length-grouped batches); cached mode
     feature_noise: float = 0.0  # std of Gaussian noise on the (standardised) features while training
+    token_dropout: float = 0.0  # share of token positions whose whole feature vector is zeroed while training
     learning_rate: float = 1e-3
     batch_size: int = 128
     epochs: int = 2
@@ -50,6 +51,9 @@ class Recipe:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["dense_units"] = list(self.dense_units)
+        for key, default in _ADDED_FIELDS.items():  # run directories made before these fields still resume
+            if out[key] == default:
+                del out[key]
         return out
 
     @classmethod
@@ -65,6 +69,10 @@ class Recipe:
         steps_per_epoch = max(1, -(-n_rows // self.batch_size))
         return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
+
+# fields added after run directories existed: left out of a recipe's record at these values, so the record
+# (and the run's hash) of a recipe that does not use them is what it was
+_ADDED_FIELDS = {"token_dropout": 0.0}
 
 RECIPES = {
     "seed": Recipe(),
@@ -88,7 +96,7 @@ def recipe(name: str, **overrides) -> Recipe:
 
 
 # Seeds of the head's random layers at build time; every fold resets them (reset_random_layers).
-_RANDOM_SEEDS = {"feature_noise": 1, "spatial_dropout": 2, "dropout": 3}
+_RANDOM_SEEDS = {"feature_noise": 1, "spatial_dropout": 2, "dropout": 3, "token_dropout": 4}
 
 
 def head_layers(x, recipe: Recipe, mask=None):
@@ -105,6 +113,9 @@ def head_layers(x, recipe: Recipe, mask=None):
         x = Standardize(name="standardize")(x)
     if recipe.feature_noise > 0:
         x = keras.layers.GaussianNoise(recipe.feature_noise, name="feature_noise", **rng("feature_noise"))(x)
+    if recipe.token_dropout > 0:  # word dropout on the features: one mask value per (post, position)
+        x = keras.layers.Dropout(recipe.token_dropout, noise_shape=(None, None, 1), name="token_dropout",
+                                 **rng("token_dropout"))(x)
     if recipe.zero_padding and mask is not None:
         x = keras.layers.Multiply(name="zero_padding")([x, mask])
     if recipe.spatial_dropout > 0:

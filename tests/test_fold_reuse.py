@@ -14,9 +14,9 @@ from pseudolabel.cv import (FeatureSource, FoldHeads, RoundPlan, load_heads, mak
 from pseudolabel.model import RECIPES, build_head, reset_random_layers
 from pseudolabel.progress import Progress
 
-# every random layer of the head switched on: feature noise, SpatialDropout1D, Dropout
+# every random layer of the head switched on: feature noise, token dropout, SpatialDropout1D, Dropout
 RECIPE = replace(RECIPES["default"], gru_units=8, dense_units=(16, 8), epochs=2, min_steps=0, batch_size=16,
-                 precise_bn=64, feature_noise=0.3, spatial_dropout=0.2)
+                 precise_bn=64, feature_noise=0.3, token_dropout=0.2, spatial_dropout=0.2)
 
 
 def make_plan(folder, recipe=RECIPE) -> RoundPlan:
@@ -92,3 +92,18 @@ def test_random_layers_follow_the_seed_they_are_reset_to():
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[0], first[1])  # the stream moves on within a fold
     assert not np.array_equal(first[0], other[0])  # and starts elsewhere for another seed
+
+
+def test_token_dropout_drops_whole_positions_while_training_only():
+    recipe = replace(RECIPE, feature_noise=0.0, token_dropout=0.25)
+    model = build_head(40, 6, recipe)
+    layer = model.get_layer("token_dropout")
+    reset_random_layers(model, 0)
+    x = np.random.default_rng(0).normal(size=(64, 40, 6)).astype(np.float32) + 3.0
+    out = layer(x, training=True).numpy()
+    dropped = (out == 0).all(axis=-1)
+    kept = (out != 0).all(axis=-1)
+    assert (dropped | kept).all()  # a position loses its whole feature vector or none of it
+    assert 0.2 < dropped.mean() < 0.3
+    np.testing.assert_allclose(out[kept], x[kept] / 0.75, rtol=1e-6)
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x)

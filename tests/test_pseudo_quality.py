@@ -78,12 +78,13 @@ def test_run_with_soft_targets_and_a_noised_student_delivers_its_best_round(tiny
     run_dir = tmp_path / "soft"
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--threshold",
                                               "0.34", "--soft-targets", "--sharpen", "0.5", "--student-noise", "0.2",
+                                              "--student-token-dropout", "0.1",
                                               "--holdout", "0.2", "--force"), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     fold = json.loads((run_dir / "round_1" / "fold_0" / "fold.json").read_text())
     assert fold["n_train_pseudo"] > 0 and fold["pseudo_targets"] == "soft"
     metrics = json.loads((run_dir / "round_1" / "metrics.json").read_text())
-    assert metrics["recipe"].endswith("+noise0.2")
+    assert metrics["recipe"].endswith("+noise0.2+tokdrop0.1")
     assert "noise" not in json.loads((run_dir / "round_0" / "metrics.json").read_text())["recipe"]
     final = json.loads((run_dir / "final.json").read_text())
     rounds = [json.loads((run_dir / f"round_{k}" / "metrics.json").read_text()) for k in (0, 1)]
@@ -101,7 +102,18 @@ def test_run_with_soft_targets_and_a_noised_student_delivers_its_best_round(tiny
 @pytest.mark.parametrize("args, message", [
     (["--sharpen", "0"], "sharpen must be > 0, got 0.0"),
     (["--student-noise", "-1"], "student-noise must be >= 0, got -1.0"),
+    (["--student-token-dropout", "1"], "student-token-dropout must be in [0, 1), got 1.0"),
 ])
 def test_bad_pseudo_options(tiny_data, tiny_encoder, tmp_path, args, message):
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, tmp_path / "bad", *args))
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_options_added_later_keep_the_hash_of_runs_made_before_them():
+    """A run directory records the hash of its options; the same command must find the same directory
+    (and resume it) after an option was added. The two hashes were computed by the code before
+    --student-token-dropout existed."""
+    common = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
+    assert RunConfig(**common).results_hash() == "30f994042d3d29c2"
+    assert RunConfig(**common, student_noise=0.3, recipe="seed").results_hash() == "1117836764e2b8c2"
+    assert RunConfig(**common, student_token_dropout=0.1).results_hash() != "30f994042d3d29c2"
