@@ -145,6 +145,9 @@ def run(
                                                   "standardised features while training (a noised student)."),
     student_token_dropout: float = typer.Option(0.0, help="Rounds >= 1: share of token positions whose features "
                                                           "the student loses while training (word dropout)."),
+    co_teacher: float = typer.Option(0.0, help="Blend the pool predictions pseudo-labels come from with a char "
+                                               "n-gram TF-IDF + logistic regression teacher trained on the same "
+                                               "folds; its share (0: off, 0.5: an even blend)."),
     holdout: float = typer.Option(0.0, help="Share of labeled rows held out for evaluation only; with it, a "
                                   "pseudo round that beats round 0 there is delivered (without: round 0)."),
     stream: str = typer.Option("", help="Comma-separated splits (test, unlabeled) to recompute each round "
@@ -165,7 +168,8 @@ def run(
                        stream=tuple(s.strip() for s in stream.split(",") if s.strip()), threshold=threshold,
                        strategy=strategy, top_k=top_k, pseudo_weight=pseudo_weight, pseudo_source=pseudo_source,
                        soft_targets=soft_targets, sharpen=sharpen, student_noise=student_noise,
-                       student_token_dropout=student_token_dropout, holdout=holdout, calibrate=calibrate, force=force)
+                       student_token_dropout=student_token_dropout, co_teacher=co_teacher, holdout=holdout,
+                       calibrate=calibrate, force=force)
     try:
         config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
     except PseudoError as exc:

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .calibrate import apply_temperature, calibration_report, fit_temperature
+from .coteacher import FOLDER as CO_TEACHER, blend, co_teacher_probs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, make_folds, run_folds
 from .data import LABEL_VALUES, Posts, label_values, load_labeled, load_unlabeled
 from .encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
@@ -40,7 +41,7 @@ RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial
 
 # options added after run directories existed: left out of a run's record at these values, so a run that
 # does not use them keeps the hash (and run directory) it had
-ADDED_OPTIONS = {"student_token_dropout": 0.0}
+ADDED_OPTIONS = {"student_token_dropout": 0.0, "co_teacher": 0.0}
 
 
 @dataclass
@@ -78,6 +79,7 @@ class RunConfig:
     sharpen: float = 1.0  # soft targets: temperature T of p^(1/T) (T < 1 sharpens)
     student_noise: float = 0.0  # rounds >= 1: std of Gaussian noise on the student's features while training
     student_token_dropout: float = 0.0  # rounds >= 1: share of the student's token positions dropped while training
+    co_teacher: float = 0.0  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
     holdout: float = 0.0
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway
@@ -100,6 +102,8 @@ class RunConfig:
             raise PseudoError(f"student-noise must be >= 0, got {self.student_noise}")
         if not 0 <= self.student_token_dropout < 1:
             raise PseudoError(f"student-token-dropout must be in [0, 1), got {self.student_token_dropout}")
+        if not 0 <= self.co_teacher <= 1:
+            raise PseudoError(f"co-teacher must be in [0, 1], got {self.co_teacher}")
         for split in self.stream:
             if split not in STREAMABLE:
                 raise PseudoError(f"stream must name {' or '.join(STREAMABLE)}, got {split!r}")
@@ -188,8 +192,9 @@ class Run:
         if self.dir.exists():
             saved = self.dir.saved_config()
             if restart:
-                for path in self.dir.root.glob("round_*"):
-                    shutil.rmtree(path)
+                for path in [*self.dir.root.glob("round_*"), self.dir.root / CO_TEACHER]:
+                    if path.exists():
+                        shutil.rmtree(path)
                 self.progress.note(f"{self.dir.root}: starting over (earlier rounds removed, feature cache kept)")
             elif saved.get("hash") != record["hash"]:
                 before = saved.get("config", {})
@@ -273,6 +278,10 @@ class Run:
                                f"threshold {info.get('threshold')})")
             return load_npy(folder / "pseudo_labels.npy"), load_npy(folder / "pseudo_confidence.npy"), info
         prev = read_json(self.dir.round(k - 1) / "metrics.json")
+        if self.config.co_teacher > 0:
+            _, co_info = co_teacher_probs(self.dir, self.labeled, self.pool, self.progress)
+            self.progress.note(f"co-teacher: OOF macro-F1 {co_info['oof']['macro_f1']:.4f} (the head's round "
+                               f"{k - 1}: {prev['oof']['macro_f1']:.4f}); share {self.config.co_teacher}")
         labels, confidence, info = select_from_round(
             self.dir, k - 1, prior=np.array(prev["labeled_prior"]), strategy=self.config.strategy,
             threshold=self.config.threshold, top_k=self.config.top_k, source=self.config.pseudo_source,
@@ -352,7 +361,7 @@ class Run:
 
     def teacher_probs(self, k: int) -> np.ndarray:
         """(F, N_pool, 3): the probabilities round k's selection was made from (per fold or fold mean)."""
-        unmask = load_npy(self.dir.round(k) / "unmask_preds.npy")
+        unmask = pool_probs(self.dir, k)
         # the source of the selection written (`pseudo select --source` may differ from the run's)
         selection = read_json(self.dir.round(k + 1) / "selection.json")
         if selection.get("source", self.config.pseudo_source) == "mean":
@@ -455,6 +464,13 @@ def _changed(prev: np.ndarray | None, labels: np.ndarray) -> int:
 # ---------------------------------------------------------------- selection (shared with `pseudo select`)
 
 
+def pool_probs(run_dir: RunDir, k: int) -> np.ndarray:
+    """(F, N_pool, 3): round k's pool predictions, blended with the co-teacher's when the run has one."""
+    unmask = load_npy(run_dir.round(k) / "unmask_preds.npy")
+    weight = run_dir.saved_config()["config"].get("co_teacher", 0.0)
+    return blend(unmask, run_dir, weight)
+
+
 def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshold: float, top_k: int | None,
                       source: str, calibrate: bool, force: bool, class_thresholds=None):
     """Pseudo-labels for round k+1 from finished round k's pool predictions."""
@@ -468,7 +484,7 @@ def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshol
     path = folder / "unmask_preds.npy"
     if not path.is_file():
         raise PseudoError(f"{path}: no pool predictions in round {k} (the run has no --unlabeled)")
-    unmask = load_npy(path)
+    unmask = pool_probs(run_dir, k)
     temperature = 1.0
     if calibrate:
         oof = load_npy(folder / "oof_preds.npy")
@@ -485,6 +501,7 @@ def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshol
     per_class = np.mean([counts_per_class(row) for row in labels], axis=0).round().astype(int).tolist()
     info = {"from_round": k, "strategy": strategy, "threshold": threshold, "top_k": top_k, "source": source,
             "temperature": temperature, "per_class": per_class,
+            "co_teacher": run_dir.saved_config()["config"].get("co_teacher", 0.0),
             "n_selected": int(round(float((labels != NOT_SELECTED).sum(axis=1).mean())))}
     return labels, confidence, info
 
