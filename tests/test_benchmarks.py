@@ -54,14 +54,17 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     kept = tmp_path / "work" / "seed0" / "threshold_0.9__reference" / "round_1" / "DONE"
     before = kept.stat().st_mtime_ns
     again = subprocess.run(command + ["--rounds", "2", "--resume", "--variants",
-                                      "threshold 0.9 (reference),threshold 0.9 mean-source"],
+                                      "threshold 0.9 (reference),whole pool ensemble soft +co-teacher 0.5"],
                            capture_output=True, text=True, timeout=900, cwd=REPO)
     assert again.returncode == 0, again.stderr[-2000:]
     assert kept.stat().st_mtime_ns == before
     [entry2] = json.loads(out.read_text())
-    resumed, new = entry2["variants"]["threshold 0.9 (reference)"], entry2["variants"]["threshold 0.9 mean-source"]
+    resumed = entry2["variants"]["threshold 0.9 (reference)"]
+    new = entry2["variants"]["whole pool ensemble soft +co-teacher 0.5"]
     assert [r["round"] for r in resumed] == [0, 1, 2] and resumed[:2] == first
-    assert new[0]["eval_f1"] == first[0]["eval_f1"]
+    assert new[0]["eval_f1"] == first[0]["eval_f1"] and new[1]["n_pseudo"] == pool  # the whole pool, blended
+    assert (tmp_path / "work" / "seed0" / "whole_pool_ensemble_soft__co-teacher_0.5" / "co_teacher" / "DONE").exists()
+    assert 0.0 <= entry2["teacher_blend"] <= 1.0 and "| round 0 + TF-IDF + LR, even blend" in again.stdout
     # a round 0 made with other options is not given to a new variant
     sys.path.insert(0, str(REPO / "benchmarks"))
     from scarce_labels import same_round0
