@@ -81,11 +81,11 @@ def co_teacher_probs(run_dir: RunDir, labeled=None, pool=None, progress=None) ->
     return probs, info
 
 
-def blend(head: np.ndarray, run_dir: RunDir, weight: float, **posts) -> np.ndarray:
+def blend(head: np.ndarray, run_dir: RunDir, weight: float) -> np.ndarray:
     """(1 - weight) * head + weight * co-teacher, fold by fold; `head` is (F, N_pool, 3)."""
     if weight <= 0:
         return head
-    co, _ = co_teacher_probs(run_dir, **posts)
+    co, _ = co_teacher_probs(run_dir)
     if co.shape != head.shape:
         raise PseudoError(f"{run_dir.root / FOLDER}: co-teacher predictions of shape {co.shape}, the round's pool "
                           f"predictions are {head.shape}; --restart the run")

@@ -361,7 +361,7 @@ class Run:
 
     def teacher_probs(self, k: int) -> np.ndarray:
         """(F, N_pool, 3): the probabilities round k's selection was made from (per fold or fold mean)."""
-        unmask = pool_probs(self.dir, k)
+        unmask = pool_probs(self.dir, k, self.config.co_teacher)
         # the source of the selection written (`pseudo select --source` may differ from the run's)
         selection = read_json(self.dir.round(k + 1) / "selection.json")
         if selection.get("source", self.config.pseudo_source) == "mean":
@@ -464,11 +464,9 @@ def _changed(prev: np.ndarray | None, labels: np.ndarray) -> int:
 # ---------------------------------------------------------------- selection (shared with `pseudo select`)
 
 
-def pool_probs(run_dir: RunDir, k: int) -> np.ndarray:
-    """(F, N_pool, 3): round k's pool predictions, blended with the co-teacher's when the run has one."""
-    unmask = load_npy(run_dir.round(k) / "unmask_preds.npy")
-    weight = run_dir.saved_config()["config"].get("co_teacher", 0.0)
-    return blend(unmask, run_dir, weight)
+def pool_probs(run_dir: RunDir, k: int, co_teacher: float) -> np.ndarray:
+    """(F, N_pool, 3): round k's pool predictions, blended with the co-teacher's at that share."""
+    return blend(load_npy(run_dir.round(k) / "unmask_preds.npy"), run_dir, co_teacher)
 
 
 def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshold: float, top_k: int | None,
@@ -484,7 +482,8 @@ def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshol
     path = folder / "unmask_preds.npy"
     if not path.is_file():
         raise PseudoError(f"{path}: no pool predictions in round {k} (the run has no --unlabeled)")
-    unmask = pool_probs(run_dir, k)
+    co_teacher = run_dir.saved_config()["config"].get("co_teacher", 0.0)
+    unmask = pool_probs(run_dir, k, co_teacher)
     temperature = 1.0
     if calibrate:
         oof = load_npy(folder / "oof_preds.npy")
@@ -501,7 +500,7 @@ def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshol
     per_class = np.mean([counts_per_class(row) for row in labels], axis=0).round().astype(int).tolist()
     info = {"from_round": k, "strategy": strategy, "threshold": threshold, "top_k": top_k, "source": source,
             "temperature": temperature, "per_class": per_class,
-            "co_teacher": run_dir.saved_config()["config"].get("co_teacher", 0.0),
+            "co_teacher": co_teacher,
             "n_selected": int(round(float((labels != NOT_SELECTED).sum(axis=1).mean())))}
     return labels, confidence, info
 
