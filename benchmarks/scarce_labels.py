@@ -81,7 +81,7 @@ def split(labels: np.ndarray, seed: int, eval_share: float, labeled_share: float
 
 def anchor(texts: list[str], labels: np.ndarray, parts) -> dict:
     """Supervised TF-IDF + LR against sklearn's self-training on the pool (threshold 0.9, and k_best:
-    a tenth of the pool per iteration)."""
+    a tenth of the pool per iteration); also the supervised model's evaluation probabilities."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
@@ -223,8 +223,9 @@ def main() -> None:
         write_csv(posts, labeled, files["labeled"], True)
         write_csv(posts, pool, files["pool"], False)
         print(f"seed {seed}: {len(labeled)} labeled, {len(pool)} pool, {len(evaluation)} evaluation posts", flush=True)
-        scores_, tfidf_eval = anchor(texts, labels, parts)
-        entry = {"seed": seed, "sizes": [len(labeled), len(pool), len(evaluation)], "anchor": scores_, "variants": {}}
+        anchor_scores, tfidf_eval = anchor(texts, labels, parts)
+        entry = {"seed": seed, "sizes": [len(labeled), len(pool), len(evaluation)], "anchor": anchor_scores,
+                 "variants": {}}
         print("  anchor (TF-IDF + LR): " + ", ".join(f"{k} {v:.4f}" for k, v in entry["anchor"].items()), flush=True)
         first = None
         if args.resume:  # a finished round 0 of an earlier call (same split, options and seed) is reused
