@@ -112,8 +112,9 @@ def test_bad_pseudo_options(tiny_data, tiny_encoder, tmp_path, args, message):
 def test_options_added_later_keep_the_hash_of_runs_made_before_them():
     """A run directory records the hash of its options; the same command must find the same directory
     (and resume it) after an option was added. The two hashes were computed by the code before
-    --student-token-dropout existed."""
+    --student-token-dropout and --co-teacher existed."""
     common = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
     assert RunConfig(**common).results_hash() == "30f994042d3d29c2"
     assert RunConfig(**common, student_noise=0.3, recipe="seed").results_hash() == "1117836764e2b8c2"
     assert RunConfig(**common, student_token_dropout=0.1).results_hash() != "30f994042d3d29c2"
+    assert RunConfig(**common, co_teacher=0.5).results_hash() != "30f994042d3d29c2"
