@@ -89,11 +89,11 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
-def _render_rounds(rounds, stop, title):
+def _render_rounds(rounds, stop, title, choice):
     from .report import footer_lines, rounds_table
 
     console.print(rounds_table(rounds, title))
-    for line in footer_lines(rounds, stop):
+    for line in footer_lines(rounds, stop, choice):
         console.print(line)
 
 
@@ -132,9 +132,12 @@ def run(
     max_len: int = typer.Option(140, help="Tokens per post (truncated/padded)."),
     seed: int = typer.Option(0, help="Seed of weight init, shuffling and the holdout split."),
     unlabeled_limit: int = typer.Option(500_000, help="Use the first N rows of the unlabeled pool."),
-    threshold: float = typer.Option(0.9, help="Select pool rows whose fold-mean max probability is >= this."),
+    threshold: Optional[float] = typer.Option(None, help="Minimum max probability of a selected pool row "
+                                              "(threshold, per-class: 0.9 if not given; class-balanced: a cap, "
+                                              "none if not given)."),
     strategy: str = typer.Option("class-balanced", help="class-balanced (the mix follows the labeled prior; "
-                                                        "cap: rows over --threshold) | threshold | per-class | top-k."),
+                                                        "every pool row it allows unless --threshold or --top-k "
+                                                        "caps it) | threshold | per-class | top-k."),
     top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced)."),
     pseudo_weight: float = typer.Option(1.0, help="Sample weight of pseudo-labeled rows."),
     pseudo_source: str = typer.Option("fold", help="'fold': fold k learns from fold k's previous model only "
@@ -145,11 +148,15 @@ def run(
                                                   "standardised features while training (a noised student)."),
     student_token_dropout: float = typer.Option(0.0, help="Rounds >= 1: share of token positions whose features "
                                                           "the student loses while training (word dropout)."),
-    co_teacher: float = typer.Option(0.0, help="Blend the pool predictions pseudo-labels come from with a char "
+    co_teacher: float = typer.Option(0.5, help="Blend the pool predictions pseudo-labels come from with a char "
                                                "n-gram TF-IDF + logistic regression teacher trained on the same "
                                                "folds; its share (0: off, 0.5: an even blend)."),
-    holdout: float = typer.Option(0.0, help="Share of labeled rows held out for evaluation only; with it, a "
-                                  "pseudo round that beats round 0 there is delivered (without: round 0)."),
+    holdout: Optional[float] = typer.Option(None, help="Share of labeled rows held out before round 0, for "
+                                            "choosing and scoring what is delivered only [default: 0.15 with "
+                                            "--rounds >= 1, else 0]."),
+    deliver: str = typer.Option("auto", help="What submission.csv holds: 'auto' (the round and co-teacher blend "
+                                             "best on the holdout), 'head' (the best round's fold heads), "
+                                             "'blend' (the best blend)."),
     stream: str = typer.Option("", help="Comma-separated splits (test, unlabeled) to recompute each round "
                                         "instead of caching their features on disk."),
     calibrate: bool = typer.Option(False, help="Temperature-scale probabilities on OOF rows before selecting."),
@@ -169,7 +176,7 @@ def run(
                        strategy=strategy, top_k=top_k, pseudo_weight=pseudo_weight, pseudo_source=pseudo_source,
                        soft_targets=soft_targets, sharpen=sharpen, student_noise=student_noise,
                        student_token_dropout=student_token_dropout, co_teacher=co_teacher, holdout=holdout,
-                       calibrate=calibrate, force=force)
+                       deliver=deliver, calibrate=calibrate, force=force)
     try:
         config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
     except PseudoError as exc:
@@ -184,16 +191,19 @@ def run(
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail(f"interrupted; finished folds are kept: run the same command to resume ({config.run_dir})", 130)
-    _render_rounds(result.rounds, result.stop_reason, f"run {result.run_dir}")
+    _render_rounds(result.rounds, result.stop_reason, f"run {result.run_dir}", result.final)
 
 
 @app.command("select")
 def select_cmd(
-    threshold: float = typer.Option(0.9, help="Minimum fold-mean max probability (inclusive)."),
+    threshold: Optional[float] = typer.Option(None, help="Minimum max probability (inclusive); with "
+                                              "class-balanced, the cap [default: the run's]."),
     run_dir: Optional[str] = typer.Option(None, help="Run directory [default: the newest under runs/]."),
     round: Optional[int] = typer.Option(None, "--round", help="Finished round to select from [default: last]."),
-    strategy: str = typer.Option("class-balanced", help="class-balanced | threshold | per-class | top-k."),
-    top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced)."),
+    strategy: Optional[str] = typer.Option(None, help="class-balanced | threshold | per-class | top-k "
+                                                      "[default: the run's]."),
+    top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced) "
+                                                   "[default: the run's]."),
     source: Optional[str] = typer.Option(None, help="mean | fold [default: the run's]."),
     calibrate: bool = typer.Option(False, help="Temperature-scale on OOF rows before selecting."),
     force: bool = typer.Option(False, help="Select even from a collapsed round."),
@@ -240,7 +250,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ):
     """The per-round table of a run."""
-    from .report import load_rounds, report_json
+    from .report import final_choice, load_rounds, report_json
     from .store import latest_run
 
     try:
@@ -249,12 +259,13 @@ def report(
             sys.stdout.write(json.dumps(report_json(path), indent=2, ensure_ascii=False) + "\n")
             return
         rounds, stop = load_rounds(path)
+        choice = final_choice(path, rounds)
     except PseudoError as exc:
         _fail(str(exc))
     if not rounds:
         console.print(f"{path}: no finished round yet")
         return
-    _render_rounds(rounds, stop, f"run {path}")
+    _render_rounds(rounds, stop, f"run {path}", choice)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ._tf import keras
 from .batching import length_grouped, padded_length
+from .constants import FOLD_SEED, HOLDOUT  # noqa: F401  (re-exported)
 from .errors import PseudoError
 from .metrics import scores
 from .model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, reset_optimizer,
@@ -27,8 +28,6 @@ from .model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_h
 from .progress import Progress
 from .store import atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
 
-FOLD_SEED = 99  # StratifiedKFold(n_splits=5, shuffle=True, random_state=99), as the recipe
-HOLDOUT = -1  # fold id of rows kept out of every fold for evaluation only
 PREDICT_CHUNK = 512
 _STAT_ROWS = 4096  # rows sampled for the standardisation statistics
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .constants import LABEL_VALUES, N_CLASSES  # noqa: F401  (re-exported)
 from .errors import PseudoError
 
 ID_COLUMN = "微博id"
 TEXT_COLUMN = "微博中文内容"
 LABEL_COLUMN = "情感倾向"
-LABEL_VALUES = ("-1", "0", "1")  # class index i <-> LABEL_VALUES[i]
-N_CLASSES = len(LABEL_VALUES)
 EMPTY_TEXT = "无"
 DEFAULT_UNLABELED_LIMIT = 500_000
 # More replacement characters than this share of the text means the file is not in a

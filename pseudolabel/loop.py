@@ -18,13 +18,14 @@ import numpy as np
 
 from . import __version__
 from .calibrate import apply_temperature, calibration_report, fit_temperature
-from .coteacher import FOLDER as CO_TEACHER, blend, co_teacher_probs
+from .coteacher import FOLDER as CO_TEACHER, blend, co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, make_folds, run_folds
 from .data import LABEL_VALUES, Posts, label_values, load_labeled, load_unlabeled
+from .deliver import blend_scores, check_deliver, choose, delivered_probs, submission_rows
 from .encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
 from .errors import PseudoError
 from .features import StreamedFeatures, cache_rows, features_for
-from .metrics import best_round, scores
+from .metrics import scores
 from .model import N_CLASSES, recipe as make_recipe
 from .progress import Progress
 from .select import NOT_SELECTED, STRATEGIES, check_threshold, counts_per_class, select, sweep
@@ -42,6 +43,7 @@ RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial
 # options added after run directories existed: left out of a run's record at these values, so a run that
 # does not use them keeps the hash (and run directory) it had
 ADDED_OPTIONS = {"student_token_dropout": 0.0, "co_teacher": 0.0}
+DEFAULT_HOLDOUT = 0.15  # share of labeled rows held out when --rounds >= 1 and --holdout is not given
 
 
 @dataclass
@@ -70,7 +72,8 @@ class RunConfig:
     unlabeled_limit: int | None = 500_000
     mode: str = "cached"
     stream: tuple[str, ...] = ()  # splits recomputed each round instead of cached
-    threshold: float = 0.9
+    # class-balanced: no cap by default (every pool row the prior allows); threshold/per-class: 0.9
+    threshold: float | None = None
     strategy: str = "class-balanced"  # the pseudo-label mix follows the labeled prior (no class drift)
     top_k: int | None = None
     pseudo_weight: float = 1.0
@@ -79,10 +82,15 @@ class RunConfig:
     sharpen: float = 1.0  # soft targets: temperature T of p^(1/T) (T < 1 sharpens)
     student_noise: float = 0.0  # rounds >= 1: std of Gaussian noise on the student's features while training
     student_token_dropout: float = 0.0  # rounds >= 1: share of the student's token positions dropped while training
-    co_teacher: float = 0.0  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
-    holdout: float = 0.0
+    co_teacher: float = 0.5  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
+    holdout: float | None = None  # None: DEFAULT_HOLDOUT when rounds >= 1, else 0
+    deliver: str = "auto"  # auto | head | blend: what the run hands over (see deliver.py); not in the hash
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway
+
+    def __post_init__(self):
+        if self.holdout is None:
+            self.holdout = DEFAULT_HOLDOUT if self.rounds > 0 else 0.0
 
     def validate(self) -> None:
         if self.rounds < 0:
@@ -93,7 +101,11 @@ class RunConfig:
             raise PseudoError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.pseudo_source not in PSEUDO_SOURCES:
             raise PseudoError(f"pseudo-source must be one of {', '.join(PSEUDO_SOURCES)}, got {self.pseudo_source!r}")
-        check_threshold(self.threshold)
+        if self.threshold is not None:
+            check_threshold(self.threshold)
+        check_deliver(self.deliver)
+        if self.deliver == "blend" and not self.holdout:
+            raise PseudoError("deliver blend chooses its weight on the labeled holdout: give --holdout (e.g. 0.15)")
         if self.pseudo_weight <= 0:
             raise PseudoError(f"pseudo-weight must be > 0, got {self.pseudo_weight}")
         if self.sharpen <= 0:
@@ -134,7 +146,7 @@ class RunConfig:
     def results_dict(self) -> dict:
         """The options that decide a run's numbers (a run continues only with the same ones)."""
         out = asdict(self)
-        for key in ("run_dir", "rounds", "force"):
+        for key in ("run_dir", "rounds", "force", "deliver"):
             out.pop(key)
         for key, default in ADDED_OPTIONS.items():  # run directories made before these options still resume
             if out[key] == default:
@@ -150,6 +162,7 @@ class RunResult:
     stop_reason: str | None
     notes: list[str] = field(default_factory=list)
     encoder_rows: int = 0  # texts the frozen encoder ran over in this process
+    final: dict | None = None  # what the run delivered (final.json)
 
 
 def _prior(labels: np.ndarray) -> list[float]:
@@ -279,7 +292,7 @@ class Run:
             return load_npy(folder / "pseudo_labels.npy"), load_npy(folder / "pseudo_confidence.npy"), info
         prev = read_json(self.dir.round(k - 1) / "metrics.json")
         if self.config.co_teacher > 0:
-            _, co_info = co_teacher_probs(self.dir, self.labeled, self.pool, self.progress)
+            _, co_info = self.co_teacher()
             self.progress.note(f"co-teacher: OOF macro-F1 {co_info['oof']['macro_f1']:.4f} (the head's round "
                                f"{k - 1}: {prev['oof']['macro_f1']:.4f}); share {self.config.co_teacher}")
         labels, confidence, info = select_from_round(
@@ -353,10 +366,9 @@ class Run:
                 break
         if stop is None:
             stop = "max_rounds"
-        if rounds:
-            self.deliver(rounds)
+        final = self.deliver(rounds) if rounds else None
         atomic_write_json(self.dir.root / "status.json", {"stop_reason": stop, "rounds_finished": len(rounds)})
-        return RunResult(self.dir.root, rounds, stop,
+        return RunResult(self.dir.root, rounds, stop, final=final,
                          encoder_rows=self._encoder.rows if self._encoder is not None else 0)
 
     def teacher_probs(self, k: int) -> np.ndarray:
@@ -369,13 +381,20 @@ class Run:
         temperature = selection.get("temperature", 1.0)
         return np.stack([apply_temperature(p, temperature) for p in unmask])
 
+    def co_teacher(self) -> tuple[dict, dict]:
+        return co_teacher_outputs(self.dir, self.labeled, self.pool, self.test, self.progress)
+
     def deliver(self, rounds: list[dict]) -> dict:
-        """The run's final output: the best round by a leak-free score (never worse than round 0 on it)."""
-        choice = best_round(rounds)
+        """The run's final output (deliver.py): the round and blend that score best on the holdout."""
+        choice = choose(rounds, self.config.deliver)
         chosen = self.dir.round(choice["round"])
-        if (chosen / "submission.csv").is_file():
-            shutil.copyfile(chosen / "submission.csv", self.dir.root / ".submission.csv.tmp")
-            (self.dir.root / ".submission.csv.tmp").replace(self.dir.root / "submission.csv")
+        if (chosen / "test_preds.npy").is_file():
+            co_test = self.co_teacher()[0]["test"] if choice["weight"] > 0 else None
+            probs = delivered_probs(choice, load_npy(chosen / "test_preds.npy"), co_test)
+            if choice["weight"] > 0:
+                atomic_write_csv(chosen / "submission_blend.csv", ["id", "y"], submission_rows(self.test.ids, probs))
+            atomic_write_npy(self.dir.root / "final_test_preds.npy", probs)
+            atomic_write_csv(self.dir.root / "submission.csv", ["id", "y"], submission_rows(self.test.ids, probs))
             choice["submission"] = str(self.dir.root / "submission.csv")
         atomic_write_json(self.dir.root / "final.json", choice)
         return choice
@@ -400,10 +419,12 @@ class Run:
         oof = scores(self.labeled.labels[evaluated], out.oof[evaluated])
         oof["calibration"] = calibration_report(out.oof[evaluated], self.labeled.labels[evaluated])
         atomic_write_npy(folder / "oof_preds.npy", out.oof)
-        holdout = None
+        holdout = holdout_blend = None
         if out.holdout is not None:
             holdout = scores(self.labeled.labels[folds == HOLDOUT], out.holdout.mean(axis=0))
             atomic_write_npy(folder / "holdout_preds.npy", out.holdout)
+            holdout_blend = blend_scores(self.labeled.labels[folds == HOLDOUT], out.holdout,
+                                         self.co_teacher()[0]["holdout"])
         if out.test is not None:
             atomic_write_npy(folder / "test_preds.npy", out.test)
             atomic_write_csv(folder / "submission.csv", ["id", "y"],
@@ -424,6 +445,7 @@ class Run:
             "selection": {k2: v for k2, v in info.items() if k2 not in ("per_class", "n_changed")},
             "oof": oof,
             "holdout": holdout,
+            "holdout_blend": holdout_blend,  # holdout macro-F1 of the blend with the co-teacher, per weight
             "leak_free": {"oof": k == 0 or self.config.pseudo_source == "fold", "holdout": holdout is not None},
             "collapsed": bool(oof["collapsed"] or any(fold_collapsed)),
             "collapsed_folds": [i for i, c in enumerate(fold_collapsed) if c],
@@ -530,10 +552,13 @@ def write_selection(run_dir: RunDir, k: int, labels: np.ndarray, confidence: np.
 SWEEP = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 
 
-def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str = "threshold", threshold: float = 0.9,
-             top_k: int | None = None, source: str | None = None, calibrate: bool = False,
-             force: bool = False) -> dict:
+def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str | None = None,
+             threshold: float | None = None, top_k: int | None = None, source: str | None = None,
+             calibrate: bool = False, force: bool = False) -> dict:
     """`pseudo select`: new pseudo-labels for the round after `round`, from its saved predictions.
+
+    Options left None take the run's own (strategy, top-k, source; the threshold too unless
+    another strategy or cap is asked for).
 
     Writes the selection where the next round reads it and returns what to show: counts per
     class next to the labeled prior, and a threshold sweep with the OOF precision at each.
@@ -541,7 +566,13 @@ def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str = "
     rd = RunDir(run_dir)
     if not rd.exists():
         raise PseudoError(f"{rd.root}: not a run directory (no config.json)")
-    check_threshold(threshold)
+    saved = rd.saved_config()["config"]
+    if threshold is None and strategy is None and top_k is None:
+        threshold = saved.get("threshold", 0.9)
+    strategy = strategy or saved.get("strategy", "class-balanced")
+    top_k = top_k if top_k is not None or threshold is not None else saved.get("top_k")
+    if threshold is not None:
+        check_threshold(threshold)
     if strategy not in STRATEGIES:
         raise PseudoError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     finished = rd.finished_rounds()
@@ -550,7 +581,6 @@ def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str = "
     k = finished[-1] if round is None else round
     if k not in finished:
         raise PseudoError(f"round must be a finished round ({', '.join(map(str, finished))}), got {k}")
-    saved = rd.saved_config()["config"]
     source = source or saved["pseudo_source"]
     if source not in PSEUDO_SOURCES:
         raise PseudoError(f"source must be one of {', '.join(PSEUDO_SOURCES)}, got {source!r}")

@@ -53,32 +53,3 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> dict:
         "collapsed": reason is not None,
         "collapse_reason": reason,
     }
-
-
-NO_ENSEMBLE_SCORE = ("later rounds have no held-out score of the fold ensemble the submission comes from "
-                     "(OOF scores single fold heads, and their gains need not carry over); --holdout 0.1 lets "
-                     "later rounds compete")
-
-
-def best_round(rounds: list[dict]) -> dict:
-    """Which round's predictions a run delivers: the best by the holdout macro-F1 of the fold ensemble,
-    never a collapsed round unless all are, round 0 on ties.
-
-    The submission is the fold ensemble's mean prediction, so rounds are compared on what scores that
-    ensemble on labeled posts no fold trained on: the holdout (`--holdout`). Without one, round 0 is
-    delivered: a later round's OOF macro-F1 (leak-free with `--pseudo-source fold`) scores single fold
-    heads, and measured on held-out posts (benchmarks/scarce_labels.py) OOF gains of up to 4 points came
-    with a lower ensemble score. The OOF comparison is still reported (`oof_gain`).
-    """
-    if not rounds:
-        raise ValueError("no finished round")
-    oof = [m["oof"]["macro_f1"] for m in rounds]
-    oof_gain = (max(oof[1:]) - oof[0]) if len(rounds) > 1 and all(m["leak_free"]["oof"] for m in rounds) else None
-    if not all(m.get("holdout") for m in rounds):
-        return {"round": 0, "metric": None, "value": None, "round0": oof[0], "gain": None, "oof_gain": oof_gain,
-                "reason": NO_ENSEMBLE_SCORE if len(rounds) > 1 else None}
-    values = [m["holdout"]["macro_f1"] for m in rounds]
-    usable = [k for k, m in enumerate(rounds) if not m["collapsed"]] or list(range(len(rounds)))
-    best = max(usable, key=lambda k: (values[k], -k))
-    return {"round": rounds[best]["round"], "metric": "holdout", "value": values[best], "round0": values[0],
-            "gain": values[best] - values[0], "oof_gain": oof_gain, "reason": None}

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from .data import LABEL_VALUES
 from .errors import PseudoError
-from .metrics import best_round
+from .deliver import choose
 from .store import RunDir, read_json
 
 COLLAPSE_HINT = ("collapsed: the head learned nothing (a class is (almost) never predicted, or macro-F1 is not above "
@@ -36,6 +36,7 @@ def round_summary(m: dict) -> dict:
         "oof_f1_per_class": m["oof"]["f1_per_class"],
         "oof_accuracy": m["oof"]["accuracy"],
         "holdout_macro_f1": m["holdout"]["macro_f1"] if m.get("holdout") else None,
+        "holdout_blend_macro_f1": m.get("holdout_blend"),
         "leak_free": m["leak_free"],
         "collapsed": m["collapsed"],
         "rows_human": m["rows_human"],
@@ -47,10 +48,21 @@ def round_summary(m: dict) -> dict:
     }
 
 
+def final_choice(run_dir: str | Path, rounds: list[dict]) -> dict | None:
+    """What the run delivered (final.json), or what it would deliver from the rounds finished so far."""
+    path = Path(run_dir) / "final.json"
+    if path.is_file():
+        return read_json(path)
+    if not rounds:
+        return None
+    saved = RunDir(run_dir).saved_config()
+    return {**choose(rounds, saved.get("config", {}).get("deliver", "auto")), "written": False}
+
+
 def report_json(run_dir: str | Path) -> dict:
     rounds, stop = load_rounds(run_dir)
     return {"run_dir": str(run_dir), "rounds": [round_summary(m) for m in rounds], "stop_reason": stop,
-            "final": best_round(rounds) if rounds else None}
+            "final": final_choice(run_dir, rounds)}
 
 
 def _f1(value: float | None, leak_free: bool) -> Text:
@@ -64,7 +76,7 @@ def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
     table = Table(title=title, title_justify="left", caption=f"labeled prior -1 / 0 / 1: {prior}",
                   caption_justify="left")
     for column in ("round", "human+pseudo", "pseudo -1/0/1", "changed", "OOF mF1", "OOF F1 -1/0/1", "OOF acc",
-                   "holdout mF1", "status", "time"):
+                   "holdout mF1", "holdout blend (w)", "status", "time"):
         table.add_column(column, justify="left" if column == "status" else "right")
     for m in rounds:
         s = round_summary(m)
@@ -73,31 +85,39 @@ def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
         status = Text("collapsed", style="bold red") if s["collapsed"] else Text("ok", style="green")
         table.add_row(str(m["round"]), f"{s['rows_human']}+{s['n_pseudo']}", mix,
                       str(s["n_changed"]) if m["round"] else "–", _f1(s["oof_macro_f1"], s["leak_free"]["oof"]),
-                      per_class, f"{s['oof_accuracy']:.4f}", _f1(s["holdout_macro_f1"], True), status,
-                      f"{s['seconds']:.0f}s")
+                      per_class, f"{s['oof_accuracy']:.4f}", _f1(s["holdout_macro_f1"], True),
+                      _best_blend(s["holdout_blend_macro_f1"]), status, f"{s['seconds']:.0f}s")
     return table
 
 
-def final_line(rounds: list[dict]) -> Text:
-    """Which round the run delivers (submission.csv at the run's top) and whether pseudo-labels helped."""
-    choice = best_round(rounds)
-    if len(rounds) == 1:
-        return Text(f"final output: round 0 (OOF macro-F1 {rounds[0]['oof']['macro_f1']:.4f})", style="bold")
+def _best_blend(by_weight: dict | None) -> Text:
+    if not by_weight:
+        return Text("–", style="dim")
+    weight, value = max(by_weight.items(), key=lambda item: (item[1], -abs(float(item[0]) - 0.5)))
+    return Text(f"{value:.4f} ({float(weight):.2f})", style="bold")
+
+
+def final_line(choice: dict | None, rounds: list[dict]) -> Text:
+    """What the run delivers (submission.csv at the run's top) and by how much it beats round 0."""
+    if choice is None:
+        return Text("final output: none yet", style="yellow")
     if choice["metric"] is None:
-        oof = "" if choice["oof_gain"] is None else \
+        label = "final output" if choice.get("written", True) else "no final output written yet; so far"
+        head = f"{label}: round 0's head (OOF macro-F1 {rounds[0]['oof']['macro_f1']:.4f})"
+        oof = "" if choice.get("oof_gain") is None else \
             f"; best pseudo round's leak-free OOF macro-F1 {100 * choice['oof_gain']:+.1f} points"
-        return Text(f"final output: round 0 — {choice['reason']}{oof}", style="bold yellow")
-    if choice["round"] == 0:
-        best_later = max(m["holdout"]["macro_f1"] for m in rounds[1:])
-        return Text(f"final output: round 0 — pseudo-labeling did not help (holdout macro-F1 {choice['value']:.4f}; "
-                    f"best pseudo round {best_later:.4f}, {100 * (best_later - choice['value']):+.1f} points)",
-                    style="bold yellow")
-    return Text(f"final output: round {choice['round']} — pseudo-labeling helped: holdout macro-F1 "
-                f"{choice['value']:.4f} vs {choice['round0']:.4f} in round 0 ({100 * choice['gain']:+.1f} points)",
-                style="bold green")
+        return Text(head + (f" — {choice['reason']}{oof}" if choice.get("reason") else ""), style="bold yellow")
+    what = f"round {choice['round']}" + (f" blended with the co-teacher at {choice['weight']:.2f}"
+                                         if choice["weight"] > 0 else "'s head")
+    label = "final output" if choice.get("written", True) else "no final output written yet; so far the rule picks"
+    text = f"{label}: {what} — holdout macro-F1 {choice['value']:.4f}"
+    if choice.get("gain") is None:
+        return Text(text, style="bold")
+    text += f" vs {choice['round0']:.4f} for round 0's head ({100 * choice['gain']:+.1f} points)"
+    return Text(text, style="bold green" if choice["gain"] > 0 else "bold yellow")
 
 
-def footer_lines(rounds: list[dict], stop: str | None) -> list[Text]:
+def footer_lines(rounds: list[dict], stop: str | None, choice: dict | None = None) -> list[Text]:
     lines = []
     if any(not round_summary(m)["leak_free"]["oof"] for m in rounds):
         lines.append(Text("* not leak-free: pseudo-labels averaged over all folds carry validation labels into "
@@ -105,7 +125,7 @@ def footer_lines(rounds: list[dict], stop: str | None) -> list[Text]:
     if any(m["collapsed"] for m in rounds):
         lines.append(Text(COLLAPSE_HINT, style="red"))
     if rounds:
-        lines.append(final_line(rounds))
+        lines.append(final_line(choice, rounds))
     if stop:
         lines.append(Text(f"stop reason: {stop}", style="bold"))
     else:

@@ -14,6 +14,7 @@ from .errors import PseudoError
 
 STRATEGIES = ("threshold", "per-class", "class-balanced", "top-k")
 NOT_SELECTED = -1
+DEFAULT_THRESHOLD = 0.9  # of the threshold and per-class strategies when none is given
 
 
 def _check_probs(pred_probs: np.ndarray) -> np.ndarray:
@@ -88,14 +89,20 @@ def top_k_mask(pred_probs: np.ndarray, k: int) -> np.ndarray:
 def select(
     pred_probs: np.ndarray,
     strategy: str = "threshold",
-    threshold: float = 0.9,
+    threshold: float | None = None,
     *,
     class_thresholds=None,
     prior=None,
     top_k: int | None = None,
 ) -> np.ndarray:
-    """Labels (class index, or NOT_SELECTED) of the rows the strategy selects."""
+    """Labels (class index, or NOT_SELECTED) of the rows the strategy selects.
+
+    `threshold` None means DEFAULT_THRESHOLD for threshold and per-class; for class-balanced it
+    means no confidence cap: every row the prior allows (the cap is `top_k`, else the rows over
+    `threshold`, else all rows)."""
     pred_probs = _check_probs(pred_probs)
+    if threshold is None and strategy != "class-balanced":
+        threshold = DEFAULT_THRESHOLD
     if strategy == "threshold":
         mask = threshold_mask(pred_probs, threshold)
     elif strategy == "per-class":
@@ -104,7 +111,12 @@ def select(
     elif strategy == "class-balanced":
         if prior is None:
             raise PseudoError("class-balanced selection needs the labeled class prior")
-        cap = top_k if top_k is not None else int(threshold_mask(pred_probs, threshold).sum())
+        if top_k is not None:
+            cap = top_k
+        elif threshold is not None:
+            cap = int(threshold_mask(pred_probs, threshold).sum())
+        else:
+            cap = len(pred_probs)
         mask = class_balanced_mask(pred_probs, prior, cap)
     elif strategy == "top-k":
         if top_k is None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import run_args
 from pseudolabel.cli import app
 from pseudolabel.loop import RunConfig, mix_drift, pseudo_targets
-from pseudolabel.metrics import best_round
+from pseudolabel.deliver import choose
 from pseudolabel.select import counts_per_class, select
 
 
@@ -51,29 +51,6 @@ def test_soft_targets_are_the_teachers_sharpened_probabilities():
     np.testing.assert_allclose(sharp[0], np.array([0.36, 0.09, 0.01]) / 0.46, rtol=1e-5)
 
 
-def _round(k, oof, leak_free=True, holdout=None, collapsed=False):
-    return {"round": k, "oof": {"macro_f1": oof}, "leak_free": {"oof": leak_free, "holdout": holdout is not None},
-            "holdout": {"macro_f1": holdout} if holdout is not None else None, "collapsed": collapsed}
-
-
-def test_best_round_rule():
-    # without a holdout the fold ensemble has no held-out score: round 0, whatever the OOF says
-    no_holdout = best_round([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)])
-    assert no_holdout["round"] == 0 and no_holdout["metric"] is None and "--holdout" in no_holdout["reason"]
-    assert no_holdout["oof_gain"] == pytest.approx(0.03)
-    assert best_round([_round(0, 0.60), _round(1, 0.70, leak_free=False)])["oof_gain"] is None
-    assert best_round([_round(0, 0.60)])["reason"] is None
-    # with one, the best holdout round; ties and collapsed rounds keep round 0
-    h = lambda k, value, **kw: _round(k, 0.6, holdout=value, **kw)  # noqa: E731
-    assert best_round([h(0, 0.60), h(1, 0.58), h(2, 0.55)])["round"] == 0
-    better = best_round([h(0, 0.60), h(1, 0.63), h(2, 0.61)])
-    assert better["round"] == 1 and better["gain"] == pytest.approx(0.03) and better["metric"] == "holdout"
-    assert best_round([h(0, 0.60), h(1, 0.60)])["round"] == 0
-    assert best_round([h(0, 0.60), h(1, 0.70, collapsed=True)])["round"] == 0
-    by_holdout = best_round([_round(0, 0.60, holdout=0.50), _round(1, 0.70, leak_free=False, holdout=0.55)])
-    assert by_holdout["round"] == 1 and by_holdout["metric"] == "holdout"
-
-
 def test_run_with_soft_targets_and_a_noised_student_delivers_its_best_round(tiny_data, tiny_encoder, tmp_path):
     run_dir = tmp_path / "soft"
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--threshold",
@@ -89,10 +66,11 @@ def test_run_with_soft_targets_and_a_noised_student_delivers_its_best_round(tiny
     final = json.loads((run_dir / "final.json").read_text())
     rounds = [json.loads((run_dir / f"round_{k}" / "metrics.json").read_text()) for k in (0, 1)]
     assert final["metric"] == "holdout"  # the fold ensemble's score on posts no fold trained on
-    assert final["round"] == best_round(rounds)["round"]
+    assert (final["round"], final["weight"]) == (choose(rounds)["round"], choose(rounds)["weight"])
     assert final["value"] >= rounds[0]["holdout"]["macro_f1"]
     delivered = (run_dir / "submission.csv").read_text()
-    assert delivered == (run_dir / f"round_{final['round']}" / "submission.csv").read_text()
+    name = "submission_blend.csv" if final["weight"] > 0 else "submission.csv"
+    assert delivered == (run_dir / f"round_{final['round']}" / name).read_text()
     assert len(list(csv.reader(delivered.splitlines()))) == 21
     assert "final output: round" in result.output
     report = json.loads(CliRunner().invoke(app, ["report", "--run-dir", str(run_dir), "--json"]).output)
@@ -110,11 +88,25 @@ def test_bad_pseudo_options(tiny_data, tiny_encoder, tmp_path, args, message):
 
 
 def test_options_added_later_keep_the_hash_of_runs_made_before_them():
-    """A run directory records the hash of its options; the same command must find the same directory
-    (and resume it) after an option was added. The two hashes were computed by the code before
-    --student-token-dropout and --co-teacher existed."""
+    """A run directory records the hash of its options; the same options must find the same directory
+    (and resume it) after an option was added or a default changed. The two hashes were computed by
+    the code before --student-token-dropout, --co-teacher, --deliver and the new defaults existed:
+    the options of those runs, given explicitly, still hash to them."""
     common = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
-    assert RunConfig(**common).results_hash() == "30f994042d3d29c2"
-    assert RunConfig(**common, student_noise=0.3, recipe="seed").results_hash() == "1117836764e2b8c2"
-    assert RunConfig(**common, student_token_dropout=0.1).results_hash() != "30f994042d3d29c2"
-    assert RunConfig(**common, co_teacher=0.5).results_hash() != "30f994042d3d29c2"
+    before = dict(co_teacher=0.0, threshold=0.9)  # the defaults of those runs (holdout 0 with --rounds 0)
+    assert RunConfig(**common, **before).results_hash() == "30f994042d3d29c2"
+    assert RunConfig(**common, **before, student_noise=0.3, recipe="seed").results_hash() == "1117836764e2b8c2"
+    assert RunConfig(**common, **before, deliver="head").results_hash() == "30f994042d3d29c2"  # delivery only
+    assert RunConfig(**common, **before, student_token_dropout=0.1).results_hash() != "30f994042d3d29c2"
+    assert RunConfig(**common).results_hash() != "30f994042d3d29c2"  # today's defaults: the co-teacher
+
+
+def test_the_defaults_of_pseudo_rounds():
+    """Rounds >= 1 learn from the co-teacher blend over all the pool the prior allows, with a holdout
+    that chooses the delivered output; a round-0-only run keeps every labeled row for training."""
+    common = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="e", run_dir="x")
+    rounds = RunConfig(**common, rounds=2)
+    assert (rounds.co_teacher, rounds.strategy, rounds.threshold, rounds.top_k) == (0.5, "class-balanced", None, None)
+    assert rounds.holdout == 0.15 and rounds.deliver == "auto" and rounds.pseudo_source == "fold"
+    assert RunConfig(**common).holdout == 0.0
+    assert RunConfig(**common, rounds=2, holdout=0.0).holdout == 0.0

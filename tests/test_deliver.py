@@ -1,0 +1,107 @@
+"""The delivery rule: the round and co-teacher blend that score best on the holdout, never the test rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import read_rows, run_args, write_rows
+from pseudolabel.cli import app
+from pseudolabel.deliver import blend_scores, choose, delivered_probs
+from pseudolabel.errors import PseudoError
+from pseudolabel.metrics import scores
+
+
+def _round(k, oof=0.6, holdout=None, blend=None, collapsed=False, leak_free=True):
+    return {"round": k, "oof": {"macro_f1": oof}, "leak_free": {"oof": leak_free, "holdout": holdout is not None},
+            "holdout": {"macro_f1": holdout} if holdout is not None else None, "holdout_blend": blend,
+            "collapsed": collapsed}
+
+
+def test_without_a_holdout_round_0_is_delivered_whatever_the_oof_says():
+    choice = choose([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)])
+    assert (choice["round"], choice["weight"], choice["metric"]) == (0, 0.0, None)
+    assert "--holdout" in choice["reason"] and choice["oof_gain"] == pytest.approx(0.03)
+    assert choose([_round(0, 0.60), _round(1, 0.70, leak_free=False)])["oof_gain"] is None
+    assert choose([_round(0, 0.60)])["reason"] is None
+
+
+def test_a_better_round_wins_and_a_worse_one_is_refused():
+    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.58), _round(2, holdout=0.55)])["round"] == 0
+    better = choose([_round(0, holdout=0.60), _round(1, holdout=0.63), _round(2, holdout=0.61)])
+    assert better["round"] == 1 and better["gain"] == pytest.approx(0.03) and better["round0"] == 0.60
+    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.60)])["round"] == 0  # ties: the earlier round
+    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.70, collapsed=True)])["round"] == 0
+    # the holdout decides, not the (here optimistic) OOF
+    assert choose([_round(0, 0.70, holdout=0.60), _round(1, 0.90, holdout=0.59)])["round"] == 0
+
+
+def test_the_blend_competes_with_the_heads_by_deliver_mode():
+    rounds = [_round(0, holdout=0.60, blend={"0.25": 0.62, "0.5": 0.64, "0.75": 0.61}),
+              _round(1, holdout=0.63, blend={"0.25": 0.65, "0.5": 0.66, "0.75": 0.62})]
+    auto = choose(rounds)
+    assert (auto["round"], auto["weight"], auto["output"]) == (1, 0.5, "blend")
+    assert auto["value"] == 0.66 and auto["gain"] == pytest.approx(0.06) and len(auto["candidates"]) == 8
+    head = choose(rounds, "head")
+    assert (head["round"], head["weight"], head["output"]) == (1, 0.0, "head")
+    blend = choose([_round(0, holdout=0.70, blend={"0.5": 0.64})], "blend")
+    assert (blend["round"], blend["weight"]) == (0, 0.5)  # blend mode never delivers the head alone
+    # a blend that does not beat the head is not delivered in auto mode
+    assert choose([_round(0, holdout=0.70, blend={"0.25": 0.69, "0.5": 0.64})])["weight"] == 0.0
+    with pytest.raises(PseudoError, match="deliver must be one of auto, head, blend, got 'best'"):
+        choose(rounds, "best")
+
+
+def test_blend_scores_against_an_independent_computation():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    head = rng.dirichlet(np.ones(3), size=(3, 200))
+    co = rng.dirichlet(np.ones(3), size=(3, 200))
+    co[:, np.arange(200), labels] += 0.5  # the co-teacher knows something
+    got = blend_scores(labels, head, co)
+    for w in (0.25, 0.5, 0.75):
+        mixed = [(1 - w) * head[f] + w * co[f] for f in range(3)]
+        want = scores(labels, np.mean(mixed, axis=0))["macro_f1"]
+        assert got[str(w)] == pytest.approx(want)
+    assert got["0.75"] > scores(labels, head.mean(axis=0))["macro_f1"]
+    choice = {"round": 0, "weight": 0.25}
+    test_head, test_co = rng.dirichlet(np.ones(3), size=(3, 10)), rng.dirichlet(np.ones(3), size=10)
+    np.testing.assert_allclose(delivered_probs(choice, test_head, test_co), 0.75 * test_head.mean(0) + 0.25 * test_co,
+                               rtol=1e-6)
+
+
+def test_the_choice_never_looks_at_the_test_rows(tiny_data, tiny_encoder, tmp_path):
+    """Two runs that differ only in their test file (other posts, other order) choose the same round
+    and weight from the same holdout scores; only the delivered predictions differ."""
+    header, *test = read_rows(tiny_data["test"], "gb18030")
+    other = write_rows(tmp_path / "other_test.csv", [header] + test[::-1][:12], "gb18030")
+    finals, blends = [], []
+    for name, test_file in (("a", tiny_data["test"]), ("b", other)):
+        run_dir = tmp_path / name
+        data = {**tiny_data, "test": test_file}
+        result = CliRunner().invoke(app, run_args(data, tiny_encoder, run_dir, "--rounds", "1", "--holdout", "0.2",
+                                                  "--force"), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "final output: round" in result.output
+        final = json.loads((run_dir / "final.json").read_text())
+        finals.append({k: final[k] for k in ("round", "weight", "value", "round0", "candidates")})
+        blends.append([json.loads((run_dir / f"round_{k}" / "metrics.json").read_text())["holdout_blend"]
+                       for k in (0, 1)])
+        delivered = np.load(run_dir / "final_test_preds.npy", allow_pickle=False)
+        assert delivered.shape == (len(read_rows(test_file, "gb18030")) - 1, 3)
+        labels = [row[1] for row in read_rows(run_dir / "submission.csv")[1:]]
+        assert labels == [str(v) for v in (delivered.argmax(axis=1) - 1)]
+    assert finals[0] == finals[1] and blends[0] == blends[1]
+    assert all(set(b) == {"0.25", "0.5", "0.75"} for b in blends[0])
+    report = json.loads(CliRunner().invoke(app, ["report", "--run-dir", str(tmp_path / "a"), "--json"]).output)
+    assert report["final"]["weight"] == finals[0]["weight"]
+    assert report["rounds"][1]["holdout_blend_macro_f1"] == blends[0][1]
+
+
+def test_deliver_blend_needs_a_holdout(tiny_data, tiny_encoder, tmp_path):
+    result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, tmp_path / "r", "--deliver", "blend"))
+    assert result.exit_code == 1 and "deliver blend chooses its weight on the labeled holdout" in result.output
+    assert not (tmp_path / "r").exists()
