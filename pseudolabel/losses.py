@@ -1,8 +1,13 @@
 """The recipe's focal loss, for hard one-hot or soft probability targets.
 
-The recipe takes the max over classes of alpha * (1 - p)^gamma * y * -log(p); for a one-hot row
-only the true class's term is non-zero, so the max equals the sum. With soft targets (pseudo-label
-probabilities) the max would keep one class's term only; the sum keeps them all, so it is used.
+The recipe computes ce = -y * log(p), w = (1 - p)^gamma * y and takes the max over classes of
+alpha * ce * w: its terms carry y twice (y^2). For a one-hot row y^2 = y and only the true class's
+term is non-zero, so the max equals the sum of alpha * (1 - p)^gamma * y * -log(p).
+
+For soft targets (a teacher's probabilities) the intended form is that sum, linear in y: a
+focal-weighted cross-entropy against the target distribution. The max would keep one class's
+term only, and y^2 would square the teacher's probabilities (a hidden sharpening on top of
+`--sharpen`). Hard labels give the recipe's loss exactly.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ def focal(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
     y_true = tf.cast(y_true, y_pred.dtype)
     y_pred = y_pred + EPSILON
     ce = -y_true * tf.math.log(y_pred)
-    weight = tf.pow(1.0 - y_pred, gamma) * y_true
-    return tf.reduce_sum(ce * weight * alpha, axis=-1)
+    return tf.reduce_sum(alpha * tf.pow(1.0 - y_pred, gamma) * ce, axis=-1)
 
 
 @keras.utils.register_keras_serializable(package="pseudolabel")

@@ -63,21 +63,73 @@ def test_head_save_load_predictions(tmp_path):
     np.testing.assert_allclose(loaded.predict_on_batch(x), before, rtol=1e-5, atol=1e-6)
 
 
-def test_focal_loss_equals_hand_computation():
+def _script_focal(y_true, y_pred, alpha=0.25, gamma=2.0):
+    """The reference script's loss, as it is written: y_true enters ce and the weight, max over classes."""
+    y_pred = y_pred + 1e-7
+    ce = -y_true * np.log(y_pred)
+    weight = (1 - y_pred) ** gamma * y_true
+    return np.max(ce * weight * alpha, axis=-1)
+
+
+def _soft_focal(target, probs, alpha=0.25, gamma=2.0):
+    """The intended soft-target form, a loop over classes: sum_c y_c * alpha * (1 - p_c)^gamma * -log p_c."""
+    total = 0.0
+    for y, p in zip(target, probs):
+        p = float(p) + 1e-7
+        total += y * alpha * (1 - p) ** gamma * -np.log(p)
+    return total
+
+
+def test_focal_loss_is_the_recipes_on_hard_labels_and_linear_in_soft_targets():
     y_true = np.array([[1, 0, 0], [0, 0, 1], [0.2, 0.5, 0.3]], np.float32)
     y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]], np.float32)
-    p = y_pred.astype(np.float64) + 1e-7
-    hand = np.sum(-y_true * np.log(p) * (1 - p) ** 2 * y_true * 0.25, axis=-1)
     per_row = FocalLoss(reduction="none")(tf.constant(y_true), tf.constant(y_pred)).numpy()
-    np.testing.assert_allclose(per_row, hand, rtol=1e-5)
-    # the recipe's max over classes, on its one-hot rows
-    recipe = np.max(-y_true * np.log(p) * (1 - p) ** 2 * y_true * 0.25, axis=-1)
-    np.testing.assert_allclose(per_row[:2], recipe[:2], rtol=1e-5)
-    assert per_row[2] > recipe[2]  # a soft row: every class's term counts
-    # first row by hand: 0.25 * 0.3^2 * -log(0.7)
+    # one-hot rows: exactly the script's formula
+    np.testing.assert_allclose(per_row[:2], _script_focal(y_true[:2].astype(np.float64), y_pred[:2].astype(np.float64)),
+                               rtol=1e-5)
     assert per_row[0] == pytest.approx(0.25 * 0.09 * -np.log(0.7), rel=1e-5)
+    # soft rows: the sum over classes, linear in the target (not y^2, not the max)
+    assert per_row[2] == pytest.approx(_soft_focal(y_true[2], y_pred[2]), rel=1e-5)
+    squared = np.sum(-y_true[2] * np.log(y_pred[2] + 1e-7) * (1 - y_pred[2]) ** 2 * y_true[2] * 0.25)
+    assert abs(per_row[2] - squared) > 0.01
+    # linearity: the loss of a mixed target is the mix of the one-hot losses
+    one_hot = FocalLoss(reduction="none")(tf.constant(np.eye(3, dtype=np.float32)),
+                                          tf.constant(np.repeat(y_pred[2:], 3, axis=0))).numpy()
+    assert per_row[2] == pytest.approx(float(y_true[2] @ one_hot), rel=1e-5)
     mean = FocalLoss()(tf.constant(y_true), tf.constant(y_pred)).numpy()
-    assert mean == pytest.approx(hand.mean(), rel=1e-5)
+    assert mean == pytest.approx(per_row.mean(), rel=1e-5)
+
+
+def test_the_seed_recipe_is_the_reference_scripts():
+    """Every setting of the reference script, read off the built model, not off the Recipe fields alone."""
+    from pseudolabel.constants import FOLD_SEED
+    from pseudolabel.loop import RunConfig
+    from pseudolabel.model import RECIPES, build_head
+
+    seed = RECIPES["seed"]
+    assert (seed.learning_rate, seed.batch_size, seed.epochs, seed.focal_alpha, seed.focal_gamma, seed.loss) == \
+        (1e-3, 128, 2, 0.25, 2.0, "focal")
+    assert (seed.standardize, seed.early_stopping, seed.min_steps, seed.precise_bn) == (False, False, 0, 0)
+    config = RunConfig(train="a", test=None, unlabeled=None, encoder="e", run_dir="x")
+    assert (config.max_len, config.folds, config.unlabeled_limit, FOLD_SEED) == (140, 5, 500_000, 99)
+    model = build_head(140, 32, seed)
+    by_type = lambda kind: [layer for layer in model.layers if isinstance(layer, kind)]  # noqa: E731
+    (spatial,) = by_type(keras.layers.SpatialDropout1D)
+    assert spatial.rate == 0.2
+    (bigru,) = by_type(keras.layers.Bidirectional)
+    assert bigru.forward_layer.units == 256 and bigru.forward_layer.return_sequences
+    assert bigru.forward_layer.activation.__name__ == "sigmoid"
+    (capsule,) = by_type(Capsule)
+    assert (capsule.num_capsule, capsule.dim_capsule, capsule.routings, capsule.share_weights) == (10, 16, 3, True)
+    dense = by_type(keras.layers.Dense)
+    assert [d.units for d in dense] == [1000, 500, 3] and dense[-1].activation.__name__ == "softmax"
+    assert [bn.momentum for bn in by_type(keras.layers.BatchNormalization)] == [0.99, 0.99]
+    assert [d.rate for d in by_type(keras.layers.Dropout) if type(d) is keras.layers.Dropout] == [0.2]
+    assert len(by_type(keras.layers.ReLU)) == 2 and not by_type(Standardize)
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
+    assert isinstance(model.loss, FocalLoss) and (model.loss.alpha, model.loss.gamma) == (0.25, 2.0)
+    assert model.output_shape == (None, 3) and model.input_shape == (None, 140, 32)
 
 
 def test_precise_batchnorm_sets_the_inference_statistics_of_the_training_rows():
