@@ -188,7 +188,8 @@ def main() -> None:
     def config(run_dir, mode, rounds):
         return RunConfig(train=str(paths["train"]), test=str(paths["test"]), unlabeled=str(paths["unlabeled"]),
                          encoder=str(enc_dir), run_dir=str(run_dir), rounds=rounds, recipe="seed", mode=mode,
-                         max_len=args.max_len, strategy="top-k", top_k=len(pool) // 4, force=True)
+                         max_len=args.max_len, strategy="top-k", top_k=len(pool) // 4, holdout=0.0,
+                         co_teacher=0.0, force=True)
 
     results = {}
     if not args.skip_reference:

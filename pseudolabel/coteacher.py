@@ -62,7 +62,8 @@ def tfidf_teacher(labeled_texts: list[str], labels: np.ndarray, folds: np.ndarra
         model = _model().fit(x_labeled[(folds != fold) & ~holdout], labels[(folds != fold) & ~holdout])
         valid = folds == fold
         out["oof"][valid] = _probs(model, x_labeled[valid])
-        out["holdout"][i] = _probs(model, x_labeled[holdout])
+        if holdout.any():
+            out["holdout"][i] = _probs(model, x_labeled[holdout])
         if out["pool"] is not None:
             out["pool"][i] = _probs(model, x_pool)
     if test_texts:

@@ -89,6 +89,7 @@ class RunConfig:
     force: bool = False  # select from a collapsed round anyway
 
     def __post_init__(self):
+        self.holdout_given = self.holdout is not None  # not a field: a run continues with its own holdout
         if self.holdout is None:
             self.holdout = DEFAULT_HOLDOUT if self.rounds > 0 else 0.0
 
@@ -204,6 +205,13 @@ class Run:
                            "unlabeled_rows": len(self.pool) if self.pool else 0}}
         if self.dir.exists():
             saved = self.dir.saved_config()
+            kept = saved.get("config", {}).get("holdout")
+            if not restart and not self.config.holdout_given and kept is not None and kept != self.config.holdout:
+                self.config.holdout = kept  # e.g. `--rounds 0` first, `--rounds 2` later: round 0 is kept
+                self.config.validate()
+                resolved = self.config.results_dict()
+                record.update(config=resolved, hash=self.config.results_hash())
+                self.progress.note(f"{self.dir.root}: continuing with the run's own holdout {kept:g}")
             if restart:
                 for path in [*self.dir.root.glob("round_*"), self.dir.root / CO_TEACHER]:
                     if path.exists():

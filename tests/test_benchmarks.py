@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import pytest
 
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_recipe_ablation_runs_at_a_tiny_size(tmp_path, tiny_data, tiny_encoder):
     out = tmp_path / "ablation.json"
     done = subprocess.run(
@@ -25,6 +27,7 @@ def test_recipe_ablation_runs_at_a_tiny_size(tmp_path, tiny_data, tiny_encoder):
     assert "| default |" in done.stdout
 
 
+@pytest.mark.slow
 def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     out = tmp_path / "scarce.json"
     variants = ["threshold 0.9 (reference)", "class-balanced soft +noise"]
@@ -81,6 +84,7 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     assert not same_round0(made, RunConfig(**{**config, "epochs": 3}))
 
 
+@pytest.mark.slow
 def test_round_speed_runs_at_a_tiny_size(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "round_speed.py"), "--labeled", "60", "--test", "10",

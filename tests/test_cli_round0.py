@@ -26,6 +26,7 @@ def cached_run(tiny_data, tiny_encoder, tmp_path_factory):
     return run_dir, result
 
 
+@pytest.mark.slow
 def test_round0_layout_and_metrics(cached_run, tiny_data):
     from sklearn.model_selection import StratifiedKFold
 
@@ -57,6 +58,7 @@ def test_round0_layout_and_metrics(cached_run, tiny_data):
     assert "OOF" in result.output and "stop reason: max_rounds" in result.output
 
 
+@pytest.mark.slow
 def test_saved_heads_reproduce_the_round_and_hold_no_optimizer_state(cached_run):
     """Each fold's head file loads back (all heads behind one model) to the round's test predictions."""
     import h5py
@@ -85,6 +87,7 @@ def test_saved_heads_reproduce_the_round_and_hold_no_optimizer_state(cached_run)
     np.testing.assert_allclose(got, np.load(run_dir / "round_0" / "test_preds.npy", allow_pickle=False), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_second_run_reuses_everything(cached_run, tiny_data, tiny_encoder):
     run_dir, _ = cached_run
     before = (run_dir / "round_0" / "oof_preds.npy").stat().st_mtime_ns
@@ -94,6 +97,7 @@ def test_second_run_reuses_everything(cached_run, tiny_data, tiny_encoder):
     assert (run_dir / "round_0" / "oof_preds.npy").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_features_reused_by_a_new_round0(cached_run, tiny_data, tiny_encoder):
     """A restart keeps the feature cache: the encoder is not run again."""
     from pseudolabel.loop import Run, RunConfig
@@ -109,6 +113,7 @@ def test_features_reused_by_a_new_round0(cached_run, tiny_data, tiny_encoder):
     assert sum("reusing cached features" in n for n in recorder.notes) == 3
 
 
+@pytest.mark.slow
 def test_faithful_mode_end_to_end(tiny_data, tiny_encoder, tmp_path):
     from pseudolabel.model import faithful_encoder_rows
 
@@ -127,6 +132,7 @@ def test_faithful_mode_end_to_end(tiny_data, tiny_encoder, tmp_path):
     assert metrics["mode"] == "faithful" and metrics["recipe"].startswith("seed(")
 
 
+@pytest.mark.slow
 def test_faithful_mode_scores_a_holdout_with_its_saved_heads(tiny_data, tiny_encoder, tmp_path):
     """The holdout is scored after training, by the fold heads loaded back (encoder in the graph)."""
     run_dir = tmp_path / "faithful-holdout"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from conftest import run_args
@@ -22,19 +23,36 @@ def test_each_fold_model_learns_from_its_training_part_only(tiny_data):
     pool = load_unlabeled(tiny_data["unlabeled"])
     folds = np.arange(len(labeled.labels)) % 3
     folds[:6] = HOLDOUT
-    probs, info = tfidf_teacher(labeled.texts, labeled.labels, folds, pool.texts)
-    assert probs.shape == (3, len(pool.texts), 3)
+    out, info = tfidf_teacher(labeled.texts, labeled.labels, folds, pool.texts)
+    probs = out["pool"]
+    assert probs.shape == (3, len(pool.texts), 3) and out["holdout"].shape == (3, 6, 3) and out["test"] is None
+    np.testing.assert_array_equal(out["oof"][folds == HOLDOUT], 0.0)
     np.testing.assert_allclose(probs.sum(axis=2), 1.0, atol=1e-5)
     assert info["oof"]["n"] == len(labeled.labels) - 6 and info["vocabulary"] > 0
     # relabel fold 0's validation rows and the holdout: fold 0's model must not move, the others must
     changed = labeled.labels.copy()
     moved = (folds == 0) | (folds == HOLDOUT)
     changed[moved] = (changed[moved] + 1) % 3
-    again, _ = tfidf_teacher(labeled.texts, changed, folds, pool.texts)
+    again = tfidf_teacher(labeled.texts, changed, folds, pool.texts)[0]["pool"]
     np.testing.assert_allclose(again[0], probs[0], atol=1e-6)
     assert np.abs(again[1] - probs[1]).max() > 1e-3 and np.abs(again[2] - probs[2]).max() > 1e-3
 
 
+def test_without_a_holdout_and_with_a_test_file(tiny_data):
+    """A run without a holdout (e.g. `--rounds 0`) still has a co-teacher; the test file is scored by a
+    model refit on every labeled row."""
+    labeled = load_labeled(tiny_data["train"])
+    test = load_unlabeled(tiny_data["test"])
+    folds = np.arange(len(labeled.labels)) % 3
+    out, info = tfidf_teacher(labeled.texts, labeled.labels, folds, None, test.texts)
+    assert out["holdout"].shape == (3, 0, 3) and out["pool"] is None and info["holdout"] is None
+    assert out["test"].shape == (len(test.texts), 3) and info["oof"]["n"] == len(labeled.labels)
+    np.testing.assert_allclose(out["test"].sum(axis=1), 1.0, atol=1e-5)
+    flipped = tfidf_teacher(labeled.texts, (labeled.labels + 1) % 3, folds, None, test.texts)[0]["test"]
+    assert np.abs(flipped - out["test"]).max() > 1e-3  # the refit model learns from the labels
+
+
+@pytest.mark.slow
 def test_run_selects_from_the_blend_and_select_uses_it_too(tiny_data, tiny_encoder, tmp_path):
     run_dir = tmp_path / "co"
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--co-teacher",

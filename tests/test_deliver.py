@@ -73,6 +73,7 @@ def test_blend_scores_against_an_independent_computation():
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_choice_never_looks_at_the_test_rows(tiny_data, tiny_encoder, tmp_path):
     """Two runs that differ only in their test file (other posts, other order) choose the same round
     and weight from the same holdout scores; only the delivered predictions differ."""
@@ -101,6 +102,7 @@ def test_the_choice_never_looks_at_the_test_rows(tiny_data, tiny_encoder, tmp_pa
     assert report["rounds"][1]["holdout_blend_macro_f1"] == blends[0][1]
 
 
+@pytest.mark.slow
 def test_deliver_blend_needs_a_holdout(tiny_data, tiny_encoder, tmp_path):
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, tmp_path / "r", "--deliver", "blend"))
     assert result.exit_code == 1 and "deliver blend chooses its weight on the labeled holdout" in result.output

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from conftest import ArrayFeatures, run_args
@@ -40,6 +41,7 @@ def test_dynamic_predictions_come_back_in_row_order(monkeypatch):
     assert not np.allclose(got, full, atol=1e-4)  # padding feeds the head: the numbers change
 
 
+@pytest.mark.slow
 def test_run_with_dynamic_padding(tiny_data, tiny_encoder, tmp_path):
     run_dir = tmp_path / "dyn"
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0",

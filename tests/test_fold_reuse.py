@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from conftest import ArrayFeatures
 from pseudolabel import cv
@@ -29,6 +30,7 @@ def make_plan(folder, recipe=RECIPE) -> RoundPlan:
                      unlabeled=None)
 
 
+@pytest.mark.slow
 def test_a_fold_on_the_reused_head_equals_the_fold_on_a_new_head(tmp_path):
     plan = make_plan(tmp_path / "together")
     records = [train_fold(plan, fold, Progress()) for fold in range(3)]
@@ -45,6 +47,7 @@ def test_a_fold_on_the_reused_head_equals_the_fold_on_a_new_head(tmp_path):
     release_training_head()
 
 
+@pytest.mark.slow
 def test_the_training_function_is_traced_once_per_recipe_not_per_fold(tmp_path):
     plan = make_plan(tmp_path / "run")
     counts = []

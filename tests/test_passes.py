@@ -1,6 +1,7 @@
 """The frozen encoder runs once per distinct text for a whole run, and streamed splits once per round."""
 
 import numpy as np
+import pytest
 
 from conftest import read_rows, write_rows
 from pseudolabel.data import load_labeled, load_unlabeled
@@ -15,6 +16,7 @@ def config(tiny_data, tiny_encoder, run_dir, **kw):
     return RunConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_two_rounds_encode_each_distinct_text_once(tiny_data, tiny_encoder, tmp_path):
     # a pool with repeated posts, as reposts are on Weibo
     header, *rows = read_rows(tiny_data["unlabeled"])
@@ -35,6 +37,7 @@ def test_two_rounds_encode_each_distinct_text_once(tiny_data, tiny_encoder, tmp_
     np.testing.assert_allclose(unmask[:, 60:], unmask[:, :10], atol=2e-5)
 
 
+@pytest.mark.slow
 def test_streamed_pool_is_encoded_once_per_round(tiny_data, tiny_encoder, tmp_path):
     n_lab, n_test, n_pool = 90, 20, 60
     result = Run(config(tiny_data, tiny_encoder, tmp_path / "run", rounds=1, stream=("unlabeled",)),

@@ -70,6 +70,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
                                [learning_rate_at(s, flat) for s in range(50)], rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_mlm_steps_lower_the_loss_on_a_fixed_batch():
     tok = _tokenizer()
     texts = ["疫情期间大家都要戴口罩，保护好自己和家人", "武汉加油！中国加油！", "今天又是宅在家里的一天，好无聊啊"] * 4
@@ -85,6 +86,7 @@ def test_mlm_steps_lower_the_loss_on_a_fixed_batch():
     assert after < before - 2.0
 
 
+@pytest.mark.slow
 def test_cli_pretrain_writes_an_encoder_folder_that_pseudo_loads(tmp_path, tiny_data):
     out = tmp_path / "enc"
     result = CliRunner().invoke(app, ["pretrain", str(tiny_data["unlabeled"]), "--out", str(out), "--steps", "6",
@@ -104,6 +106,7 @@ def test_cli_pretrain_writes_an_encoder_folder_that_pseudo_loads(tmp_path, tiny_
     assert feats.shape == (1, 16, 64) and np.isfinite(feats).all()
 
 
+@pytest.mark.slow
 def test_init_continues_from_an_existing_encoder(tmp_path, tiny_data, tiny_encoder):
     out = tmp_path / "cont"
     config = PretrainConfig(**{**TINY, "max_len": 32}, steps=1, learning_rate=1e-9, warmup=0.0)
@@ -120,6 +123,7 @@ def test_init_continues_from_an_existing_encoder(tmp_path, tiny_data, tiny_encod
     assert not np.allclose(before, other, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_interrupted_pretraining_resumes_the_same_schedule(tmp_path, tiny_data):
     config = PretrainConfig(**TINY, steps=10, learning_rate=1e-3, dropout=0.0)
     corpus = [str(tiny_data["unlabeled"])]
@@ -138,6 +142,7 @@ def test_interrupted_pretraining_resumes_the_same_schedule(tmp_path, tiny_data):
     assert np.allclose(x, y, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_changed_settings_refuse_to_continue(tmp_path, tiny_data):
     corpus = [str(tiny_data["unlabeled"])]
     pretrain(corpus, tmp_path / "p", PretrainConfig(**TINY, steps=2), vocab=str(VOCAB))

@@ -51,6 +51,7 @@ def test_soft_targets_are_the_teachers_sharpened_probabilities():
     np.testing.assert_allclose(sharp[0], np.array([0.36, 0.09, 0.01]) / 0.46, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_run_with_soft_targets_and_a_noised_student_delivers_its_best_round(tiny_data, tiny_encoder, tmp_path):
     run_dir = tmp_path / "soft"
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--threshold",

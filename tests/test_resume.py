@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import pytest
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ def start(args, log):
                             stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_round_then_resume(tiny_data, tiny_encoder, tmp_path):
     extra = ["--rounds", "1", "--strategy", "top-k", "--top-k", "20", "--force"]
     killed_dir = tmp_path / "killed"

@@ -11,8 +11,10 @@ from pseudolabel.cli import app
 from pseudolabel.data import load_labeled, load_unlabeled
 from pseudolabel.select import NOT_SELECTED, select
 
+pytestmark = pytest.mark.slow  # every test here is a CLI run or reads one
+
 runner = CliRunner()
-SELECT = ["--strategy", "top-k", "--top-k", "20", "--force"]
+SELECT = ["--co-teacher", "0", "--strategy", "top-k", "--top-k", "20", "--force"]  # the head's own view
 
 
 def invoke(*args):
@@ -135,7 +137,7 @@ def test_report_json_reproduces_the_run(two_rounds):
 
 def test_select_command_writes_what_the_next_round_uses(tiny_data, tiny_encoder, tmp_path):
     run_dir = tmp_path / "sel"
-    assert invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0")).exit_code == 0
+    assert invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0", "--co-teacher", "0")).exit_code == 0
     result = invoke("select", "--run-dir", str(run_dir), "--strategy", "threshold", "--threshold", "0.34", "--force")
     assert result.exit_code == 0, result.output
     assert "threshold sweep" in result.output and "OOF precision" in result.output
@@ -145,9 +147,10 @@ def test_select_command_writes_what_the_next_round_uses(tiny_data, tiny_encoder,
         np.testing.assert_array_equal(written[fold], select(unmask[fold], "threshold", 0.34))
     n = int((written[0] != NOT_SELECTED).sum())  # fold 0's rows
     assert n > 0
-    cont = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--force"))
+    cont = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--co-teacher", "0", "--force"))
     assert cont.exit_code == 0, cont.output
     assert "using the selection written earlier" in cont.output
+    assert "continuing with the run's own holdout 0" in cont.output  # not refused as "other options"
     record = json.loads((run_dir / "round_1" / "fold_0" / "fold.json").read_text())
     assert record["n_train_pseudo"] == n
 
