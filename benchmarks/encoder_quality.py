@@ -49,6 +49,7 @@ def evaluate(folder: Path, texts, labels, folds, args) -> dict:
                              test=None, unlabeled=None)
             t = time.time()
             result = run_folds(plan, Progress())
+            plan.heads.release()
             out["round0"] = scores(labels, result.oof)
             out["round0_seconds"] = time.time() - t
     return out

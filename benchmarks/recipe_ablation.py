@@ -97,6 +97,7 @@ def main() -> None:
                              labeled=FeatureSource(feats, recipe.zero_padding), test=None, unlabeled=None)
             t = time.time()
             records = [train_fold(plan, fold, Progress()) for fold in range(args.folds_used)]
+            plan.heads.release()
             seconds = time.time() - t
             oof = np.zeros((len(labels), 3), np.float32)
             for fold in range(args.folds_used):

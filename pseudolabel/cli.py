@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, T
     TimeRemainingColumn
 from rich.table import Table
 
+from .config import RunConfig
 from .errors import PseudoError
 from .progress import Progress
 
@@ -97,86 +98,95 @@ def _render_rounds(rounds, stop, title, choice):
         console.print(line)
 
 
+_D = RunConfig.defaults()
+_DATA, _RECIPE, _SELECT, _DELIVER, _CONTROL = ("Data", "Encoder and recipe", "Pseudo-label selection",
+                                              "Delivery", "Run control")
+
+
+def _opt(default, help: str, panel: str, *names: str):
+    """A typer option in its help panel; `[default: ...]` in `help` is shown literally, not as markup."""
+    return typer.Option(default, *names, help=help.replace("[", "\\["), rich_help_panel=panel)
+
+
 @app.command()
 def run(
-    rounds: int = typer.Option(0, help="Pseudo-label rounds after round 0 (2 -> rounds 0, 1, 2)."),
-    train: str = typer.Option(DEFAULT_TRAIN, help="Labeled CSV (competition layout, column 情感倾向)."),
-    test: str = typer.Option(DEFAULT_TEST, help="Test CSV to predict (submission.csv per round); '' for none."),
-    unlabeled: str = typer.Option(DEFAULT_UNLABELED, help="Unlabeled pool CSV; '' for none (round 0 only)."),
-    encoder: str = typer.Option(DEFAULT_ENCODER, help="Local BERT checkpoint folder."),
-    run_dir: Optional[str] = typer.Option(None, help="Run directory [default: runs/run-<config hash>]."),
-    recipe: str = typer.Option("default", help="Head recipe: 'default' (learns on small data) or 'seed' "
-                                               "(the reference script exactly)."),
-    mode: str = typer.Option("cached", help="'cached': encoder features computed once; 'faithful': encoder "
-                                            "inside the Keras graph as the reference script."),
-    folds: int = typer.Option(5, help="Cross-validation folds."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per fold [default: the recipe's, 2]."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: the recipe's, 128]."),
-    min_steps: Optional[int] = typer.Option(None, help="Train at least this many batches per fold (more epochs "
-                                                       "on small data) [default: the recipe's]."),
-    standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize",
-                                               help="Z-score features with training-fold statistics."),
-    spatial_dropout: Optional[float] = typer.Option(None, help="SpatialDropout1D rate on the features."),
-    bn_momentum: Optional[float] = typer.Option(None, help="BatchNormalization momentum."),
-    precise_bn: Optional[int] = typer.Option(None, help="Recompute BatchNorm statistics in inference mode on this "
-                                                        "many training rows after each epoch (0: off) "
-                                                        "[default: the recipe's]."),
-    zero_padding: Optional[bool] = typer.Option(None, "--zero-padding/--no-zero-padding",
-                                                help="Zero the features at padding positions."),
-    early_stopping: Optional[bool] = typer.Option(None, "--early-stopping/--no-early-stopping",
-                                                  help="Keep the best epoch on a monitor slice of the training part."),
-    dynamic_padding: Optional[bool] = typer.Option(None, "--dynamic-padding/--no-dynamic-padding",
-                                                   help="Cut each head batch to its longest post (length-grouped "
-                                                        "batches): faster, changes results (padding feeds the "
-                                                        "BiGRU and capsules in the recipe)."),
-    max_len: int = typer.Option(140, help="Tokens per post (truncated/padded)."),
-    seed: int = typer.Option(0, help="Seed of weight init, shuffling and the holdout split."),
-    unlabeled_limit: int = typer.Option(500_000, help="Use the first N rows of the unlabeled pool."),
-    threshold: Optional[float] = typer.Option(None, help="Minimum max probability of a selected pool row "
-                                              "(threshold, per-class: 0.9 if not given; class-balanced: a cap, "
-                                              "none if not given)."),
-    strategy: str = typer.Option("class-balanced", help="class-balanced (the mix follows the labeled prior; "
-                                                        "every pool row it allows unless --threshold or --top-k "
-                                                        "caps it) | threshold | per-class | top-k."),
-    top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced)."),
-    pseudo_weight: float = typer.Option(1.0, help="Sample weight of pseudo-labeled rows."),
-    pseudo_source: str = typer.Option("fold", help="'fold': fold k learns from fold k's previous model only "
-                                                   "(leak-free OOF); 'mean': all folds' average."),
-    soft_targets: bool = typer.Option(False, help="Train on the teacher's probabilities instead of hard labels."),
-    sharpen: float = typer.Option(1.0, help="Soft targets: temperature T of p^(1/T) (T < 1 sharpens)."),
-    student_noise: float = typer.Option(0.0, help="Rounds >= 1: std of Gaussian noise on the student's "
-                                                  "standardised features while training (a noised student)."),
-    student_token_dropout: float = typer.Option(0.0, help="Rounds >= 1: share of token positions whose features "
-                                                          "the student loses while training (word dropout)."),
-    co_teacher: float = typer.Option(0.5, help="Blend the pool predictions pseudo-labels come from with a char "
+    rounds: int = _opt(_D["rounds"], "Pseudo-label rounds after round 0 (2 -> rounds 0, 1, 2).", _CONTROL),
+    train: str = _opt(DEFAULT_TRAIN, "Labeled CSV (competition layout, column 情感倾向).", _DATA),
+    test: str = _opt(DEFAULT_TEST, "Test CSV to predict (submission.csv per round); '' for none.", _DATA),
+    unlabeled: str = _opt(DEFAULT_UNLABELED, "Unlabeled pool CSV; '' for none (round 0 only).", _DATA),
+    unlabeled_limit: int = _opt(_D["unlabeled_limit"], "Use the first N rows of the unlabeled pool.", _DATA),
+    encoder: str = _opt(DEFAULT_ENCODER, "Local BERT checkpoint folder.", _RECIPE),
+    run_dir: Optional[str] = _opt(None, "Run directory [default: runs/run-<config hash>].", _CONTROL),
+    recipe: str = _opt(_D["recipe"], "Head recipe: 'default' (learns on small data) or 'seed' (the reference "
+                                     "script exactly).", _RECIPE),
+    mode: str = _opt(_D["mode"], "'cached': encoder features computed once; 'faithful': encoder inside the Keras "
+                                 "graph as the reference script.", _RECIPE),
+    folds: int = _opt(_D["folds"], "Cross-validation folds.", _RECIPE),
+    epochs: Optional[int] = _opt(None, "Epochs per fold [default: the recipe's, 2].", _RECIPE),
+    batch_size: Optional[int] = _opt(None, "Batch size [default: the recipe's, 128].", _RECIPE),
+    min_steps: Optional[int] = _opt(None, "Train at least this many batches per fold (more epochs on small data) "
+                                          "[default: the recipe's].", _RECIPE),
+    standardize: Optional[bool] = _opt(None, "Z-score features with training-fold statistics [default: the "
+                                             "recipe's].", _RECIPE, "--standardize/--no-standardize"),
+    spatial_dropout: Optional[float] = _opt(None, "SpatialDropout1D rate on the features [default: the "
+                                                  "recipe's].", _RECIPE),
+    bn_momentum: Optional[float] = _opt(None, "BatchNormalization momentum [default: the recipe's].", _RECIPE),
+    precise_bn: Optional[int] = _opt(None, "Recompute BatchNorm statistics in inference mode on this many "
+                                           "training rows after each epoch (0: off) [default: the recipe's].",
+                                     _RECIPE),
+    zero_padding: Optional[bool] = _opt(None, "Zero the features at padding positions [default: the recipe's].",
+                                        _RECIPE, "--zero-padding/--no-zero-padding"),
+    early_stopping: Optional[bool] = _opt(None, "Keep the best epoch on a monitor slice of the training part "
+                                                "[default: the recipe's].", _RECIPE,
+                                          "--early-stopping/--no-early-stopping"),
+    dynamic_padding: Optional[bool] = _opt(None, "Cut each head batch to its longest post (length-grouped "
+                                                 "batches): faster, changes results (padding feeds the BiGRU and "
+                                                 "capsules in the recipe).", _RECIPE,
+                                           "--dynamic-padding/--no-dynamic-padding"),
+    max_len: int = _opt(_D["max_len"], "Tokens per post (truncated/padded).", _RECIPE),
+    seed: int = _opt(_D["seed"], "Seed of weight init, shuffling and the holdout split.", _RECIPE),
+    threshold: Optional[float] = _opt(None, "Minimum max probability of a selected pool row (threshold, "
+                                            "per-class: 0.9 if not given; class-balanced: a cap, none if not "
+                                            "given).", _SELECT),
+    strategy: str = _opt(_D["strategy"], "class-balanced (the mix follows the labeled prior; every pool row it "
+                                         "allows unless --threshold or --top-k caps it) | threshold | per-class | "
+                                         "top-k.", _SELECT),
+    top_k: Optional[int] = _opt(None, "Rows to select (top-k) or the cap (class-balanced).", _SELECT),
+    co_teacher: float = _opt(_D["co_teacher"], "Blend the pool predictions pseudo-labels come from with a char "
                                                "n-gram TF-IDF + logistic regression teacher trained on the same "
-                                               "folds; its share (0: off, 0.5: an even blend)."),
-    holdout: Optional[float] = typer.Option(None, help="Share of labeled rows held out before round 0, for "
-                                            "choosing and scoring what is delivered only [default: 0.15 with "
-                                            "--rounds >= 1, else 0]."),
-    deliver: str = typer.Option("auto", help="What submission.csv holds: 'auto' (the round and co-teacher blend "
-                                             "best on the holdout), 'head' (the best round's fold heads), "
-                                             "'blend' (the best blend)."),
-    stream: str = typer.Option("", help="Comma-separated splits (test, unlabeled) to recompute each round "
-                                        "instead of caching their features on disk."),
-    calibrate: bool = typer.Option(False, help="Temperature-scale probabilities on OOF rows before selecting."),
-    force: bool = typer.Option(False, help="Select pseudo-labels even from a collapsed round."),
-    restart: bool = typer.Option(False, help="Start the run directory over (the feature cache is kept)."),
+                                               "folds; its share (0: off, 0.5: an even blend).", _SELECT),
+    pseudo_weight: float = _opt(_D["pseudo_weight"], "Sample weight of pseudo-labeled rows.", _SELECT),
+    pseudo_source: str = _opt(_D["pseudo_source"], "'fold': fold k learns from fold k's previous model only "
+                                                   "(leak-free OOF); 'mean': all folds' average.", _SELECT),
+    soft_targets: bool = _opt(_D["soft_targets"], "Train on the teacher's probabilities instead of hard labels.",
+                              _SELECT),
+    sharpen: float = _opt(_D["sharpen"], "Soft targets: temperature T of p^(1/T) (T < 1 sharpens).", _SELECT),
+    student_noise: float = _opt(_D["student_noise"], "Rounds >= 1: std of Gaussian noise on the student's "
+                                                     "standardised features while training (a noised student).",
+                                _SELECT),
+    student_token_dropout: float = _opt(_D["student_token_dropout"], "Rounds >= 1: share of token positions whose "
+                                        "features the student loses while training (word dropout).", _SELECT),
+    calibrate: bool = _opt(_D["calibrate"], "Temperature-scale probabilities on OOF rows before selecting.",
+                           _SELECT),
+    holdout: Optional[float] = _opt(None, "Share of labeled rows held out before round 0, for choosing and "
+                                          "scoring what is delivered only [default: 0.15 with --rounds >= 1, "
+                                          "else 0; a continued run keeps its own].", _DELIVER),
+    deliver: str = _opt(_D["deliver"], "What submission.csv holds: 'auto' (the round and co-teacher blend best on "
+                                       "the holdout), 'head' (the best round's fold heads), 'blend' (the best "
+                                       "blend).", _DELIVER),
+    stream: str = _opt("", "Comma-separated splits (test, unlabeled) to recompute each round instead of caching "
+                           "their features on disk.", _CONTROL),
+    force: bool = _opt(_D["force"], "Select pseudo-labels even from a collapsed round.", _CONTROL),
+    restart: bool = _opt(False, "Start the run directory over (the feature cache is kept).", _CONTROL),
 ):
     """Round 0 of the recipe, then pseudo-label rounds; resumes an interrupted run in the same run directory."""
-    from .loop import Run, RunConfig
+    options = dict(locals())  # the parameters above, named as RunConfig's fields
+    options.pop("restart")
+    from .loop import Run
 
-    config = RunConfig(train=train, test=test or None, unlabeled=unlabeled or None, encoder=encoder, run_dir="",
-                       rounds=rounds, folds=folds, recipe=recipe, epochs=epochs, batch_size=batch_size,
-                       min_steps=min_steps, standardize=standardize, spatial_dropout=spatial_dropout,
-                       bn_momentum=bn_momentum, precise_bn=precise_bn, zero_padding=zero_padding,
-                       early_stopping=early_stopping, dynamic_padding=dynamic_padding,
-                       max_len=max_len, seed=seed, unlabeled_limit=unlabeled_limit, mode=mode,
-                       stream=tuple(s.strip() for s in stream.split(",") if s.strip()), threshold=threshold,
-                       strategy=strategy, top_k=top_k, pseudo_weight=pseudo_weight, pseudo_source=pseudo_source,
-                       soft_targets=soft_targets, sharpen=sharpen, student_noise=student_noise,
-                       student_token_dropout=student_token_dropout, co_teacher=co_teacher, holdout=holdout,
-                       deliver=deliver, calibrate=calibrate, force=force)
+    options.update(test=test or None, unlabeled=unlabeled or None, run_dir="",
+                   stream=tuple(s.strip() for s in stream.split(",") if s.strip()))
+    config = RunConfig(**options)
     try:
         config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
     except PseudoError as exc:
@@ -209,7 +219,7 @@ def select_cmd(
     force: bool = typer.Option(False, help="Select even from a collapsed round."),
 ):
     """Re-select pseudo-labels from a finished round without training; the next `pseudo run` uses them."""
-    from .loop import reselect
+    from .selection import reselect
     from .store import latest_run
 
     try:

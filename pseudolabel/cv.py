@@ -137,6 +137,7 @@ class RoundPlan:
     seed: int = 0
     pseudo: Pseudo | None = None
     bert_factory: Callable[[], object] | None = None  # faithful mode: a fresh frozen TFBertModel
+    heads: TrainingHeads = field(default_factory=lambda: TrainingHeads())  # the run's kept training head
     n_folds: int = field(init=False)
 
     def __post_init__(self):
@@ -156,52 +157,49 @@ class _TrainingHead:
     precise: PreciseBatchNorm | None
 
 
-_REUSED: list[_TrainingHead] = []  # the cached mode's training head, kept for the next fold or round
+class TrainingHeads:
+    """The cached mode's training head, kept for the next fold or round; owned by the run (one per
+    `Run`, released when it ends) and handed to each round in its plan.
 
+    One model per shape and recipe serves every fold (and every round with the same recipe), so
+    Keras traces its training and predict functions once instead of once per fold (2-4 s a fold at
+    bert-base size); `load_heads` scores with it too. Each fold gets exactly what a new model would
+    have: the weights of a head built after seeding (built, never traced), a zeroed optimizer, and
+    random layers restarted from the fold's seed (`reset_random_layers` raises if it cannot); a
+    resumed run therefore trains the same folds as an uninterrupted one. Faithful mode builds a
+    model per fold, as the reference script does."""
 
-def _fold_model(plan: RoundPlan, seed: int):
-    """A compiled head with fresh weights for the fold with `seed`, and its precise-BN helper.
+    def __init__(self):
+        self.kept: _TrainingHead | None = None
 
-    Cached mode: one model per shape and recipe serves every fold (and every round with the same
-    recipe), so Keras traces its training and predict functions once instead of once per fold
-    (2-4 s a fold at bert-base size); `load_heads` scores with it too. Each fold gets exactly what
-    a new model would have: the weights of a head built after seeding (built, never traced), a
-    zeroed optimizer, and random layers restarted from the fold's seed; a resumed run therefore
-    trains the same folds as an uninterrupted one. Faithful mode builds a model per fold, as the
-    reference script does."""
-    head = _reused_head(plan)
-    if head is None:
-        release_training_head()
-    keras.utils.set_random_seed(seed)
-    fresh = _new_model(plan)
-    if head is not None:
-        head.model.set_weights(fresh.get_weights())
-        reset_optimizer(head.model)
-    else:
-        head = _TrainingHead(_head_key(plan), fresh,
-                             PreciseBatchNorm(fresh) if plan.recipe.precise_bn > 0 else None)
-        if plan.mode == "cached":
-            _REUSED.append(head)
-    reset_random_layers(head.model, seed)
-    return head.model, head.precise
+    def for_plan(self, plan: "RoundPlan") -> _TrainingHead | None:
+        """The head kept from an earlier fold (or round) with the plan's shape and recipe."""
+        key = (plan.max_len, plan.hidden, plan.recipe)
+        return self.kept if plan.mode == "cached" and self.kept is not None and self.kept.key == key else None
 
+    def fold_model(self, plan: "RoundPlan", seed: int):
+        """A compiled head with fresh weights for the fold with `seed`, and its precise-BN helper."""
+        head = self.for_plan(plan)
+        if head is None:
+            self.release()
+        keras.utils.set_random_seed(seed)
+        fresh = _new_model(plan)
+        if head is not None:
+            head.model.set_weights(fresh.get_weights())
+            reset_optimizer(head.model)
+        else:
+            head = _TrainingHead((plan.max_len, plan.hidden, plan.recipe), fresh,
+                                 PreciseBatchNorm(fresh) if plan.recipe.precise_bn > 0 else None)
+            if plan.mode == "cached":
+                self.kept = head
+        reset_random_layers(head.model, seed)
+        return head.model, head.precise
 
-def _head_key(plan: RoundPlan) -> tuple:
-    return (plan.max_len, plan.hidden, plan.recipe)
-
-
-def _reused_head(plan: RoundPlan) -> _TrainingHead | None:
-    """The training head kept from an earlier fold (or round) with the plan's shape and recipe."""
-    if plan.mode == "cached" and _REUSED and _REUSED[0].key == _head_key(plan):
-        return _REUSED[0]
-    return None
-
-
-def release_training_head() -> None:
-    """Drop the reused training head (a later fold with another shape or recipe builds a new one)."""
-    if _REUSED:
-        _REUSED.clear()
-        keras.backend.clear_session()
+    def release(self) -> None:
+        """Drop the kept head (a later fold with another shape or recipe builds a new one)."""
+        if self.kept is not None:
+            self.kept = None
+            keras.backend.clear_session()
 
 
 def _standardization(plan: RoundPlan, train_rows: np.ndarray, rng: np.random.Generator):
@@ -279,98 +277,126 @@ def predict(heads, source, progress: Progress, task: str, idx: np.ndarray | None
     return out
 
 
-def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
-    """Train fold `fold` of the round, write its folder, return its record."""
-    started = time.time()
-    folder = plan.folder / f"fold_{fold}"
-    seed = plan.seed * 1000 + plan.round * 10 + fold
-    rng = np.random.default_rng(seed)
+@dataclass
+class FoldRows:
+    """What one fold trains on: human rows (labeled indices), then pseudo rows (pool indices)."""
 
+    human: np.ndarray  # labeled rows of the training part (the monitor slice taken out)
+    valid: np.ndarray  # labeled rows of the fold's validation part
+    monitor: np.ndarray  # labeled rows that choose the best epoch (early stopping), else empty
+    pseudo: np.ndarray  # pool rows
+    targets: np.ndarray  # (n_human + n_pseudo, 3)
+    weights: np.ndarray  # (n_human + n_pseudo,) sample weights
+    lengths: np.ndarray | None  # token counts of the training rows, with dynamic padding
+
+    @property
+    def n_train(self) -> int:
+        return len(self.targets)
+
+
+def fold_rows(plan: RoundPlan, fold: int, seed: int) -> FoldRows:
     human = np.flatnonzero((plan.folds != fold) & (plan.folds != HOLDOUT))
-    valid = np.flatnonzero(plan.folds == fold)
     monitor = np.zeros(0, np.int64)
     if plan.recipe.early_stopping:  # a slice of the training part, never the validation part
         human, monitor = train_test_split(human, test_size=plan.recipe.monitor_share,
                                           stratify=plan.labels[human], random_state=seed)
         human, monitor = np.sort(human), np.sort(monitor)
-    eye = np.eye(N_CLASSES, dtype=np.float32)
-    human_targets = eye[plan.labels[human]]
-    if plan.pseudo is not None:
-        pseudo_rows = plan.pseudo.rows[fold]
-        pseudo_targets = plan.pseudo.targets[fold].astype(np.float32)
-    else:
-        pseudo_rows = np.zeros(0, np.int64)
-        pseudo_targets = np.zeros((0, N_CLASSES), np.float32)
-    n_h, n_p = len(human), len(pseudo_rows)
-    targets = np.concatenate([human_targets, pseudo_targets])
-    weights = np.concatenate([np.ones(n_h, np.float32),
-                              np.full(n_p, plan.pseudo.weight if n_p else 1.0, np.float32)])
-
-    model, precise = _fold_model(plan, seed)
-    if plan.recipe.standardize:
-        set_standardization(model, *_standardization(plan, human, rng))
-
-    dynamic = plan.recipe.dynamic_padding
-    if dynamic:
+    pseudo = plan.pseudo.rows[fold] if plan.pseudo is not None else np.zeros(0, np.int64)
+    pseudo_targets = (plan.pseudo.targets[fold].astype(np.float32) if plan.pseudo is not None
+                      else np.zeros((0, N_CLASSES), np.float32))
+    weights = np.concatenate([np.ones(len(human), np.float32),
+                              np.full(len(pseudo), plan.pseudo.weight if len(pseudo) else 1.0, np.float32)])
+    lengths = None
+    if plan.recipe.dynamic_padding:
         lengths = np.concatenate([plan.labeled.lengths(human),
-                                  plan.pseudo.source.lengths(pseudo_rows) if n_p else np.zeros(0, np.int64)])
+                                  plan.pseudo.source.lengths(pseudo) if len(pseudo) else np.zeros(0, np.int64)])
+    return FoldRows(human, np.flatnonzero(plan.folds == fold), monitor, pseudo,
+                    np.concatenate([np.eye(N_CLASSES, dtype=np.float32)[plan.labels[human]], pseudo_targets]),
+                    weights, lengths)
 
-    def batch_inputs(order: np.ndarray):
-        from_h, from_p = order[order < n_h], order[order >= n_h] - n_h
-        parts = [plan.labeled.rows(human[from_h]) if len(from_h) else None,
-                 plan.pseudo.source.rows(pseudo_rows[from_p]) if len(from_p) else None]
-        taken = np.concatenate([from_h, from_p + n_h])
-        inputs = _concat(parts)
-        return _unwrap(_trim(inputs, lengths[taken]) if dynamic else inputs), taken
 
-    n_train = n_h + n_p
-    epochs = plan.recipe.epochs_for(n_train)
-    batch = plan.recipe.batch_size
-    steps_per_epoch = -(-n_train // batch)
+def _batch_inputs(plan: RoundPlan, rows: FoldRows, order: np.ndarray):
+    """Model inputs of training rows `order` (indices into human then pseudo), and their order."""
+    n_h = len(rows.human)
+    from_h, from_p = order[order < n_h], order[order >= n_h] - n_h
+    parts = [plan.labeled.rows(rows.human[from_h]) if len(from_h) else None,
+             plan.pseudo.source.rows(rows.pseudo[from_p]) if len(from_p) else None]
+    taken = np.concatenate([from_h, from_p + n_h])
+    inputs = _concat(parts)
+    return _unwrap(_trim(inputs, rows.lengths[taken]) if rows.lengths is not None else inputs), taken
+
+
+@dataclass
+class Fit:
+    history: list[dict]  # per epoch: loss, and the monitor's macro-F1 with early stopping
+    best_epoch: int  # the epoch whose weights the fold keeps (the last without early stopping)
+
+
+def _fit(plan: RoundPlan, fold: int, rows: FoldRows, model, precise, rng, progress: Progress) -> Fit:
+    """The recipe's epochs over the fold's rows (early stopping on the monitor slice if the recipe says)."""
+    recipe, dynamic = plan.recipe, rows.lengths is not None
+    epochs, batch = recipe.epochs_for(rows.n_train), recipe.batch_size
+    steps_per_epoch = -(-rows.n_train // batch)
     task = f"round {plan.round} fold {fold + 1}/{plan.n_folds} train"
     progress.start(task, epochs * steps_per_epoch)
-    best = (-1.0, None, 0)
+    best_score, best_weights, best_epoch = -1.0, None, 0
     history = []
     for epoch in range(epochs):
         if dynamic:
-            batches = length_grouped(lengths, batch, rng)
+            batches = length_grouped(rows.lengths, batch, rng)
         else:
-            order = rng.permutation(n_train)
-            batches = [order[start:start + batch] for start in range(0, n_train, batch)]
+            order = rng.permutation(rows.n_train)
+            batches = [order[start:start + batch] for start in range(0, rows.n_train, batch)]
         losses = []
-        for rows in batches:
-            x, taken = batch_inputs(rows)
-            losses.append(float(model.train_on_batch(x, targets[taken], sample_weight=weights[taken])))
+        for part in batches:
+            x, taken = _batch_inputs(plan, rows, part)
+            losses.append(float(model.train_on_batch(x, rows.targets[taken], sample_weight=rows.weights[taken])))
             progress.advance(task)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if precise is not None:
-            sample = np.sort(rng.choice(n_train, size=min(n_train, plan.recipe.precise_bn), replace=False))
+            sample = np.sort(rng.choice(rows.n_train, size=min(rows.n_train, recipe.precise_bn), replace=False))
             if dynamic:  # chunks of similar length, as predictions run
-                sample = sample[np.argsort(lengths[sample], kind="stable")]
+                sample = sample[np.argsort(rows.lengths[sample], kind="stable")]
             chunks = (sample[i:i + PREDICT_CHUNK] for i in range(0, len(sample), PREDICT_CHUNK))
-            precise.update(batch_inputs(chunk)[0] for chunk in chunks)
-        if plan.recipe.early_stopping:
-            monitor_probs = predict(model, plan.labeled, Progress(), "", monitor, dynamic)[0]
-            entry["monitor_macro_f1"] = scores(plan.labels[monitor], monitor_probs)["macro_f1"]
-            if entry["monitor_macro_f1"] > best[0]:
-                best = (entry["monitor_macro_f1"], model.get_weights(), epoch + 1)
+            precise.update(_batch_inputs(plan, rows, chunk)[0] for chunk in chunks)
         history.append(entry)
-        if plan.recipe.early_stopping and epoch + 1 - best[2] >= plan.recipe.patience:
+        if not recipe.early_stopping:
+            continue
+        monitor_probs = predict(model, plan.labeled, Progress(), "", rows.monitor, dynamic)[0]
+        entry["monitor_macro_f1"] = scores(plan.labels[rows.monitor], monitor_probs)["macro_f1"]
+        if entry["monitor_macro_f1"] > best_score:
+            best_score, best_weights, best_epoch = entry["monitor_macro_f1"], model.get_weights(), epoch + 1
+        if epoch + 1 - best_epoch >= recipe.patience:
             progress.advance(task, (epochs - epoch - 1) * steps_per_epoch)
             break
     progress.finish(task)
-    if plan.recipe.early_stopping and best[1] is not None:
-        model.set_weights(best[1])
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return Fit(history, best_epoch or len(history))
+
+
+def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
+    """Train fold `fold` of the round, write its folder (DONE last), return its record."""
+    started = time.time()
+    folder = plan.folder / f"fold_{fold}"
+    seed = plan.seed * 1000 + plan.round * 10 + fold
+    rng = np.random.default_rng(seed)
+    rows = fold_rows(plan, fold, seed)
+    model, precise = plan.heads.fold_model(plan, seed)
+    if plan.recipe.standardize:
+        set_standardization(model, *_standardization(plan, rows.human, rng))
+    fit = _fit(plan, fold, rows, model, precise, rng, progress)
     train_seconds = time.time() - started
 
-    valid_probs = predict(model, plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", valid,
-                          dynamic)[0]
-    record = {"fold": fold, "n_train_human": n_h, "n_train_pseudo": n_p,
-              "pseudo_targets": "soft" if n_p and not np.isin(pseudo_targets, (0.0, 1.0)).all() else "hard",
-              "n_valid": len(valid),
-              "n_monitor": len(monitor), "epochs": len(history), "best_epoch": best[2] or len(history),
-              "history": history,
-              "train_seconds": train_seconds, "valid": scores(plan.labels[valid], valid_probs)}
+    valid_probs = predict(model, plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", rows.valid,
+                          rows.lengths is not None)[0]
+    pseudo_targets = rows.targets[len(rows.human):]
+    record = {"fold": fold, "n_train_human": len(rows.human), "n_train_pseudo": len(rows.pseudo),
+              "pseudo_targets": "soft" if len(rows.pseudo) and not np.isin(pseudo_targets, (0.0, 1.0)).all()
+              else "hard",
+              "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(fit.history),
+              "best_epoch": fit.best_epoch, "history": fit.history, "train_seconds": train_seconds,
+              "valid": scores(plan.labels[rows.valid], valid_probs)}
     folder.mkdir(parents=True, exist_ok=True)
     if plan.mode == "faithful":  # the script predicts test and pool with each fold's model
         for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
@@ -379,8 +405,8 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
                 atomic_write_npy(folder / f"{name}_preds.npy", probs)
     save_head_weights(model, folder / "head.weights.h5")
     atomic_write_npy(folder / "valid_preds.npy", valid_probs)
-    atomic_write_npy(folder / "valid_idx.npy", valid)
-    atomic_write_npy(folder / "train_idx.npy", human)
+    atomic_write_npy(folder / "valid_idx.npy", rows.valid)
+    atomic_write_npy(folder / "train_idx.npy", rows.human)
     record["seconds"] = time.time() - started
     atomic_write_json(folder / "fold.json", record)
     mark_done(folder)
@@ -393,7 +419,7 @@ def load_heads(plan: RoundPlan) -> FoldHeads:
     """Every fold's trained head of the round, behind one model: the training head when one is
     kept (its predict function is traced already), else a new one."""
     paths = [plan.folder / f"fold_{fold}" / "head.weights.h5" for fold in range(plan.n_folds)]
-    reused = _reused_head(plan)
+    reused = plan.heads.for_plan(plan)
     return FoldHeads.load(reused.model if reused else _new_model(plan, compile=False), paths)
 
 
@@ -442,7 +468,7 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
         for name, source, idx in jobs:
             out[name] = predict(heads, source, progress, f"round {plan.round} score {name}", idx,
                                 plan.recipe.dynamic_padding)
-        if _reused_head(plan) is None:
+        if plan.heads.for_plan(plan) is None:
             keras.backend.clear_session()
     return RoundOutput(oof, out["test"], out["unmask"], out["holdout"], records,
                        {"train": train_seconds, "score": time.time() - started})

@@ -137,11 +137,19 @@ def head_layers(x, recipe: Recipe, mask=None):
 
 def reset_random_layers(model, seed: int) -> None:
     """Restart the random stream of each of the head's random layers from `seed` (and its place in
-    the model): the masks of a fold are then a function of its seed and step alone."""
+    the model): the masks of a fold are then a function of its seed and step alone.
+
+    Raises if a random layer keeps no `tf.random.Generator` where tf_keras 2.x keeps it: a reset
+    that silently did nothing would let a reused head's folds differ from new heads'."""
     for index, layer in enumerate(model.layers):
+        if not isinstance(layer, (keras.layers.Dropout, keras.layers.GaussianNoise)):
+            continue
         generator = getattr(getattr(layer, "_random_generator", None), "_generator", None)
-        if generator is not None:
-            generator.reset_from_seed(seed * 64 + index)
+        if not hasattr(generator, "reset_from_seed"):
+            raise RuntimeError(f"layer {layer.name!r} ({type(layer).__name__}) keeps no tf.random.Generator at "
+                               f"_random_generator._generator in this tf_keras ({keras.__version__}); the folds' "
+                               f"random streams cannot be reset: use the pinned tf_keras (DESIGN.md)")
+        generator.reset_from_seed(seed * 64 + index)
 
 
 def reset_optimizer(model) -> None:

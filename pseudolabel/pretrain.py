@@ -357,6 +357,54 @@ def _command() -> str:
     return " ".join(args)
 
 
+def _previous_record(out: Path, settings: dict, restart: bool) -> dict | None:
+    """The record of the pretraining already in `out` (None: none, or --restart); other settings refuse."""
+    record_path = out / RECORD_NAME
+    previous = read_json(record_path) if record_path.is_file() else None
+    if previous is not None and not restart:
+        changed = [k for k in settings if previous.get("settings", {}).get(k) != settings[k]]
+        changed += [f"config.{k}" for k in settings["config"]
+                    if previous.get("settings", {}).get("config", {}).get(k) != settings["config"][k]]
+        changed = [c for c in changed if c != "config"]
+        if changed:
+            raise PseudoError(f"{out}: holds a pretraining with other settings ({', '.join(changed)}); "
+                              f"use another --out or --restart")
+    if restart and (out / CHECKPOINT_DIR).exists():
+        shutil.rmtree(out / CHECKPOINT_DIR)
+        previous = None
+    out.mkdir(parents=True, exist_ok=True)
+    return previous
+
+
+def _steps(lm, batches, config: PretrainConfig, record: dict, start_step: int, stop_after: int | None,
+           evaluate, save, progress: Progress, task: str) -> int:
+    """Training steps from `start_step` to the end (or `stop_after` of them), logging the loss every
+    20 steps and evaluating and saving at each checkpoint; returns the step reached."""
+    step, window = start_step, []
+    while step < config.steps:
+        if stop_after is not None and step - start_step >= stop_after:
+            break
+        loss = lm.run(lm.train_step, batches.train(step))
+        if not math.isfinite(loss):
+            raise PseudoError(f"pretraining diverged at step {step + 1} (loss {loss}); lower --lr")
+        window.append(loss)
+        step += 1
+        progress.advance(task)
+        at_checkpoint = step % config.checkpoint_every == 0 or step == config.steps
+        if step % 20 == 0 or at_checkpoint:
+            record["train_loss"].append({"step": step, "loss": float(np.mean(window))})
+            progress.status(task, f"loss {np.mean(window):.3f} lr {learning_rate_at(step - 1, config):.1e}")
+            window = []
+        if at_checkpoint:
+            held = evaluate()
+            record["eval_loss"].append({"step": step, "loss": held})
+            if held is not None:
+                progress.note(f"step {step}/{config.steps}: training loss {record['train_loss'][-1]['loss']:.3f}, "
+                              f"held-out MLM loss {held:.3f}")
+            save(step)
+    return step
+
+
 def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, vocab: str | None = None,
              init: str | None = None, restart: bool = False, progress: Progress | None = None,
              stop_after: int | None = None) -> dict:
@@ -375,19 +423,7 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
                 "init_identity": init_files.identity if init_files else None,
                 "vocab_sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest()}
     record_path = out / RECORD_NAME
-    previous = read_json(record_path) if record_path.is_file() else None
-    if previous is not None and not restart:
-        changed = [k for k in settings if previous.get("settings", {}).get(k) != settings[k]]
-        changed += [f"config.{k}" for k in settings["config"]
-                    if previous.get("settings", {}).get("config", {}).get(k) != settings["config"][k]]
-        changed = [c for c in changed if c != "config"]
-        if changed:
-            raise PseudoError(f"{out}: holds a pretraining with other settings ({', '.join(changed)}); "
-                              f"use another --out or --restart")
-    if restart and (out / CHECKPOINT_DIR).exists():
-        shutil.rmtree(out / CHECKPOINT_DIR)
-        previous = None
-    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_record(out, settings, restart)
 
     tokenizer = _tokenizer_for(vocab_path)
     texts, described = load_corpus(corpus, config.corpus_limit)
@@ -428,7 +464,7 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
     task = "pretrain (MLM)"
     progress.start(task, config.steps)
     progress.advance(task, start_step)
-    started, window = time.time(), []
+    started = time.time()
     seconds_before = float(record.get("seconds", 0.0))
 
     def save(step: int) -> None:
@@ -441,29 +477,7 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
         _write_encoder(out, lm, vocab_path, card)
         atomic_write_json(record_path, record)
 
-    step = start_step
-    while step < config.steps:
-        if stop_after is not None and step - start_step >= stop_after:
-            break
-        batch = batches.train(step)
-        loss = lm.run(lm.train_step, batch)
-        if not math.isfinite(loss):
-            raise PseudoError(f"pretraining diverged at step {step + 1} (loss {loss}); lower --lr")
-        window.append(loss)
-        step += 1
-        progress.advance(task)
-        at_checkpoint = step % config.checkpoint_every == 0 or step == config.steps
-        if step % 20 == 0 or at_checkpoint:
-            record["train_loss"].append({"step": step, "loss": float(np.mean(window))})
-            progress.status(task, f"loss {np.mean(window):.3f} lr {learning_rate_at(step - 1, config):.1e}")
-            window = []
-        if at_checkpoint:
-            held = evaluate()
-            record["eval_loss"].append({"step": step, "loss": held})
-            if held is not None:
-                progress.note(f"step {step}/{config.steps}: training loss {record['train_loss'][-1]['loss']:.3f}, "
-                              f"held-out MLM loss {held:.3f}")
-            save(step)
+    step = _steps(lm, batches, config, record, start_step, stop_after, evaluate, save, progress, task)
     progress.finish(task)
     if step == config.steps:
         record["finished"] = True

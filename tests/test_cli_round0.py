@@ -186,4 +186,4 @@ def test_cli_bad_inputs(tiny_data, tiny_encoder, tmp_path):
     one_line_error(invoke(*run_args(base, tiny_encoder, tmp_path / "bad", "--threshold", "1.2")),
                    "threshold must be in (0, 1], got 1.2")
     one_line_error(invoke(*run_args(base, tiny_encoder, tmp_path / "bad", "--unlabeled-limit", "0")),
-                   "unlabeled limit must be >= 1, got 0")
+                   "unlabeled-limit must be >= 1, got 0")

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import ArrayFeatures
-from pseudolabel import cv
 from pseudolabel._tf import keras
-from pseudolabel.cv import (FeatureSource, FoldHeads, RoundPlan, load_heads, make_folds, predict,
-                            release_training_head, train_fold)
+from pseudolabel.cv import FeatureSource, FoldHeads, RoundPlan, TrainingHeads, load_heads, make_folds, predict, train_fold
 from pseudolabel.model import RECIPES, build_head, reset_random_layers
 from pseudolabel.progress import Progress
 
@@ -20,31 +18,31 @@ RECIPE = replace(RECIPES["default"], gru_units=8, dense_units=(16, 8), epochs=2,
                  precise_bn=64, feature_noise=0.3, token_dropout=0.2, spatial_dropout=0.2)
 
 
-def make_plan(folder, recipe=RECIPE) -> RoundPlan:
+def make_plan(folder, recipe=RECIPE, heads=None) -> RoundPlan:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 30)
     lengths = rng.integers(3, 12, len(labels))
     x = rng.normal(size=(len(labels), 12, 6)).astype(np.float32) + labels[:, None, None] * 0.3
     return RoundPlan(round=0, folder=folder, mode="cached", recipe=recipe, max_len=12, hidden=6, labels=labels,
                      folds=make_folds(labels, 3), labeled=FeatureSource(ArrayFeatures(x, lengths)), test=None,
-                     unlabeled=None)
+                     unlabeled=None, heads=heads or TrainingHeads())
 
 
 @pytest.mark.slow
 def test_a_fold_on_the_reused_head_equals_the_fold_on_a_new_head(tmp_path):
     plan = make_plan(tmp_path / "together")
     records = [train_fold(plan, fold, Progress()) for fold in range(3)]
-    head = cv._REUSED[0].model
-    release_training_head()
-    assert not cv._REUSED
+    head = plan.heads.kept.model
+    plan.heads.release()
+    assert plan.heads.kept is None
 
     alone = make_plan(tmp_path / "alone")
     record = train_fold(alone, 2, Progress())  # as a resumed run trains it: first fold of a new process
-    assert cv._REUSED[0].model is not head
+    assert alone.heads.kept.model is not head
     np.testing.assert_allclose(np.load(alone.folder / "fold_2" / "valid_preds.npy"),
                                np.load(plan.folder / "fold_2" / "valid_preds.npy"), rtol=0, atol=1e-6)
     assert record["history"] == records[2]["history"]
-    release_training_head()
+    alone.heads.release()
 
 
 @pytest.mark.slow
@@ -53,7 +51,7 @@ def test_the_training_function_is_traced_once_per_recipe_not_per_fold(tmp_path):
     counts = []
     for fold in range(3):
         train_fold(plan, fold, Progress())
-        counts.append(cv._REUSED[0].model.train_function.experimental_get_tracing_count())
+        counts.append(plan.heads.kept.model.train_function.experimental_get_tracing_count())
     # the first fold traces (its first call twice, as it creates the optimizer's slots; then a shape
     # general enough for every batch); the folds after it trace nothing
     assert counts[0] == counts[1] == counts[2] <= 3
@@ -62,23 +60,32 @@ def test_the_training_function_is_traced_once_per_recipe_not_per_fold(tmp_path):
     # predictions are those of a new model with the same weights, up to float32 rounding (the
     # functions are traced for other shapes, measured 2e-6 apart)
     heads = load_heads(plan)
-    assert heads.model is cv._REUSED[0].model
+    assert heads.model is plan.heads.kept.model
     got = predict(heads, plan.labeled, Progress(), "score")
     paths = [plan.folder / f"fold_{fold}" / "head.weights.h5" for fold in range(3)]
     alone = FoldHeads.load(build_head(12, 6, RECIPE, compile=False), paths)
     np.testing.assert_allclose(got, predict(alone, plan.labeled, Progress(), "score"), rtol=0, atol=2e-5)
     valid = np.load(plan.folder / "fold_1" / "valid_idx.npy")
     np.testing.assert_allclose(got[1, valid], np.load(plan.folder / "fold_1" / "valid_preds.npy"), atol=2e-5)
-    assert counts[2] == cv._REUSED[0].model.train_function.experimental_get_tracing_count()
+    assert counts[2] == plan.heads.kept.model.train_function.experimental_get_tracing_count()
 
-    later = replace(make_plan(tmp_path / "run"), round=1)  # the next round, same recipe: the same model
+    later = replace(make_plan(tmp_path / "run", heads=plan.heads), round=1)  # the next round, same recipe: the same model
     train_fold(later, 0, Progress())
-    assert cv._REUSED[0].model is heads.model
-    other = make_plan(tmp_path / "other", replace(RECIPE, dropout=0.3))  # another recipe: a new head
-    first = cv._REUSED[0].model
+    assert plan.heads.kept.model is heads.model
+    other = make_plan(tmp_path / "other", replace(RECIPE, dropout=0.3), plan.heads)  # another recipe: a new head
+    first = plan.heads.kept.model
     train_fold(other, 0, Progress())
-    assert cv._REUSED[0].model is not first
-    release_training_head()
+    assert plan.heads.kept.model is not first
+    plan.heads.release()
+
+
+def test_a_reset_that_cannot_reach_a_random_layer_is_an_error(monkeypatch):
+    """If tf_keras moved the generator, resetting must fail loudly, not do nothing."""
+    model = build_head(12, 6, RECIPE)
+    dropout = next(layer for layer in model.layers if isinstance(layer, keras.layers.SpatialDropout1D))
+    monkeypatch.setattr(dropout, "_random_generator", object())
+    with pytest.raises(RuntimeError, match="keeps no tf.random.Generator"):
+        reset_random_layers(model, 1)
 
 
 def test_random_layers_follow_the_seed_they_are_reset_to():

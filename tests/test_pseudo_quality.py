@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from conftest import run_args
 from pseudolabel.cli import app
-from pseudolabel.loop import RunConfig, mix_drift, pseudo_targets
+from pseudolabel.loop import RunConfig
+from pseudolabel.selection import mix_drift, pseudo_targets
 from pseudolabel.deliver import choose
 from pseudolabel.select import counts_per_class, select
 
@@ -86,20 +87,6 @@ def test_run_with_soft_targets_and_a_noised_student_delivers_its_best_round(tiny
 def test_bad_pseudo_options(tiny_data, tiny_encoder, tmp_path, args, message):
     result = CliRunner().invoke(app, run_args(tiny_data, tiny_encoder, tmp_path / "bad", *args))
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
-
-
-def test_options_added_later_keep_the_hash_of_runs_made_before_them():
-    """A run directory records the hash of its options; the same options must find the same directory
-    (and resume it) after an option was added or a default changed. The two hashes were computed by
-    the code before --student-token-dropout, --co-teacher, --deliver and the new defaults existed:
-    the options of those runs, given explicitly, still hash to them."""
-    common = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
-    before = dict(co_teacher=0.0, threshold=0.9)  # the defaults of those runs (holdout 0 with --rounds 0)
-    assert RunConfig(**common, **before).results_hash() == "30f994042d3d29c2"
-    assert RunConfig(**common, **before, student_noise=0.3, recipe="seed").results_hash() == "1117836764e2b8c2"
-    assert RunConfig(**common, **before, deliver="head").results_hash() == "30f994042d3d29c2"  # delivery only
-    assert RunConfig(**common, **before, student_token_dropout=0.1).results_hash() != "30f994042d3d29c2"
-    assert RunConfig(**common).results_hash() != "30f994042d3d29c2"  # today's defaults: the co-teacher
 
 
 def test_the_defaults_of_pseudo_rounds():

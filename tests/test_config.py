@@ -1,0 +1,81 @@
+"""The run's options stated once: the CLI agrees with RunConfig, constraints give one-line errors,
+and a run directory of an older schema continues under the values it was made with."""
+
+import json
+
+import pytest
+import typer.main
+
+from pseudolabel.cli import app
+from pseudolabel.config import CONSTRAINTS, SCHEMA, RunConfig, check, migrate
+from pseudolabel.errors import PseudoError
+
+COMMON = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
+
+
+def _run_params() -> dict:
+    command = typer.main.get_command(app).commands["run"]
+    return {p.name: p for p in command.params}
+
+
+def test_every_option_of_pseudo_run_is_a_config_field_with_its_default():
+    params = _run_params()
+    defaults = RunConfig.defaults()
+    assert set(params) - {"restart"} == {f for f in RunConfig.__dataclass_fields__}
+    cli_only = {"train", "test", "unlabeled", "encoder"}  # bundled files in a checkout
+    shown_as = {"stream": "", "run_dir": None}  # the CLI's spelling of () and of "derive from the hash"
+    for name, default in defaults.items():
+        want = shown_as.get(name, default)
+        if name not in cli_only:
+            assert params[name].default == want, name
+    for name in CONSTRAINTS:  # every constrained option is one a user can give
+        assert name in params
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("co_teacher", 1.5, "co-teacher must be in [0, 1], got 1.5"),
+    ("threshold", 0.0, "threshold must be in (0, 1], got 0.0"),
+    ("holdout", 0.5, "holdout must be in [0, 0.5), got 0.5"),
+    ("folds", 1, "folds must be >= 2, got 1"),
+    ("max_len", 4, "max-len must be >= 8, got 4"),
+    ("pseudo_weight", 0, "pseudo-weight must be > 0, got 0"),
+    ("deliver", "best", "deliver must be one of auto, head, blend, got 'best'"),
+    ("strategy", None, "strategy must be one of threshold, per-class, class-balanced, top-k, got None"),
+])
+def test_a_value_outside_its_constraint_is_a_one_line_error(field, value, message):
+    with pytest.raises(PseudoError) as info:
+        check(field, value)
+    assert str(info.value) == message
+    with pytest.raises(PseudoError, match="must be"):
+        RunConfig(**COMMON, **{field: value}).validate()
+
+
+def test_values_inside_their_constraints_pass():
+    for field, value in [("co_teacher", 0.0), ("co_teacher", 1.0), ("threshold", None), ("threshold", 1.0),
+                         ("holdout", 0.0), ("top_k", 0), ("unlabeled_limit", None), ("deliver", "blend")]:
+        check(field, value)
+    RunConfig(**COMMON, rounds=2).validate()
+
+
+def test_a_run_of_schema_1_continues_under_the_values_it_was_made_with():
+    """Schema 1 did not record --co-teacher or --student-token-dropout: its runs used 0 for both.
+    Migrated, such a record has the hash of today's config with those values, and only those."""
+    then = RunConfig(**COMMON, co_teacher=0.0, threshold=0.9)
+    recipe = then.resolved_recipe().to_dict()
+    options = then.results_dict()
+    old = {"config": {k: v for k, v in options.items() if k not in ("co_teacher", "student_token_dropout")},
+           "hash": "written-by-schema-1", "recipe": recipe}
+    new = migrate(json.loads(json.dumps(old)))
+    assert new["schema"] == SCHEMA and new["hash"] == then.results_hash()
+    assert new["config"]["co_teacher"] == 0.0 and new["config"]["student_token_dropout"] == 0.0
+    assert new["hash"] != RunConfig(**COMMON, threshold=0.9).results_hash()  # today's default co-teacher differs
+    assert migrate(new) is new  # the current schema is left as it is
+    with pytest.raises(PseudoError, match="schema 99"):
+        migrate({**new, "schema": 99})
+
+
+def test_delivery_and_round_count_do_not_change_the_hash():
+    base = RunConfig(**COMMON, holdout=0.15)
+    assert RunConfig(**COMMON, holdout=0.15, deliver="head").results_hash() == base.results_hash()
+    assert RunConfig(**COMMON, holdout=0.15, rounds=3).results_hash() == base.results_hash()
+    assert RunConfig(**COMMON, holdout=0.15, co_teacher=0.3).results_hash() != base.results_hash()
