@@ -32,7 +32,6 @@ from sklearn.model_selection import train_test_split
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pseudolabel.data import ID_COLUMN, LABEL_COLUMN, LABEL_VALUES, TEXT_COLUMN, load_labeled  # noqa: E402
-from pseudolabel.encoder import find_encoder  # noqa: E402
 from pseudolabel.loop import Run, RunConfig  # noqa: E402
 from pseudolabel.metrics import scores  # noqa: E402
 from pseudolabel.progress import Progress  # noqa: E402
@@ -83,7 +82,6 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
 for _name, _options in VARIANTS.items():
     if _name not in ("default", "round 0 alone (no holdout)"):
         VARIANTS[_name] = {**BEFORE, **_options}
-ROUND0_KEYS = {"holdout"}  # variant options that change round 0 (its rows): never shared across them
 
 
 def split(labels: np.ndarray, seed: int, eval_share: float, labeled_share: float):
@@ -132,41 +130,24 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in name).strip("_")
 
 
-def run_variant(name: str, options: dict, folder: Path, files: dict, args, first: Path | None) -> list[dict]:
-    """One variant's `pseudo` run. After the seed's first variant, its feature cache and its round 0
-    are copied in: the variants differ only in how rounds >= 1 select and train, so their round 0
-    (same labeled rows, folds, recipe and seed) is the same computation. With --resume an existing
-    run directory is continued (its finished rounds kept; more --rounds add rounds)."""
+def run_variant(name: str, options: dict, folder: Path, files: dict, args) -> list[dict]:
+    """One variant's `pseudo` run. The variants of a seed are sibling run directories, so those whose
+    round-0 options agree share one round 0 and one feature cache (`.stages/` of the seed's folder,
+    as any runs side by side do). With --resume an existing run directory is continued (its finished
+    rounds kept; more --rounds add rounds)."""
     if folder.exists() and not (args.resume and (folder / "config.json").exists()):
         shutil.rmtree(folder)
-    if not folder.exists():
-        folder.mkdir(parents=True)
     options = dict(options)
     rounds = options.pop("rounds", args.rounds)
     config = RunConfig(run_dir=str(folder), train=str(files["labeled"]), test=str(files["eval"]),
                        unlabeled=str(files["pool"]), encoder=args.encoder, rounds=rounds, folds=args.folds,
                        max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size, min_steps=args.min_steps,
                        force=args.force, seed=0, **options)
-    if first is not None and not (folder / "round_0").exists() and same_round0(first, config):
-        shutil.copytree(first / "features", folder / "features", copy_function=os.link)
-        shutil.copytree(first / "round_0", folder / "round_0")
     started = time.time()
     result = Run(config, Progress()).execute()
     print(f"  {name}: {len(result.rounds)} round(s), stop {result.stop_reason}, {time.time() - started:.0f}s",
           flush=True)
     return result.rounds
-
-
-def same_round0(first: Path, config: RunConfig) -> bool:
-    """Whether `first`'s round 0 is this config's round 0: the same options apart from those the
-    variants set (which act from round 1 on), the same encoder checkpoint and the same row counts.
-    A run directory of an earlier call (--resume) may have been made with other options."""
-    saved = read_json(first / "config.json")
-    variant_keys = {key for options in VARIANTS.values() for key in options} - ROUND0_KEYS - {"rounds"}
-    now = config.results_dict()
-    return (all(saved["config"].get(k) == v for k, v in now.items() if k not in variant_keys)
-            and saved["encoder"]["sha256"] == find_encoder(config.encoder).identity
-            and saved["data"]["train_rows"] == len(pd.read_csv(config.train)))
 
 
 def delivered(folder: Path, eval_labels: np.ndarray) -> dict:
@@ -252,13 +233,10 @@ def main() -> None:
         entry = {"seed": seed, "sizes": [len(labeled), len(pool), len(evaluation)], "anchor": anchor_scores,
                  "variants": {}}
         print("  anchor (TF-IDF + LR): " + ", ".join(f"{k} {v:.4f}" for k, v in entry["anchor"].items()), flush=True)
-        first = None
-        if args.resume:  # a finished round 0 of an earlier call (same split, options and seed) is reused
-            first = next((d for d in sorted(folder.iterdir()) if (d / "round_0" / "DONE").exists()), None)
+        first = folder / slug(names[0])
         for name in names:
             run_dir = folder / slug(name)
-            rounds = run_variant(name, VARIANTS[name], run_dir, files, args, first)
-            first = first or run_dir
+            rounds = run_variant(name, VARIANTS[name], run_dir, files, args)
             entry["variants"][name] = round_rows(run_dir, rounds, labels[evaluation], labels[pool])
             entry.setdefault("delivered", {})[name] = got = delivered(run_dir, labels[evaluation])
             print(f"  {name}: delivered round {got['round']}, co-teacher weight {got['weight']:.2f}: evaluation "

@@ -28,6 +28,9 @@ RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial
                     "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
 DEFAULT_HOLDOUT = 0.15  # share of labeled rows held out when --rounds >= 1 and --holdout is not given
 NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never change a round's numbers
+# options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
+LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
+                "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force")
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,14 @@ class RunConfig:
     def results_hash(self) -> str:
         """Hash of everything that decides the run's numbers: the options and the resolved recipe."""
         return results_hash(self.results_dict(), self.resolved_recipe().to_dict())
+
+
+    def round0_key(self, encoder_identity: str) -> str:
+        """What round 0's numbers depend on, hashed: the options but those of later rounds, the
+        resolved recipe and the encoder's content (the files by path, as the run's own hash)."""
+        options = {k: v for k, v in self.results_dict().items() if k not in LATER_ROUNDS}
+        return config_hash({"schema": SCHEMA, "config": options, "recipe": self.resolved_recipe().to_dict(),
+                            "encoder": encoder_identity})
 
 
 def results_hash(options: dict, recipe: dict) -> str:

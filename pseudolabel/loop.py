@@ -9,7 +9,6 @@ pool rows. Folds are those of round 0; validation parts hold human-labeled rows 
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -358,8 +357,7 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
             progress.note(f"{run_dir.root}: continuing with the run's own holdout {kept:g}")
         if restart:
             for path in [*run_dir.root.glob("round_*"), run_dir.root / CO_TEACHER]:
-                if path.exists():
-                    shutil.rmtree(path)
+                run_dir.remove(path.name)
             progress.note(f"{run_dir.root}: starting over (earlier rounds removed, feature cache kept)")
         elif saved.get("hash") != record["hash"]:
             before = saved.get("config", {})
@@ -373,4 +371,6 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
                               f"(saved {saved['encoder'].get('sha256', '?')[:12]}, now {files.identity[:12]}); "
                               f"use --restart to start over")
     atomic_write_json(run_dir.config_path, record)
+    run_dir.share("features", "features")  # keyed inside by encoder, texts and max length
+    run_dir.share("round_0", f"round0-{config.round0_key(files.identity)}")
 

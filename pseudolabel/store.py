@@ -3,7 +3,9 @@
 Layout (see the README)::
 
     <run>/config.json                 resolved config, its hash, package + encoder identity
-    <run>/features/<split>-<key>/     cached encoder features
+    <run>/features/<split>-<key>/     cached encoder features (a link to <parent>/.stages/features)
+    <run>/round_0/                    round 0 (a link to <parent>/.stages/round0-<key>: runs that differ
+                                      only in options of later rounds share it)
     <run>/round_<k>/fold_<i>/         one fold's head weights and validation predictions, DONE last
     <run>/round_<k>/...               the round's arrays, metrics.json, submission.csv, DONE last
 
@@ -18,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -117,6 +120,32 @@ class RunDir:
 
     def saved_config(self) -> dict:
         return read_json(self.config_path)
+
+    @property
+    def stages(self) -> Path:
+        """Where stages shared by the runs beside this one live: `<parent>/.stages/`."""
+        return self.root.parent / ".stages"
+
+    def share(self, name: str, stage: str) -> None:
+        """Make `<run>/<name>` a link to the shared `.stages/<stage>` (created if missing). A run
+        directory that already holds its own `<name>` (made before stages were shared) keeps it."""
+        link, target = self.root / name, self.stages / stage
+        if link.is_symlink() and link.resolve() == target.resolve():
+            return
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(target, link.parent), link, target_is_directory=True)
+
+    def remove(self, name: str) -> None:
+        """Remove `<run>/<name>`: a link to a shared stage is unlinked (the stage stays for other runs)."""
+        path = self.root / name
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
 
 
 def latest_run(runs_root: str | Path = "runs") -> Path:

@@ -79,3 +79,14 @@ def test_delivery_and_round_count_do_not_change_the_hash():
     assert RunConfig(**COMMON, holdout=0.15, deliver="head").results_hash() == base.results_hash()
     assert RunConfig(**COMMON, holdout=0.15, rounds=3).results_hash() == base.results_hash()
     assert RunConfig(**COMMON, holdout=0.15, co_teacher=0.3).results_hash() != base.results_hash()
+
+
+def test_round_0_is_keyed_by_the_options_that_change_it():
+    base = RunConfig(**COMMON, rounds=2)
+    later = dict(threshold=0.5, strategy="top-k", top_k=9, pseudo_weight=0.5, pseudo_source="mean", soft_targets=True,
+                 sharpen=0.5, student_noise=0.1, student_token_dropout=0.1, co_teacher=0.0, calibrate=True)
+    assert RunConfig(**COMMON, rounds=1, **later).round0_key("enc") == base.round0_key("enc")
+    for changed in (dict(holdout=0.1), dict(max_len=64), dict(epochs=3), dict(seed=1), dict(recipe="seed"),
+                    dict(folds=4), dict(unlabeled_limit=10)):
+        assert RunConfig(**COMMON, rounds=2, **changed).round0_key("enc") != base.round0_key("enc"), changed
+    assert base.round0_key("other encoder") != base.round0_key("enc")

@@ -215,3 +215,24 @@ def test_whole_pool_stops_with_hard_labels_and_goes_on_with_soft_targets(tiny_da
         assert (load(soft_dir / f"round_{k}" / "pseudo_labels.npy") != NOT_SELECTED).all()
         record = json.loads((soft_dir / f"round_{k}" / "fold_0" / "fold.json").read_text())
         assert record["n_train_pseudo"] == 60 and record["pseudo_targets"] == "soft"
+
+
+def test_runs_that_differ_in_later_rounds_share_round_0(tiny_data, tiny_encoder, tmp_path):
+    """Sibling run directories whose round-0 options agree share one round 0 (and one feature
+    cache) under .stages/: the second run trains no round-0 fold; --restart leaves the other's."""
+    first = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "a", "--rounds", "1", *SELECT))
+    assert first.exit_code == 0, first.output
+    second = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "b", "--rounds", "1", "--co-teacher", "0.5",
+                              *SELECT[2:]))
+    assert second.exit_code == 0, second.output
+    assert "round 0: finished earlier, reused" in second.output
+    a0, b0 = tmp_path / "a" / "round_0", tmp_path / "b" / "round_0"
+    assert a0.is_symlink() and b0.is_symlink() and a0.resolve() == b0.resolve()
+    assert a0.resolve().parent == tmp_path / ".stages"
+    assert (tmp_path / "a" / "round_1").resolve() != (tmp_path / "b" / "round_1").resolve()
+    other = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "c", "--rounds", "1", "--holdout", "0.2", *SELECT))
+    assert other.exit_code == 0 and (tmp_path / "c" / "round_0").resolve() != a0.resolve()  # another holdout
+    again = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "b", "--rounds", "1", "--co-teacher", "0.5",
+                             *SELECT[2:], "--restart"))
+    assert again.exit_code == 0, again.output
+    assert (a0 / "DONE").is_file() and (tmp_path / "a" / "round_1" / "DONE").is_file()
