@@ -371,6 +371,7 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
                               f"(saved {saved['encoder'].get('sha256', '?')[:12]}, now {files.identity[:12]}); "
                               f"use --restart to start over")
     atomic_write_json(run_dir.config_path, record)
-    run_dir.share("features", "features")  # keyed inside by encoder, texts and max length
+    if config.mode == "cached":  # faithful mode keeps no features
+        run_dir.share("features", "features")  # keyed inside by encoder, texts and max length
     run_dir.share("round_0", f"round0-{config.round0_key(files.identity)}")
 
