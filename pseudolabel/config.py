@@ -12,7 +12,7 @@ No TensorFlow is imported here (the recipe is resolved on demand).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from .deliver import DELIVER
@@ -156,7 +156,7 @@ class RunConfig:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Every option with a default, and that default."""
-        return {f.name: f.default for f in fields(cls) if f.default is not f.default_factory}
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     def validate(self) -> None:
         for name in CONSTRAINTS:

@@ -163,12 +163,12 @@ class Run:
         """Round k's pseudo-labels (F, N_pool) and their record: the one written earlier (`pseudo
         select`, an interrupted run), else selected from round k-1 and written."""
         written = read_selection(self.dir, k)
+        prev = read_json(self.dir.round(k - 1) / "metrics.json")
         if written is not None:
             labels, _, info = written
             self.progress.note(f"round {k}: using the selection written earlier ({info.get('strategy')}, "
                                f"threshold {info.get('threshold')})")
         else:
-            prev = read_json(self.dir.round(k - 1) / "metrics.json")
             if self.config.co_teacher > 0:
                 co_info = self.co_teacher()[1]
                 self.progress.note(f"co-teacher: OOF macro-F1 {co_info['oof']['macro_f1']:.4f} (the head's round "
@@ -179,7 +179,7 @@ class Run:
                 threshold=cfg.threshold, top_k=cfg.top_k, source=cfg.pseudo_source, calibrate=cfg.calibrate,
                 force=cfg.force)
             write_selection(self.dir, k, labels, confidence, info, self.pool)
-        prior = read_json(self.dir.round(k - 1) / "metrics.json")["labeled_prior"]
+        prior = prev["labeled_prior"]
         info["drift"] = mix_drift(info["per_class"], prior)
         if info["drift"] > DRIFT_WARN:
             mix = " / ".join(str(n) for n in info["per_class"])
