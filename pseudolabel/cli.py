@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -13,12 +15,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from .config import RunConfig
 from .errors import PseudoError
 from .progress import Progress
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+EXAMPLES = """[bold]Examples[/bold]
+
+  [cyan]pseudo run --rounds 2[/cyan]                 round 0 and two pseudo-label rounds on the bundled sample
+
+  [cyan]pseudo run --rounds 2 --train train.csv --test test.csv --unlabeled pool.csv --encoder models/bert-base-chinese[/cyan]
+
+  [cyan]pseudo select --threshold 0.9[/cyan]         re-select the next round's pseudo-labels, no training
+
+  [cyan]pseudo report --html run.html[/cyan]         the newest run's rounds, and a page of charts
+
+  [cyan]pseudo run --help[/cyan]                     every option of a run, grouped, with its default"""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich", epilog=EXAMPLES,
                   help="Semi-supervised pseudo-labeling for Chinese Weibo sentiment (-1/0/1).")
 # Tables need about 120 columns; when output is not a terminal (a pipe, a log) do not wrap at 80.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 130
@@ -41,48 +56,124 @@ DEFAULT_ENCODER = _bundled("models/weibo-mlm-4l256")  # pretrained with `pseudo 
 DEFAULT_VOCAB = _bundled("models/bert-mini-random")  # the bert-base-chinese vocabulary
 
 
-class RichProgress(Progress):
-    """Rich progress bars for the library's tasks, and its notes as dim lines."""
+class _Remaining(TimeRemainingColumn):
+    """Time left: the run's own estimate on the overall line, rich's on the others."""
 
-    def __init__(self, console: Console):
+    def render(self, task):
+        if "eta" in task.fields:
+            return Text(task.fields["eta"], style="progress.remaining")
+        return super().render(task)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def fold_line(round: int, fold: int, n_folds: int, record: dict, reused: bool) -> str:
+    """One finished fold in words: `round 1 fold 0: 4 epochs (best 3), monitor macro-F1 ..., 35 s`."""
+    if reused:
+        return f"round {round} fold {fold}: finished earlier (validation macro-F1 {record['valid']['macro_f1']:.4f})"
+    best = record.get("best_epoch") or record.get("epochs")
+    monitor = [e.get("monitor_macro_f1") for e in record.get("history", [])]
+    shown = f", monitor macro-F1 {monitor[best - 1]:.4f}" if best and monitor and monitor[best - 1] is not None else ""
+    return (f"round {round} fold {fold}: {record['epochs']} epochs (best {best}){shown}, validation macro-F1 "
+            f"{record['valid']['macro_f1']:.4f}, {record['n_train_human']}+{record['n_train_pseudo']} rows, "
+            f"{record['seconds']:.0f} s")
+
+
+class ConsoleProgress(Progress):
+    """The library's progress for a person. In a terminal: live bars, and an overall line (round r/R,
+    folds done, elapsed, estimated time left). Elsewhere (a log file, a pipe, CI): no bars, one plain
+    line per finished long task, fold and round, flushed at once. Notes and fold scores go to both."""
+
+    def __init__(self, console: Console, live: bool | None = None):
         self.console = console
-        self.bars = RichBars(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+        self.live = console.is_terminal if live is None else live
+        self.bars = RichBars(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), _Remaining(), console=console, transient=False)
         self.ids: dict[str, int] = {}
+        self.started: dict[str, tuple[float, int]] = {}
+        self.rounds = self.n_folds = self.done = 0
+        self.fold_seconds: list[float] = []
 
     def __enter__(self):
-        self.bars.start()
+        if self.live:
+            self.bars.start()
         return self
 
     def __exit__(self, *exc):
-        self.bars.stop()
+        if self.live:
+            self.bars.stop()
+
+    def _line(self, text: str, style: str | None = None) -> None:
+        self.console.print(text, style=style, highlight=False, markup=False)
+        if not self.live:
+            self.console.file.flush()
 
     def start(self, task, total):
+        self.started[task] = (time.time(), total)
+        if not self.live:
+            return
         if task in self.ids:
             self.bars.reset(self.ids[task], total=total)
         else:
             self.ids[task] = self.bars.add_task(task, total=total)
 
     def advance(self, task, steps=1):
-        self.bars.advance(self.ids[task], steps)
+        if self.live:
+            self.bars.advance(self.ids[task], steps)
 
     def finish(self, task):
-        bar = self.ids.get(task)
-        if bar is not None:
-            self.bars.update(bar, completed=self.bars.tasks[bar].total)
+        if self.live:
+            bar = self.ids.get(task)
+            if bar is not None:
+                self.bars.update(bar, completed=self.bars.tasks[bar].total)
+        elif task in self.started and " fold " not in task:  # fold tasks: one line per fold instead
+            began, total = self.started.pop(task)
+            self._line(f"{task}: {total:,} done in {time.time() - began:.1f} s")
 
     def status(self, task, text):
         bar = self.ids.get(task)
-        if bar is not None:
+        if self.live and bar is not None:
             self.bars.update(bar, description=f"{task} {text}")
 
     def note(self, message):
-        self.console.print(f"[dim]· {message}[/dim]")
+        self._line(f"· {message}", style="dim")
+
+    # ---- the run's overall line
+
+    def plan(self, rounds, folds):
+        self.rounds, self.n_folds, self.done = rounds, folds, 0
+        if self.live:
+            self.ids["overall"] = self.bars.add_task("overall", total=rounds * folds, eta="")
+        self._overall(0)
+
+    def _overall(self, round):
+        if not (self.live and "overall" in self.ids):
+            return
+        left = self.rounds * self.n_folds - self.done
+        eta = f"~{_minutes(left * sum(self.fold_seconds) / len(self.fold_seconds))}" if self.fold_seconds else ""
+        self.bars.update(self.ids["overall"], completed=self.done, eta=eta,
+                         description=f"overall: round {round}/{self.rounds - 1}, "
+                                     f"fold {self.done % self.n_folds}/{self.n_folds} of the round")
+
+    def fold_finished(self, round, fold, n_folds, record, reused=False):
+        self.done += 1
+        if not reused:
+            self.fold_seconds.append(float(record.get("seconds", 0.0)))
+        self._line(fold_line(round, fold, n_folds, record, reused))
+        self._overall(round + (fold + 1) // n_folds)
+
+    def round_reused(self, round, n_folds):
+        self.done += n_folds
+        self._overall(round + 1)
 
     def round_finished(self, rounds):
         from .report import rounds_table
 
         self.console.print(rounds_table(rounds, f"after round {rounds[-1]['round']}"))
+        if not self.live:
+            self.console.file.flush()
 
 
 def _fail(message: str, code: int = 1):
@@ -90,11 +181,11 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
-def _render_rounds(rounds, stop, title, choice):
+def _render_rounds(rounds, stop, title, choice, state=None):
     from .report import footer_lines, rounds_table
 
     console.print(rounds_table(rounds, title))
-    for line in footer_lines(rounds, stop, choice):
+    for line in footer_lines(rounds, stop, choice, state):
         console.print(line)
 
 
@@ -192,7 +283,7 @@ def run(
     except PseudoError as exc:
         _fail(str(exc))
     try:
-        with RichProgress(console) as progress:
+        with ConsoleProgress(console) as progress:
             job = Run(config, progress, restart=restart)
             console.print(f"[bold]run[/bold] {config.run_dir} · encoder {job.files.describe()} · "
                           f"recipe {job.recipe.name} · mode {config.mode}")
@@ -258,24 +349,61 @@ def select_cmd(
 def report(
     run_dir: Optional[str] = typer.Option(None, help="Run directory [default: the newest under runs/]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page of charts "
+                                                             "to this file.", dir_okay=False),
 ):
-    """The per-round table of a run."""
-    from .report import final_choice, load_rounds, report_json
+    """The per-round table of a run, how far an unfinished run got and how to resume it."""
+    from .report import final_choice, final_line, load_rounds, report_json, run_state, state_lines
     from .store import latest_run
 
     try:
         path = run_dir or str(latest_run())
-        if as_json:
-            sys.stdout.write(json.dumps(report_json(path), indent=2, ensure_ascii=False) + "\n")
-            return
         rounds, stop = load_rounds(path)
+        state = run_state(path, rounds, stop)
+        resume = resume_command(state["invocation"])
+        if as_json:
+            sys.stdout.write(json.dumps(report_json(path, resume), indent=2, ensure_ascii=False) + "\n")
+            return
         choice = final_choice(path, rounds)
+        lines = state_lines(state, resume)
+        if html is not None and rounds:
+            from .htmlreport import write_html
+
+            charts = write_html(path, rounds, [final_line(choice, rounds).plain, *lines],
+                                choice if choice and choice.get("written", True) else None, html)
     except PseudoError as exc:
         _fail(str(exc))
     if not rounds:
         console.print(f"{path}: no finished round yet")
+        for line in lines:
+            console.print(line, style="yellow", markup=False, highlight=False)
         return
-    _render_rounds(rounds, stop, f"run {path}", choice)
+    _render_rounds(rounds, stop, f"run {path}", choice, lines)
+    if html is not None:
+        console.print(f"written: {html} ({charts} charts)")
+
+
+def resume_command(invocation: dict) -> str | None:
+    """The `pseudo run` command that continues a run, from the options it recorded (those at the
+    command's defaults left out); None for a run that recorded none."""
+    if not invocation:
+        return None
+    parts = ["pseudo", "run"]
+    for param in typer.main.get_command(app).commands["run"].params:
+        if param.name not in invocation or param.name == "restart":
+            continue
+        value = invocation[param.name]
+        if param.name in ("test", "unlabeled") and value is None:
+            value = ""
+        elif param.name == "stream":
+            value = ",".join(value)
+        if value is None or value == param.default:
+            continue
+        if param.is_flag:
+            parts.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            parts += [param.opts[0], shlex.quote(f"{value:g}" if isinstance(value, float) else str(value))]
+    return " ".join(parts)
 
 
 @app.command()
@@ -322,7 +450,7 @@ def pretrain(
                                 steps=steps if steps is not None else 2000, learning_rate=lr, warmup=warmup,
                                 mask_prob=mask_prob, seed=seed, eval_rows=eval_rows,
                                 checkpoint_every=checkpoint_every, corpus_limit=corpus_limit)
-        with RichProgress(console) as progress:
+        with ConsoleProgress(console) as progress:
             record = run_pretrain(corpus, out, config, vocab=vocab, init=init, restart=restart, progress=progress)
     except PseudoError as exc:
         _fail(str(exc))

@@ -198,10 +198,16 @@ class RunConfig:
         out["stream"] = sorted(out["stream"])
         return out
 
+    def invocation(self) -> dict:
+        """Every option of the run as given (the results' options and those that are not: rounds,
+        run directory, delivery, --force), for the command that resumes it (`pseudo report`)."""
+        out = asdict(self)
+        out["stream"] = list(out["stream"])
+        return out
+
     def results_hash(self) -> str:
         """Hash of everything that decides the run's numbers: the options and the resolved recipe."""
         return results_hash(self.results_dict(), self.resolved_recipe().to_dict())
-
 
     def round0_key(self, encoder_identity: str) -> str:
         """What round 0's numbers depend on, hashed: the options but those of later rounds, the

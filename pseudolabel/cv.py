@@ -337,7 +337,7 @@ def _fit(plan: RoundPlan, fold: int, rows: FoldRows, model, precise, rng, progre
     recipe, dynamic = plan.recipe, rows.lengths is not None
     epochs, batch = recipe.epochs_for(rows.n_train), recipe.batch_size
     steps_per_epoch = -(-rows.n_train // batch)
-    task = f"round {plan.round} fold {fold + 1}/{plan.n_folds} train"
+    task = f"round {plan.round} fold {fold} train"
     progress.start(task, epochs * steps_per_epoch)
     best_score, best_weights, best_epoch = -1.0, None, 0
     history = []
@@ -388,7 +388,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     fit = _fit(plan, fold, rows, model, precise, rng, progress)
     train_seconds = time.time() - started
 
-    valid_probs = predict(model, plan.labeled, progress, f"round {plan.round} fold {fold + 1} validate", rows.valid,
+    valid_probs = predict(model, plan.labeled, progress, f"round {plan.round} fold {fold} validate", rows.valid,
                           rows.lengths is not None)[0]
     pseudo_targets = rows.targets[len(rows.human):]
     record = {"fold": fold, "n_train_human": len(rows.human), "n_train_pseudo": len(rows.pseudo),
@@ -401,7 +401,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     if plan.mode == "faithful":  # the script predicts test and pool with each fold's model
         for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
             if source is not None:
-                probs = predict(model, source, progress, f"round {plan.round} fold {fold + 1} {name}")[0]
+                probs = predict(model, source, progress, f"round {plan.round} fold {fold} {name}")[0]
                 atomic_write_npy(folder / f"{name}_preds.npy", probs)
     save_head_weights(model, folder / "head.weights.h5")
     atomic_write_npy(folder / "valid_preds.npy", valid_probs)
@@ -439,11 +439,11 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
     records = []
     for fold in range(plan.n_folds):
         folder = plan.folder / f"fold_{fold}"
-        if is_done(folder):
-            progress.note(f"round {plan.round} fold {fold + 1}: finished earlier, reused")
-            records.append(read_json(folder / "fold.json"))
-            continue
-        records.append(train_fold(plan, fold, progress))
+        reused = is_done(folder)
+        if reused:
+            progress.note(f"round {plan.round} fold {fold}: finished earlier, reused")
+        records.append(read_json(folder / "fold.json") if reused else train_fold(plan, fold, progress))
+        progress.fold_finished(plan.round, fold, plan.n_folds, records[-1], reused)
     train_seconds = time.time() - started
 
     oof = np.zeros((len(plan.labels), N_CLASSES), np.float32)
@@ -466,7 +466,8 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
     if jobs:
         heads = load_heads(plan)
         for name, source, idx in jobs:
-            out[name] = predict(heads, source, progress, f"round {plan.round} score {name}", idx,
+            shown = "pool" if name == "unmask" else name  # unmask_preds.npy: the reference script's name
+            out[name] = predict(heads, source, progress, f"round {plan.round} score {shown}", idx,
                                 plan.recipe.dynamic_padding)
         if plan.heads.for_plan(plan) is None:
             keras.backend.clear_session()

@@ -31,7 +31,7 @@ from .progress import Progress
 from .select import NOT_SELECTED
 from .selection import (DRIFT_WARN, changed_labels, mix_drift, pseudo_targets, read_selection, select_from_round,
                         teacher_probs, write_selection)
-from .store import RunDir, atomic_write_csv, atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
+from .store import RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
 from .tokenize import tokenize
 
 
@@ -71,7 +71,12 @@ class Run:
                 self.progress.note(line)
         rows = {"train_rows": len(self.labeled), "test_rows": len(self.test) if self.test else 0,
                 "unlabeled_rows": len(self.pool) if self.pool else 0}
-        prepare_run_dir(self.dir, config, self.recipe, self.files, rows, restart, self.progress)
+        self.lock = RunLock(self.dir.root).acquire("pseudo run")  # released when execute ends
+        try:
+            prepare_run_dir(self.dir, config, self.recipe, self.files, rows, restart, self.progress)
+        except BaseException:
+            self.lock.release()
+            raise
 
     # ------------------------------------------------------------ lazy encoder and tokens
 
@@ -127,12 +132,14 @@ class Run:
             return self._execute()
         finally:
             self.heads.release()
+            self.lock.release()
 
     def _execute(self) -> RunResult:
         """Round 0, then per round: select -> train every fold -> record, until `stop_reason` says why not.
         A finished round (DONE) is read back instead of trained, so an interrupted run resumes."""
         atomic_write_json(self.dir.root / "status.json", {"stop_reason": None, "running": True})
         folds, sources = self.folds(), self.sources()
+        self.progress.plan(self.config.rounds + 1, self.config.folds)
         history = History(first_selected=np.full(len(self.pool) if self.pool else 0, -1, np.int64))
         stop = None
         for k in range(self.config.rounds + 1):
@@ -141,6 +148,7 @@ class Run:
             if is_done(self.dir.round(k)):
                 history.reuse(self.dir, k, with_pool=self.pool is not None)
                 self.progress.note(f"round {k}: finished earlier, reused")
+                self.progress.round_reused(k, self.config.folds)
                 continue
             pseudo, info = None, {}
             if k:
@@ -342,6 +350,7 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
     resolved = config.results_dict()
     recipe_dict = recipe.to_dict()
     record = {"schema": SCHEMA, "config": resolved, "hash": config.results_hash(),
+              "invocation": config.invocation(),
               "package": f"pseudolabel {__version__}",
               "encoder": {"folder": str(files.folder), "sha256": files.identity,
                           "config": files.config_dict()},
@@ -353,7 +362,7 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
             config.holdout = kept  # e.g. `--rounds 0` first, `--rounds 2` later: round 0 is kept
             config.validate()
             resolved = config.results_dict()
-            record.update(config=resolved, hash=config.results_hash())
+            record.update(config=resolved, hash=config.results_hash(), invocation=config.invocation())
             progress.note(f"{run_dir.root}: continuing with the run's own holdout {kept:g}")
         if restart:
             for path in [*run_dir.root.glob("round_*"), run_dir.root / CO_TEACHER]:

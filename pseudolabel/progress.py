@@ -24,6 +24,16 @@ class Progress:
     def note(self, message: str) -> None:
         """A one-line remark for the user (how a file was read, what was reused, ...)."""
 
+    def plan(self, rounds: int, folds: int) -> None:
+        """The run's whole work: rounds 0..rounds-1 of `folds` folds each (it may stop earlier)."""
+
+    def fold_finished(self, round: int, fold: int, n_folds: int, record: dict, reused: bool = False) -> None:
+        """Fold `fold` (0-based, its folder `fold_<fold>`) of a round is done; `record` is its fold.json
+        (epochs, best epoch, per-epoch history, validation scores, seconds); `reused`: finished earlier."""
+
+    def round_reused(self, round: int, n_folds: int) -> None:
+        """A round finished by an earlier process is read back, not trained."""
+
     def round_finished(self, rounds: list[dict]) -> None:
         """A round was trained; `rounds` holds the metrics of every round so far."""
 

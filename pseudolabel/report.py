@@ -10,7 +10,7 @@ from rich.text import Text
 from .data import LABEL_VALUES
 from .errors import PseudoError
 from .deliver import choose
-from .store import RunDir, read_json
+from .store import RunDir, RunLock, is_done, read_json
 
 COLLAPSE_HINT = ("collapsed: the head learned nothing (a class is (almost) never predicted, or macro-F1 is not above "
                  "always predicting the majority); use the default recipe or a better encoder; its pseudo-labels "
@@ -26,6 +26,41 @@ def load_rounds(run_dir: str | Path) -> tuple[list[dict], str | None]:
     status = rd.root / "status.json"
     stop = read_json(status).get("stop_reason") if status.is_file() else None
     return rounds, stop
+
+
+def run_state(run_dir: str | Path, rounds: list[dict], stop: str | None) -> dict:
+    """How far a run got: finished or not, running (its lock is held) or stopped, the rounds asked
+    for, and the folds finished in the first unfinished round."""
+    rd = RunDir(run_dir)
+    saved = rd.saved_config()
+    invocation = saved.get("invocation") or {}
+    status = read_json(rd.root / "status.json") if (rd.root / "status.json").is_file() else {}
+    holder = RunLock(rd.root).holder()
+    finished = stop is not None and not status.get("running") and holder is None
+    planned = invocation.get("rounds")
+    current = len(rounds)
+    folds = int(invocation.get("folds") or saved.get("config", {}).get("folds") or 0)
+    folds_done = sum(is_done(rd.fold(current, i)) for i in range(folds)) if not finished else None
+    return {"finished": finished, "running": holder is not None, "holder": holder,
+            "stopped": not finished and holder is None, "rounds_finished": current, "rounds_planned": planned,
+            "current_round": None if finished else current, "folds": folds, "folds_finished": folds_done,
+            "invocation": invocation}
+
+
+def state_lines(state: dict, resume_command: str | None) -> list[str]:
+    """The run's state in words, for unfinished runs (the table says the rest)."""
+    if state["finished"]:
+        return []
+    planned = state["rounds_planned"]
+    asked = f" of rounds 0-{planned}" if planned is not None else ""
+    where = (f"{state['rounds_finished']} round(s) finished{asked}; round {state['current_round']}: "
+             f"{state['folds_finished']} of {state['folds']} folds finished")
+    if state["running"]:
+        return [f"running ({state['holder']}): {where}"]
+    lines = [f"stopped before finishing: {where}"]
+    if resume_command:
+        lines.append(f"resume with: {resume_command}")
+    return lines
 
 
 def round_summary(m: dict) -> dict:
@@ -59,10 +94,17 @@ def final_choice(run_dir: str | Path, rounds: list[dict]) -> dict | None:
     return {**choose(rounds, saved.get("config", {}).get("deliver", "auto")), "written": False}
 
 
-def report_json(run_dir: str | Path) -> dict:
+def report_json(run_dir: str | Path, resume_command: str | None = None) -> dict:
     rounds, stop = load_rounds(run_dir)
-    return {"run_dir": str(run_dir), "rounds": [round_summary(m) for m in rounds], "stop_reason": stop,
-            "final": final_choice(run_dir, rounds)}
+    state = run_state(run_dir, rounds, stop)
+    final = final_choice(run_dir, rounds)
+    return {"run_dir": str(run_dir), "finished": state["finished"], "running": state["running"],
+            "holder": state["holder"], "rounds_planned": state["rounds_planned"],
+            "folds_finished_in_current_round": state["folds_finished"],
+            "resume_command": None if state["finished"] or state["running"] else resume_command,
+            "rounds": [round_summary(m) for m in rounds], "stop_reason": stop,
+            "final": final if final and final.get("written", True) else None,
+            "final_so_far": final if final and not final.get("written", True) else None}
 
 
 def _f1(value: float | None, leak_free: bool) -> Text:
@@ -100,16 +142,16 @@ def _best_blend(by_weight: dict | None) -> Text:
 def final_line(choice: dict | None, rounds: list[dict]) -> Text:
     """What the run delivers (submission.csv at the run's top) and by how much it beats round 0."""
     if choice is None:
-        return Text("final output: none yet", style="yellow")
+        return Text("not delivered yet", style="yellow")
     if choice["metric"] is None:
-        label = "final output" if choice.get("written", True) else "no final output written yet; so far"
+        label = "final output" if choice.get("written", True) else "not delivered yet; so far the rule picks"
         head = f"{label}: round 0's head (OOF macro-F1 {rounds[0]['oof']['macro_f1']:.4f})"
         oof = "" if choice.get("oof_gain") is None else \
             f"; best pseudo round's leak-free OOF macro-F1 {100 * choice['oof_gain']:+.1f} points"
         return Text(head + (f" — {choice['reason']}{oof}" if choice.get("reason") else ""), style="bold yellow")
     what = f"round {choice['round']}" + (f" blended with the co-teacher at {choice['weight']:.2f}"
                                          if choice["weight"] > 0 else "'s head")
-    label = "final output" if choice.get("written", True) else "no final output written yet; so far the rule picks"
+    label = "final output" if choice.get("written", True) else "not delivered yet; so far the rule picks"
     text = f"{label}: {what} — holdout macro-F1 {choice['value']:.4f}"
     if choice.get("gain") is None:
         return Text(text, style="bold")
@@ -117,7 +159,10 @@ def final_line(choice: dict | None, rounds: list[dict]) -> Text:
     return Text(text, style="bold green" if choice["gain"] > 0 else "bold yellow")
 
 
-def footer_lines(rounds: list[dict], stop: str | None, choice: dict | None = None) -> list[Text]:
+def footer_lines(rounds: list[dict], stop: str | None, choice: dict | None = None,
+                 state: list[str] | None = None) -> list[Text]:
+    """The lines under the round table; `state`: the run's state in words when it is not finished
+    (`state_lines`), else the stop reason or the hint to resume is printed."""
     lines = []
     if any(not round_summary(m)["leak_free"]["oof"] for m in rounds):
         lines.append(Text("* not leak-free: pseudo-labels averaged over all folds carry validation labels into "
@@ -126,7 +171,9 @@ def footer_lines(rounds: list[dict], stop: str | None, choice: dict | None = Non
         lines.append(Text(COLLAPSE_HINT, style="red"))
     if rounds:
         lines.append(final_line(choice, rounds))
-    if stop:
+    if state:
+        lines += [Text(line, style="yellow") for line in state]
+    elif stop:
         lines.append(Text(f"stop reason: {stop}", style="bold"))
     else:
         lines.append(Text("not finished (interrupted or still running): re-run the same `pseudo run` command "

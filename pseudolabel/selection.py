@@ -22,7 +22,7 @@ from .coteacher import blend
 from .data import Posts, load_labeled, load_unlabeled
 from .errors import PseudoError
 from .select import NOT_SELECTED, STRATEGIES, check_threshold, counts_per_class, select, sweep
-from .store import RunDir, atomic_write_csv, atomic_write_json, atomic_write_npy, is_done, load_npy, read_json
+from .store import RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, is_done, load_npy, read_json
 
 
 def saved_options(run_dir: RunDir) -> dict:
@@ -181,7 +181,8 @@ def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str | N
     pool = load_unlabeled(saved["unlabeled"], saved["unlabeled_limit"])
     if len(pool) != labels.shape[1]:
         raise PseudoError(f"{saved['unlabeled']}: has {len(pool)} rows now, round {k} scored {labels.shape[1]}")
-    write_selection(rd, k + 1, labels, confidence, info, pool)
+    with RunLock(rd.root).acquire("pseudo select"):  # never beside a run writing the same directory
+        write_selection(rd, k + 1, labels, confidence, info, pool)
     unmask = load_npy(rd.round(k) / "unmask_preds.npy").mean(axis=0)
     folds = load_npy(rd.round(0) / "folds.npy")
     oof = load_npy(rd.round(k) / "oof_preds.npy")

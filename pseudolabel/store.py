@@ -16,6 +16,7 @@ reader never sees a half-written file; a folder without DONE is unfinished.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -29,11 +30,21 @@ import numpy as np
 from .errors import PseudoError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's own 0600 would hide run files from the group
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -52,6 +63,10 @@ def atomic_write_npy(path: Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     _atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_csv(path: Path, header: list[str], rows) -> None:
@@ -81,6 +96,60 @@ def mark_done(folder: Path) -> None:
 
 def is_done(folder: Path) -> bool:
     return (Path(folder) / "DONE").is_file()
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the process that writes it (`pseudo run`,
+    `pseudo select`). It is an advisory `flock` on `<run>/.lock`, which also records the holder's
+    PID: the kernel releases it when the process ends, however it ends, so the lock of a killed
+    run is never stale."""
+
+    NAME = ".lock"
+
+    def __init__(self, root: str | Path):
+        self.path = Path(root) / self.NAME
+        self._fh = None
+
+    def acquire(self, what: str = "pseudo run") -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            holder = self.holder()
+            raise PseudoError(f"{self.path.parent}: in use by another process ({holder or 'pid unknown'}); "
+                              f"wait for it to finish, or use another --run-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()} {what}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file releases the flock
+            self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if self._fh is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def holder(self) -> str | None:
+        """'pid N (what)' of the process holding the lock, or None if nobody holds it."""
+        if not self.path.is_file():
+            return None
+        with open(self.path, "r", encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid, _, what = fh.read().strip().partition(" ")
+                return f"pid {pid}" + (f", {what}" if what else "") if pid else "pid unknown"
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return None
 
 
 def config_hash(config: dict) -> str:

@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # xdist gives its workers COLUMNS=80; the CLI's tables need ~120
+    os.environ["COLUMNS"] = "130"
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
