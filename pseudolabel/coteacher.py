@@ -20,9 +20,8 @@ from .constants import HOLDOUT, N_CLASSES
 from .data import load_labeled, load_unlabeled
 from .errors import PseudoError
 from .metrics import scores
-from .store import RunDir, atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
+from .store import CoTeacherFiles, RunDir, atomic_write_json, atomic_write_npy, load_npy, read_json
 
-FOLDER = "co_teacher"
 MAX_FEATURES = 300_000
 VERSION = 2  # co_teacher.json of version 1 held pool predictions only
 ARRAYS = ("oof", "holdout", "pool", "test")  # <name>_preds.npy in the folder, where the run has the split
@@ -77,10 +76,10 @@ def tfidf_teacher(labeled_texts: list[str], labels: np.ndarray, folds: np.ndarra
     return out, info
 
 
-def _cached(folder, folds: np.ndarray, rows: dict) -> bool:
-    if not is_done(folder) or not np.array_equal(load_npy(folder / "folds.npy"), folds):
+def _cached(files: CoTeacherFiles, folds: np.ndarray, rows: dict) -> bool:
+    if not files.is_done() or not np.array_equal(load_npy(files.folds), folds):
         return False
-    info = read_json(folder / "co_teacher.json")
+    info = read_json(files.record)
     return info.get("version") == VERSION and info.get("rows") == rows
 
 
@@ -89,8 +88,8 @@ def co_teacher_outputs(run_dir: RunDir, labeled=None, pool=None, test=None, prog
 
     `labeled`, `pool` and `test` are the run's posts; without them they are read from the files
     the run was made with (as `pseudo select` does)."""
-    folder = run_dir.root / FOLDER
-    folds = load_npy(run_dir.round(0) / "folds.npy")
+    files = run_dir.co_teacher
+    folds = load_npy(run_dir.round(0).folds)
     config = run_dir.saved_config()["config"]
     if labeled is None:
         labeled = load_labeled(config["train"])
@@ -99,25 +98,24 @@ def co_teacher_outputs(run_dir: RunDir, labeled=None, pool=None, test=None, prog
     if test is None and config.get("test"):
         test = load_unlabeled(config["test"], None)
     rows = {"labeled": len(labeled.texts), "pool": len(pool.texts) if pool else 0, "test": len(test.texts) if test else 0}
-    if _cached(folder, folds, rows):
-        arrays = {name: load_npy(folder / f"{name}_preds.npy") if (folder / f"{name}_preds.npy").is_file() else None
-                  for name in ARRAYS}
-        return arrays, read_json(folder / "co_teacher.json")
+    if _cached(files, folds, rows):
+        arrays = {name: load_npy(files.preds(name)) if files.preds(name).is_file() else None for name in ARRAYS}
+        return arrays, read_json(files.record)
     if progress is not None:
         progress.note(f"co-teacher: fitting TF-IDF + logistic regression on {rows['labeled']:,} labeled posts per "
                       f"fold, scoring {rows['pool']:,} pool and {rows['test']:,} test posts")
     arrays, info = tfidf_teacher(labeled.texts, labeled.labels, folds, pool.texts if pool else None,
                                  test.texts if test else None)
-    folder.mkdir(exist_ok=True)
-    (folder / "DONE").unlink(missing_ok=True)
-    for stale in folder.glob("*_preds.npy"):
+    files.path.mkdir(exist_ok=True)
+    files.done_marker.unlink(missing_ok=True)
+    for stale in files.all_preds():
         stale.unlink()
-    atomic_write_npy(folder / "folds.npy", folds)
+    atomic_write_npy(files.folds, folds)
     for name, array in arrays.items():
         if array is not None:
-            atomic_write_npy(folder / f"{name}_preds.npy", array)
-    atomic_write_json(folder / "co_teacher.json", info)
-    mark_done(folder)
+            atomic_write_npy(files.preds(name), array)
+    atomic_write_json(files.record, info)
+    files.mark_done()
     return arrays, info
 
 
@@ -127,7 +125,7 @@ def blend(head: np.ndarray, run_dir: RunDir, weight: float) -> np.ndarray:
         return head
     co = co_teacher_outputs(run_dir)[0]["pool"]
     if co is None or co.shape != head.shape:
-        raise PseudoError(f"{run_dir.root / FOLDER}: co-teacher pool predictions of shape "
+        raise PseudoError(f"{run_dir.co_teacher.path}: co-teacher pool predictions of shape "
                           f"{None if co is None else co.shape}, the round's pool predictions are {head.shape}; "
                           f"--restart the run")
     return (1.0 - weight) * head + weight * co

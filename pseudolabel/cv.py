@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -26,7 +25,7 @@ from .metrics import scores
 from .model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, reset_optimizer,
                     reset_random_layers, save_head_weights, set_standardization)
 from .progress import Progress
-from .store import atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
+from .store import RoundFiles, atomic_write_json, atomic_write_npy, load_npy, read_json
 
 PREDICT_CHUNK = 512
 _STAT_ROWS = 4096  # rows sampled for the standardisation statistics
@@ -124,7 +123,7 @@ class Pseudo:
 @dataclass
 class RoundPlan:
     round: int
-    folder: Path
+    files: RoundFiles  # the round's folder
     mode: str  # "cached" or "faithful"
     recipe: Recipe
     max_len: int
@@ -378,7 +377,7 @@ def _fit(plan: RoundPlan, fold: int, rows: FoldRows, model, precise, rng, progre
 def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     """Train fold `fold` of the round, write its folder (DONE last), return its record."""
     started = time.time()
-    folder = plan.folder / f"fold_{fold}"
+    files = plan.files.fold(fold)
     seed = plan.seed * 1000 + plan.round * 10 + fold
     rng = np.random.default_rng(seed)
     rows = fold_rows(plan, fold, seed)
@@ -397,19 +396,19 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
               "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(fit.history),
               "best_epoch": fit.best_epoch, "history": fit.history, "train_seconds": train_seconds,
               "valid": scores(plan.labels[rows.valid], valid_probs)}
-    folder.mkdir(parents=True, exist_ok=True)
+    files.path.mkdir(parents=True, exist_ok=True)
     if plan.mode == "faithful":  # the script predicts test and pool with each fold's model
         for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
             if source is not None:
                 probs = predict(model, source, progress, f"round {plan.round} fold {fold} {name}")[0]
-                atomic_write_npy(folder / f"{name}_preds.npy", probs)
-    save_head_weights(model, folder / "head.weights.h5")
-    atomic_write_npy(folder / "valid_preds.npy", valid_probs)
-    atomic_write_npy(folder / "valid_idx.npy", rows.valid)
-    atomic_write_npy(folder / "train_idx.npy", rows.human)
+                atomic_write_npy(files.preds(name), probs)
+    save_head_weights(model, files.weights)
+    atomic_write_npy(files.valid_preds, valid_probs)
+    atomic_write_npy(files.valid_idx, rows.valid)
+    atomic_write_npy(files.train_idx, rows.human)
     record["seconds"] = time.time() - started
-    atomic_write_json(folder / "fold.json", record)
-    mark_done(folder)
+    atomic_write_json(files.record, record)
+    files.mark_done()
     if plan.mode != "cached":
         keras.backend.clear_session()
     return record
@@ -418,7 +417,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
 def load_heads(plan: RoundPlan) -> FoldHeads:
     """Every fold's trained head of the round, behind one model: the training head when one is
     kept (its predict function is traced already), else a new one."""
-    paths = [plan.folder / f"fold_{fold}" / "head.weights.h5" for fold in range(plan.n_folds)]
+    paths = [plan.files.fold(fold).weights for fold in range(plan.n_folds)]
     reused = plan.heads.for_plan(plan)
     return FoldHeads.load(reused.model if reused else _new_model(plan, compile=False), paths)
 
@@ -438,18 +437,18 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
     started = time.time()
     records = []
     for fold in range(plan.n_folds):
-        folder = plan.folder / f"fold_{fold}"
-        reused = is_done(folder)
+        files = plan.files.fold(fold)
+        reused = files.is_done()
         if reused:
             progress.note(f"round {plan.round} fold {fold}: finished earlier, reused")
-        records.append(read_json(folder / "fold.json") if reused else train_fold(plan, fold, progress))
+        records.append(read_json(files.record) if reused else train_fold(plan, fold, progress))
         progress.fold_finished(plan.round, fold, plan.n_folds, records[-1], reused)
     train_seconds = time.time() - started
 
     oof = np.zeros((len(plan.labels), N_CLASSES), np.float32)
     for fold in range(plan.n_folds):
-        folder = plan.folder / f"fold_{fold}"
-        oof[load_npy(folder / "valid_idx.npy")] = load_npy(folder / "valid_preds.npy")
+        files = plan.files.fold(fold)
+        oof[load_npy(files.valid_idx)] = load_npy(files.valid_preds)
 
     started = time.time()
     holdout_rows = np.flatnonzero(plan.folds == HOLDOUT)
@@ -457,7 +456,7 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
     if plan.mode == "faithful":
         for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
             if source is not None:
-                out[name] = np.stack([load_npy(plan.folder / f"fold_{i}" / f"{name}_preds.npy")
+                out[name] = np.stack([load_npy(plan.files.fold(i).preds(name))
                                       for i in range(plan.n_folds)])
     jobs = [(name, source, None) for name, source in (("test", plan.test), ("unmask", plan.unlabeled))
             if source is not None and out[name] is None]

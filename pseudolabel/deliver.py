@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pathlib import Path
-
 from .errors import PseudoError
 from .metrics import scores
-from .store import atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy
+from .store import RunDir, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy
 
 DELIVER = ("auto", "head", "blend")
 BLEND_WEIGHTS = (0.25, 0.5, 0.75)
@@ -100,16 +98,17 @@ def submission_rows(ids: list[str], probs: np.ndarray):
     return zip(ids, (np.asarray(probs).argmax(axis=1) - 1).tolist())
 
 
-def write_final(root: Path, choice: dict, test_ids: list[str] | None, co_teacher_test: np.ndarray | None) -> dict:
+def write_final(run_dir: RunDir, choice: dict, test_ids: list[str] | None,
+                co_teacher_test: np.ndarray | None) -> dict:
     """Write what the run delivers: final.json, and with a test file the top submission.csv and its
     probabilities (final_test_preds.npy); a delivered blend also goes to round_k/submission_blend.csv."""
-    chosen = Path(root) / f"round_{choice['round']}"
-    if test_ids is not None and (chosen / "test_preds.npy").is_file():
-        probs = delivered_probs(choice, load_npy(chosen / "test_preds.npy"), co_teacher_test)
+    chosen = run_dir.round(choice["round"])
+    if test_ids is not None and chosen.test_preds.is_file():
+        probs = delivered_probs(choice, load_npy(chosen.test_preds), co_teacher_test)
         if choice["weight"] > 0:
-            atomic_write_csv(chosen / "submission_blend.csv", ["id", "y"], submission_rows(test_ids, probs))
-        atomic_write_npy(Path(root) / "final_test_preds.npy", probs)
-        atomic_write_csv(Path(root) / "submission.csv", ["id", "y"], submission_rows(test_ids, probs))
-        choice["submission"] = str(Path(root) / "submission.csv")
-    atomic_write_json(Path(root) / "final.json", choice)
+            atomic_write_csv(chosen.submission_blend, ["id", "y"], submission_rows(test_ids, probs))
+        atomic_write_npy(run_dir.final_test_preds, probs)
+        atomic_write_csv(run_dir.submission, ["id", "y"], submission_rows(test_ids, probs))
+        choice["submission"] = str(run_dir.submission)
+    atomic_write_json(run_dir.final_path, choice)
     return choice

@@ -108,7 +108,7 @@ def confidence_chart(run_dir: RunDir, rounds: list[dict]) -> str | None:
     bins = np.linspace(1 / 3, 1.0, 25)
     drawn = 0
     for m, color in zip(rounds, _round_colors(len(rounds))):
-        path = run_dir.round(m["round"]) / "unmask_preds.npy"
+        path = run_dir.round(m["round"]).unmask_preds
         if not path.is_file():
             continue
         confidence = load_npy(path).mean(axis=0).max(axis=1)

@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .calibrate import calibration_report
 from .config import SCHEMA, RunConfig, migrate  # noqa: F401  (RunConfig re-exported)
-from .coteacher import FOLDER as CO_TEACHER, co_teacher_outputs
+from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from .data import LABEL_VALUES, label_values, load_labeled, load_unlabeled
 from .deliver import blend_scores, choose, write_final
@@ -31,7 +31,7 @@ from .progress import Progress
 from .select import NOT_SELECTED
 from .selection import (DRIFT_WARN, changed_labels, mix_drift, pseudo_targets, read_selection, select_from_round,
                         teacher_probs, write_selection)
-from .store import RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, is_done, load_npy, mark_done, read_json
+from .store import RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy, read_json
 from .tokenize import tokenize
 
 
@@ -117,7 +117,7 @@ class Run:
     # ------------------------------------------------------------ rounds
 
     def folds(self) -> np.ndarray:
-        path = self.dir.round(0) / "folds.npy"
+        path = self.dir.round(0).folds
         if path.is_file():
             folds = load_npy(path)
             if len(folds) != len(self.labeled):
@@ -137,7 +137,7 @@ class Run:
     def _execute(self) -> RunResult:
         """Round 0, then per round: select -> train every fold -> record, until `stop_reason` says why not.
         A finished round (DONE) is read back instead of trained, so an interrupted run resumes."""
-        atomic_write_json(self.dir.root / "status.json", {"stop_reason": None, "running": True})
+        atomic_write_json(self.dir.status_path, {"stop_reason": None, "running": True})
         folds, sources = self.folds(), self.sources()
         self.progress.plan(self.config.rounds + 1, self.config.folds)
         history = History(first_selected=np.full(len(self.pool) if self.pool else 0, -1, np.int64))
@@ -145,7 +145,7 @@ class Run:
         for k in range(self.config.rounds + 1):
             if k and (stop := stop_reason(self.config, history)):
                 break
-            if is_done(self.dir.round(k)):
+            if self.dir.round(k).is_done():
                 history.reuse(self.dir, k, with_pool=self.pool is not None)
                 self.progress.note(f"round {k}: finished earlier, reused")
                 self.progress.round_reused(k, self.config.folds)
@@ -162,7 +162,7 @@ class Run:
             self.progress.round_finished(history.rounds)
         stop = stop or stop_reason(self.config, history) or "max_rounds"
         final = self.deliver(history.rounds) if history.rounds else None
-        atomic_write_json(self.dir.root / "status.json", {"stop_reason": stop,
+        atomic_write_json(self.dir.status_path, {"stop_reason": stop,
                                                           "rounds_finished": len(history.rounds)})
         return RunResult(self.dir.root, history.rounds, stop, final=final,
                          encoder_rows=self._encoder.rows if self._encoder is not None else 0)
@@ -171,7 +171,7 @@ class Run:
         """Round k's pseudo-labels (F, N_pool) and their record: the one written earlier (`pseudo
         select`, an interrupted run), else selected from round k-1 and written."""
         written = read_selection(self.dir, k)
-        prev = read_json(self.dir.round(k - 1) / "metrics.json")
+        prev = read_json(self.dir.round(k - 1).metrics)
         if written is not None:
             labels, _, info = written
             self.progress.note(f"round {k}: using the selection written earlier ({info.get('strategy')}, "
@@ -206,14 +206,14 @@ class Run:
 
     def record(self, k: int, metrics: dict, history: "History") -> None:
         """Write round k's record and mark it finished (DONE last)."""
-        folder = self.dir.round(k)
+        files = self.dir.round(k)
         if self.pool:
-            atomic_write_npy(folder / "selected_round.npy", history.first_selected)
+            atomic_write_npy(files.selected_round, history.first_selected)
         history.rounds.append(metrics)
         reason = stop_reason(self.config, history)  # only all_labeled is the round's own: a longer run goes on
         metrics["stop_reason"] = reason if reason == "all_labeled" else None
-        atomic_write_json(folder / "metrics.json", metrics)
-        mark_done(folder)
+        atomic_write_json(files.metrics, metrics)
+        files.mark_done()
 
     def co_teacher(self) -> tuple[dict, dict]:
         return co_teacher_outputs(self.dir, self.labeled, self.pool, self.test, self.progress)
@@ -222,7 +222,7 @@ class Run:
         """The run's final output (deliver.py): the round and blend that score best on the holdout."""
         choice = choose(rounds, self.config.deliver)
         co_test = self.co_teacher()[0]["test"] if choice["weight"] > 0 else None
-        return write_final(self.dir.root, choice, self.test.ids if self.test else None, co_test)
+        return write_final(self.dir, choice, self.test.ids if self.test else None, co_test)
 
     def student_recipe(self, k: int):
         """Round 0 trains the recipe; later rounds' students may be noised (features, token positions)."""
@@ -238,24 +238,24 @@ class Run:
     def train_round(self, k, folds, sources, pseudo, info) -> dict:
         """Train (or resume) every fold of round k, write the round's predictions, return its metrics."""
         started = time.time()
-        folder = self.dir.round(k)
+        files = self.dir.round(k)
         recipe = self.student_recipe(k)
-        plan = RoundPlan(round=k, folder=folder, mode=self.config.mode, recipe=recipe,
+        plan = RoundPlan(round=k, files=files, mode=self.config.mode, recipe=recipe,
                          max_len=self.config.max_len, hidden=int(self.files.config_dict().get("hidden_size", 0)),
                          labels=self.labeled.labels, folds=folds, labeled=sources["labeled"],
                          test=sources["test"], unlabeled=sources["unlabeled"], seed=self.config.seed,
                          pseudo=pseudo, bert_factory=lambda: load_bert(self.files), heads=self.heads)
         out = run_folds(plan, self.progress)
         labels = self.labeled.labels
-        atomic_write_npy(folder / "oof_preds.npy", out.oof)
+        atomic_write_npy(files.oof_preds, out.oof)
         if out.holdout is not None:
-            atomic_write_npy(folder / "holdout_preds.npy", out.holdout)
+            atomic_write_npy(files.holdout_preds, out.holdout)
         if out.test is not None:
-            atomic_write_npy(folder / "test_preds.npy", out.test)
-            atomic_write_csv(folder / "submission.csv", ["id", "y"],
+            atomic_write_npy(files.test_preds, out.test)
+            atomic_write_csv(files.submission, ["id", "y"],
                              zip(self.test.ids, label_values(out.test.mean(axis=0).argmax(axis=1)).tolist()))
         if out.unmask is not None:
-            atomic_write_npy(folder / "unmask_preds.npy", out.unmask)
+            atomic_write_npy(files.unmask_preds, out.unmask)
         co_holdout = self.co_teacher()[0]["holdout"] if out.holdout is not None else None
         return round_metrics(k, out, labels, folds, pseudo, info, co_holdout, recipe=recipe.name,
                              mode=self.config.mode, leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
@@ -272,11 +272,11 @@ class History:
     labels: np.ndarray | None = None  # the last round's pseudo-labels (F, N_pool)
 
     def reuse(self, run_dir: RunDir, k: int, with_pool: bool) -> None:
-        folder = run_dir.round(k)
-        self.rounds.append(read_json(folder / "metrics.json"))
+        files = run_dir.round(k)
+        self.rounds.append(read_json(files.metrics))
         if with_pool:
-            self.first_selected = load_npy(folder / "selected_round.npy")
-        self.labels = load_npy(folder / "pseudo_labels.npy") if k >= 1 else None
+            self.first_selected = load_npy(files.selected_round)
+        self.labels = load_npy(files.pseudo_labels) if k >= 1 else None
 
     def select(self, k: int, labels: np.ndarray, info: dict) -> None:
         info["n_changed"] = changed_labels(self.labels, labels)
@@ -365,8 +365,8 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
             record.update(config=resolved, hash=config.results_hash(), invocation=config.invocation())
             progress.note(f"{run_dir.root}: continuing with the run's own holdout {kept:g}")
         if restart:
-            for path in [*run_dir.root.glob("round_*"), run_dir.root / CO_TEACHER]:
-                run_dir.remove(path.name)
+            for name in [*run_dir.round_names(), run_dir.CO_TEACHER]:
+                run_dir.remove(name)
             progress.note(f"{run_dir.root}: starting over (earlier rounds removed, feature cache kept)")
         elif saved.get("hash") != record["hash"]:
             before = saved.get("config", {})
@@ -381,6 +381,6 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
                               f"use --restart to start over")
     atomic_write_json(run_dir.config_path, record)
     if config.mode == "cached":  # faithful mode keeps no features
-        run_dir.share("features", "features")  # keyed inside by encoder, texts and max length
-    run_dir.share("round_0", f"round0-{config.round0_key(files.identity)}")
+        run_dir.share(run_dir.FEATURES, "features")  # keyed inside by encoder, texts and max length
+    run_dir.share(run_dir.round(0).path.name, f"round0-{config.round0_key(files.identity)}")
 

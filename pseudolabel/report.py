@@ -10,7 +10,7 @@ from rich.text import Text
 from .data import LABEL_VALUES
 from .errors import PseudoError
 from .deliver import choose
-from .store import RunDir, RunLock, is_done, read_json
+from .store import RunDir, RunLock, read_json
 
 COLLAPSE_HINT = ("collapsed: the head learned nothing (a class is (almost) never predicted, or macro-F1 is not above "
                  "always predicting the majority); use the default recipe or a better encoder; its pseudo-labels "
@@ -22,9 +22,8 @@ def load_rounds(run_dir: str | Path) -> tuple[list[dict], str | None]:
     rd = RunDir(run_dir)
     if not rd.exists():
         raise PseudoError(f"{rd.root}: not a run directory (no config.json)")
-    rounds = [read_json(rd.round(k) / "metrics.json") for k in rd.finished_rounds()]
-    status = rd.root / "status.json"
-    stop = read_json(status).get("stop_reason") if status.is_file() else None
+    rounds = [read_json(rd.round(k).metrics) for k in rd.finished_rounds()]
+    stop = rd.status().get("stop_reason")
     return rounds, stop
 
 
@@ -34,13 +33,13 @@ def run_state(run_dir: str | Path, rounds: list[dict], stop: str | None) -> dict
     rd = RunDir(run_dir)
     saved = rd.saved_config()
     invocation = saved.get("invocation") or {}
-    status = read_json(rd.root / "status.json") if (rd.root / "status.json").is_file() else {}
+    status = rd.status()
     holder = RunLock(rd.root).holder()
     finished = stop is not None and not status.get("running") and holder is None
     planned = invocation.get("rounds")
     current = len(rounds)
     folds = int(invocation.get("folds") or saved.get("config", {}).get("folds") or 0)
-    folds_done = sum(is_done(rd.fold(current, i)) for i in range(folds)) if not finished else None
+    folds_done = sum(rd.fold(current, i).is_done() for i in range(folds)) if not finished else None
     return {"finished": finished, "running": holder is not None, "holder": holder,
             "stopped": not finished and holder is None, "rounds_finished": current, "rounds_planned": planned,
             "current_round": None if finished else current, "folds": folds, "folds_finished": folds_done,
@@ -85,7 +84,7 @@ def round_summary(m: dict) -> dict:
 
 def final_choice(run_dir: str | Path, rounds: list[dict]) -> dict | None:
     """What the run delivered (final.json), or what it would deliver from the rounds finished so far."""
-    path = Path(run_dir) / "final.json"
+    path = RunDir(run_dir).final_path
     if path.is_file():
         return read_json(path)
     if not rounds:

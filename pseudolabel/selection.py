@@ -22,7 +22,7 @@ from .coteacher import blend
 from .data import Posts, load_labeled, load_unlabeled
 from .errors import PseudoError
 from .select import NOT_SELECTED, STRATEGIES, check_threshold, counts_per_class, select, sweep
-from .store import RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, is_done, load_npy, read_json
+from .store import RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy, read_json
 
 
 def saved_options(run_dir: RunDir) -> dict:
@@ -60,28 +60,28 @@ def changed_labels(prev: np.ndarray | None, labels: np.ndarray) -> int:
 
 def pool_probs(run_dir: RunDir, k: int, co_teacher: float) -> np.ndarray:
     """(F, N_pool, 3): round k's pool predictions, blended with the co-teacher's at that share."""
-    return blend(load_npy(run_dir.round(k) / "unmask_preds.npy"), run_dir, co_teacher)
+    return blend(load_npy(run_dir.round(k).unmask_preds), run_dir, co_teacher)
 
 
 def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshold: float, top_k: int | None,
                       source: str, calibrate: bool, force: bool, class_thresholds=None):
     """Pseudo-labels for round k+1 from finished round k's pool predictions."""
-    folder = run_dir.round(k)
-    if not is_done(folder):
-        raise PseudoError(f"{folder}: round {k} is not finished (no DONE)")
-    metrics = read_json(folder / "metrics.json")
+    files = run_dir.round(k)
+    if not files.is_done():
+        raise PseudoError(f"{files.path}: round {k} is not finished (no DONE)")
+    metrics = read_json(files.metrics)
     if metrics.get("collapsed") and not force:
-        raise PseudoError(f"{folder}: round {k} collapsed ({metrics['oof'].get('collapse_reason') or 'a fold collapsed'}); "
+        raise PseudoError(f"{files.path}: round {k} collapsed ({metrics['oof'].get('collapse_reason') or 'a fold collapsed'}); "
                           f"its pseudo-labels would be noise (--force to select anyway)")
-    path = folder / "unmask_preds.npy"
+    path = files.unmask_preds
     if not path.is_file():
         raise PseudoError(f"{path}: no pool predictions in round {k} (the run has no --unlabeled)")
     co_teacher = saved_options(run_dir)["co_teacher"]
     unmask = pool_probs(run_dir, k, co_teacher)
     temperature = 1.0
     if calibrate:
-        oof = load_npy(folder / "oof_preds.npy")
-        folds = load_npy(run_dir.round(0) / "folds.npy")
+        oof = load_npy(files.oof_preds)
+        folds = load_npy(run_dir.round(0).folds)
         labels = load_labeled(saved_options(run_dir)["train"]).labels
         keep = folds != HOLDOUT
         temperature = fit_temperature(oof[keep], labels[keep])
@@ -100,17 +100,16 @@ def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshol
 
 def read_selection(run_dir: RunDir, k: int) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """Round k's written selection (labels (F, N_pool), confidence (F, N_pool), info), or None."""
-    folder = run_dir.round(k)
-    if not (folder / "pseudo_labels.npy").is_file():
+    files = run_dir.round(k)
+    if not files.pseudo_labels.is_file():
         return None
-    return load_npy(folder / "pseudo_labels.npy"), load_npy(folder / "pseudo_confidence.npy"), \
-        read_json(folder / "selection.json")
+    return load_npy(files.pseudo_labels), load_npy(files.pseudo_confidence), read_json(files.selection)
 
 
 def teacher_probs(run_dir: RunDir, k: int) -> np.ndarray:
     """(F, N_pool, 3): the probabilities round k+1's written selection was made from (per fold or
     fold mean, at its temperature)."""
-    selection = read_json(run_dir.round(k + 1) / "selection.json")
+    selection = read_json(run_dir.round(k + 1).selection)
     unmask = pool_probs(run_dir, k, selection.get("co_teacher", 0.0))
     if selection["source"] == "mean":
         unmask = np.repeat(unmask.mean(axis=0, keepdims=True), len(unmask), axis=0)
@@ -120,13 +119,13 @@ def teacher_probs(run_dir: RunDir, k: int) -> np.ndarray:
 def write_selection(run_dir: RunDir, k: int, labels: np.ndarray, confidence: np.ndarray, info: dict,
                     pool: Posts | None) -> None:
     """Write round k's selection: arrays, a readable CSV and selection.json (all atomic)."""
-    folder = run_dir.round(k)
-    if is_done(folder):
-        raise PseudoError(f"{folder}: round {k} is finished; its selection is not rewritten")
-    if any(folder.glob("fold_*/DONE")):
-        raise PseudoError(f"{folder}: round {k} has trained folds; --restart the run to change its selection")
-    atomic_write_npy(folder / "pseudo_labels.npy", labels.astype(np.int8))
-    atomic_write_npy(folder / "pseudo_confidence.npy", confidence)
+    files = run_dir.round(k)
+    if files.is_done():
+        raise PseudoError(f"{files.path}: round {k} is finished; its selection is not rewritten")
+    if files.trained_folds():
+        raise PseudoError(f"{files.path}: round {k} has trained folds; --restart the run to change its selection")
+    atomic_write_npy(files.pseudo_labels, labels.astype(np.int8))
+    atomic_write_npy(files.pseudo_confidence, confidence)
     same = all(np.array_equal(labels[0], row) for row in labels[1:])
     header = ["id", "text", "label", "confidence"] + ([] if same else ["fold"])
     rows = []
@@ -135,8 +134,8 @@ def write_selection(run_dir: RunDir, k: int, labels: np.ndarray, confidence: np.
             row = [pool.ids[i] if pool else i, pool.texts[i] if pool else "", int(labels[f][i]) - 1,
                    f"{confidence[f][i]:.4f}"]
             rows.append(row if same else row + [f])
-    atomic_write_csv(folder / "pseudo_labels.csv", header, rows)
-    atomic_write_json(folder / "selection.json", info)
+    atomic_write_csv(files.pseudo_labels_csv, header, rows)
+    atomic_write_json(files.selection, info)
 
 
 SWEEP = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
@@ -174,7 +173,7 @@ def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str | N
     source = source or saved["pseudo_source"]
     if source not in PSEUDO_SOURCES:
         raise PseudoError(f"source must be one of {', '.join(PSEUDO_SOURCES)}, got {source!r}")
-    metrics = read_json(rd.round(k) / "metrics.json")
+    metrics = read_json(rd.round(k).metrics)
     prior = np.array(metrics["labeled_prior"])
     labels, confidence, info = select_from_round(rd, k, prior=prior, strategy=strategy, threshold=threshold,
                                                  top_k=top_k, source=source, calibrate=calibrate, force=force)
@@ -183,13 +182,13 @@ def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str | N
         raise PseudoError(f"{saved['unlabeled']}: has {len(pool)} rows now, round {k} scored {labels.shape[1]}")
     with RunLock(rd.root).acquire("pseudo select"):  # never beside a run writing the same directory
         write_selection(rd, k + 1, labels, confidence, info, pool)
-    unmask = load_npy(rd.round(k) / "unmask_preds.npy").mean(axis=0)
-    folds = load_npy(rd.round(0) / "folds.npy")
-    oof = load_npy(rd.round(k) / "oof_preds.npy")
+    unmask = load_npy(rd.round(k).unmask_preds).mean(axis=0)
+    folds = load_npy(rd.round(0).folds)
+    oof = load_npy(rd.round(k).oof_preds)
     human = load_labeled(saved["train"]).labels
     keep = folds != HOLDOUT
     temperature = info["temperature"]
-    return {"round": k, "next_round": k + 1, "written": str(rd.round(k + 1) / "pseudo_labels.csv"),
+    return {"round": k, "next_round": k + 1, "written": str(rd.round(k + 1).pseudo_labels_csv),
             "calibration": {key: metrics["oof"].get("calibration", {}).get(key)
                             for key in ("ece", "temperature", "ece_scaled")},
             "selection": info, "labeled_prior": prior.tolist(), "pool_rows": int(labels.shape[1]),

@@ -156,30 +156,118 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"`{name}` in the folder")
+
+
+class _Folder:
+    """A folder of the run directory: its files by name (`folder.metrics` is a Path), DONE last."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    done_marker = _file("DONE")
+
+    def is_done(self) -> bool:
+        return is_done(self.path)
+
+    def mark_done(self) -> None:
+        mark_done(self.path)
+
+
+class FoldFiles(_Folder):
+    """`round_<k>/fold_<i>/`: one fold's head and its validation part."""
+
+    weights = _file("head.weights.h5")
+    record = _file("fold.json")
+    valid_preds = _file("valid_preds.npy")
+    valid_idx = _file("valid_idx.npy")
+    train_idx = _file("train_idx.npy")
+
+    def preds(self, split: str) -> Path:
+        """Faithful mode: the fold model's own predictions of a split (`test` or `unmask`)."""
+        return self.path / f"{split}_preds.npy"
+
+
+class RoundFiles(_Folder):
+    """`round_<k>/`: the round's arrays, records and selection; `fold(i)` its folds."""
+
+    folds = _file("folds.npy")  # round 0 only: the fold id of every labeled row, fixed for the run
+    oof_preds = _file("oof_preds.npy")
+    holdout_preds = _file("holdout_preds.npy")
+    test_preds = _file("test_preds.npy")
+    unmask_preds = _file("unmask_preds.npy")  # the pool's predictions, named as the reference script
+    metrics = _file("metrics.json")
+    submission = _file("submission.csv")
+    submission_blend = _file("submission_blend.csv")
+    selected_round = _file("selected_round.npy")
+    pseudo_labels = _file("pseudo_labels.npy")
+    pseudo_confidence = _file("pseudo_confidence.npy")
+    pseudo_labels_csv = _file("pseudo_labels.csv")
+    selection = _file("selection.json")
+
+    def fold(self, i: int) -> FoldFiles:
+        return FoldFiles(self.path / f"fold_{i}")
+
+    def trained_folds(self) -> list[Path]:
+        return sorted(self.path.glob("fold_*/DONE"))
+
+
+class CoTeacherFiles(_Folder):
+    """`co_teacher/`: the TF-IDF + LR view's predictions (`preds(name)`) and record."""
+
+    folds = _file("folds.npy")
+    record = _file("co_teacher.json")
+
+    def preds(self, name: str) -> Path:
+        return self.path / f"{name}_preds.npy"
+
+    def all_preds(self) -> list[Path]:
+        return list(self.path.glob("*_preds.npy"))
+
+
 class RunDir:
-    """Paths and records of one run directory."""
+    """One run directory: every file name in it, and the records at its top (see the module docstring)."""
+
+    CO_TEACHER = "co_teacher"
+    FEATURES = "features"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.json"
+    config_path = property(lambda self: self.root / "config.json")
+    status_path = property(lambda self: self.root / "status.json")
+    final_path = property(lambda self: self.root / "final.json")
+    submission = property(lambda self: self.root / "submission.csv")
+    final_test_preds = property(lambda self: self.root / "final_test_preds.npy")
 
     @property
     def features(self) -> Path:
-        return self.root / "features"
+        return self.root / self.FEATURES
 
-    def round(self, k: int) -> Path:
-        return self.root / f"round_{k}"
+    @property
+    def co_teacher(self) -> CoTeacherFiles:
+        return CoTeacherFiles(self.root / self.CO_TEACHER)
 
-    def fold(self, k: int, i: int) -> Path:
-        return self.round(k) / f"fold_{i}"
+    def round(self, k: int) -> RoundFiles:
+        return RoundFiles(self.root / f"round_{k}")
+
+    def fold(self, k: int, i: int) -> FoldFiles:
+        return self.round(k).fold(i)
+
+    def round_names(self) -> list[str]:
+        return [path.name for path in self.root.glob("round_*")]
+
+    def status(self) -> dict:
+        return read_json(self.status_path) if self.status_path.is_file() else {}
 
     def finished_rounds(self) -> list[int]:
         rounds = []
         k = 0
-        while is_done(self.round(k)):
+        while self.round(k).is_done():
             rounds.append(k)
             k += 1
         return rounds

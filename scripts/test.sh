@@ -6,5 +6,7 @@ WORKERS=${PSEUDO_TEST_WORKERS:-2}
 if [ "$WORKERS" = "0" ]; then
   python -m pytest -q "$@"
 else
+  # one TensorFlow thread pool thread per worker: on two cores, two workers' spinning pools slow each other
+  export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1} TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-1}
   python -m pytest -q -n "$WORKERS" --dist loadfile "$@"
 fi

@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end at a tiny size (their figures are not checked here)."""
+"""benchmarks/scarce_labels.py runs end to end at a tiny size (its figures are not checked here)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,6 @@ import sys
 import pytest
 
 from conftest import REPO
-
-
-@pytest.mark.slow
-def test_recipe_ablation_runs_at_a_tiny_size(tmp_path, tiny_data, tiny_encoder):
-    out = tmp_path / "ablation.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "recipe_ablation.py"), "--train", str(tiny_data["train"]),
-         "--encoder", str(tiny_encoder), "--rows", "60", "--max-len", "16", "--folds-used", "1",
-         "--variants", "seed,default", "--cache", str(tmp_path / "cache"), "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads(out.read_text())
-    assert [r["variant"] for r in rows] == ["linear probe (mean+max pool, LR)", "seed", "default"]
-    for row in rows:
-        assert row["scores"]["n"] == 12  # fold 1 of 5 of the 60 rows
-        assert 0.0 <= row["scores"]["macro_f1"] <= 1.0
-    assert "| default |" in done.stdout
 
 
 @pytest.mark.slow
@@ -75,22 +58,3 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     assert all(link.is_symlink() for link in links)
     assert len({link.resolve() for link in links}) == 1 and links[0].resolve().parent == seed_dir / ".stages"
     assert (seed_dir / "threshold_0.9__reference" / "features").resolve() == seed_dir / ".stages" / "features"
-
-
-@pytest.mark.slow
-def test_round_speed_runs_at_a_tiny_size(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "round_speed.py"), "--labeled", "60", "--test", "10",
-         "--unlabeled", "20", "--layers", "1", "--hidden", "32", "--heads", "2", "--intermediate", "64",
-         "--max-len", "16", "--score-rows", "40,80", "--tokenize-file", str(REPO / "data" / "unlabeled.csv"),
-         "--tokenize-rows", "300", "--reference-round1"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
-    assert "tokenization of 300 posts" in out and "pseudo tokenize (segments)" in out
-    assert "ratio (a)/(b) = " in out and "(a1)/(c) = " in out
-    # the reference's pseudo-label round runs the encoder again, more than once per text
-    a1 = next(line for line in out.splitlines() if line.startswith("(a1) reference pseudo-label round ("))
-    assert float(a1.split("encoder passes per text ")[1].split(",")[0]) > 1.0
-    assert "encoder passes per distinct text over rounds 0 and 1: 1.00 (90 texts encoded, 90 distinct)" in out
-    assert "scoring 40 cached pool rows with 5 heads" in out and "scoring 80 cached pool rows with 5 heads" in out
