@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--test-file", default=str(ROOT / "data" / "test.csv"))
     parser.add_argument("--labeled", type=int, default=500)
     parser.add_argument("--test", type=int, default=200)
-    parser.add_argument("--unlabeled", type=int, default=800)
+    parser.add_argument("--unlabeled", type=int, default=400)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)

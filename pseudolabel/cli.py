@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -176,6 +177,14 @@ class ConsoleProgress(Progress):
             self.console.file.flush()
 
 
+def _os_error(exc: OSError) -> str:
+    """A filesystem error in one line, naming the path (read-only, not a directory, permission, disk full)."""
+    where = exc.filename or "a file of the run"
+    hint = "; free space and run the same command to resume (finished folds are kept)" \
+        if exc.errno == errno.ENOSPC else ""
+    return f"{where}: {exc.strerror or exc}{hint}"
+
+
 def _fail(message: str, code: int = 1):
     errors.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
@@ -290,6 +299,8 @@ def run(
             result = job.execute()
     except PseudoError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(_os_error(exc))
     except KeyboardInterrupt:
         _fail(f"interrupted; finished folds are kept: run the same command to resume ({config.run_dir})", 130)
     _render_rounds(result.rounds, result.stop_reason, f"run {result.run_dir}", result.final)
@@ -318,6 +329,8 @@ def select_cmd(
                          source=source, calibrate=calibrate, force=force)
     except PseudoError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(_os_error(exc))
     info = shown["selection"]
     counts = Table(title=f"selection from round {shown['round']} for round {shown['next_round']} "
                          f"(strategy {info['strategy']}, threshold {info['threshold']}, source {info['source']}"

@@ -414,6 +414,29 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     return record
 
 
+def fold_damage(plan: RoundPlan, fold: int) -> str | None:
+    """What is wrong with a finished fold's files (missing, truncated, not of this round's folds), or None."""
+    files = plan.files.fold(fold)
+    try:
+        read_json(files.record)
+        valid = load_npy(files.valid_idx)
+        preds = load_npy(files.valid_preds)
+        if not np.array_equal(valid, np.flatnonzero(plan.folds == fold)):
+            return f"{files.valid_idx.name} is not the fold's validation part"
+        if preds.shape != (len(valid), N_CLASSES):
+            return f"{files.valid_preds.name} has shape {preds.shape}, the fold has {len(valid)} rows"
+        if plan.mode == "faithful":
+            for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
+                if source is not None and load_npy(files.preds(name)).shape != (len(source), N_CLASSES):
+                    return f"{files.preds(name).name} is not of the split's {len(source)} rows"
+        with open(files.weights, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return f"{files.weights.name} is not an HDF5 file"
+    except (OSError, ValueError, PseudoError) as exc:  # missing or truncated
+        return str(exc).splitlines()[0] or type(exc).__name__
+    return None
+
+
 def load_heads(plan: RoundPlan) -> FoldHeads:
     """Every fold's trained head of the round, behind one model: the training head when one is
     kept (its predict function is traced already), else a new one."""
@@ -439,6 +462,10 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
     for fold in range(plan.n_folds):
         files = plan.files.fold(fold)
         reused = files.is_done()
+        if reused and (damaged := fold_damage(plan, fold)):
+            progress.note(f"round {plan.round} fold {fold}: finished earlier but {damaged}; training it again")
+            files.done_marker.unlink()
+            reused = False
         if reused:
             progress.note(f"round {plan.round} fold {fold}: finished earlier, reused")
         records.append(read_json(files.record) if reused else train_fold(plan, fold, progress))

@@ -142,9 +142,11 @@ def cache_rows(streamed: StreamedFeatures, split_rows: np.ndarray, cache_dir: Pa
     tokens = streamed.tokens.take(split_rows)
     digest = hashlib.sha256(encoder_identity.encode() + tokens.input_ids.tobytes() + split_rows.tobytes())
     folder = Path(cache_dir) / f"{split}-rows-{digest.hexdigest()[:20]}"
-    cached = cached_or_none(folder)
+    cached = cached_or_none(folder, progress)
     if cached is None:
-        meta = {"split": split, "encoder": encoder_identity, "rows": len(split_rows), "subset": True}
+        meta = {"split": split, "encoder": encoder_identity, "rows": len(split_rows), "entries": len(split_rows),
+                "max_len": int(tokens.input_ids.shape[1]), "hidden_size": streamed.encoder.hidden_size,
+                "subset": True}
         cached = encode_to_cache(folder, tokens, streamed.encoder, meta, progress, f"encode {split} (selected)")
     return SubsetFeatures(cached, split_rows, streamed.lengths)
 
@@ -213,8 +215,38 @@ def cache_folder(cache_dir: Path, split: str, encoder_identity: str, max_len: in
     return Path(cache_dir) / f"{split}-{cache_key(encoder_identity, max_len, texts)}"
 
 
-def cached_or_none(folder: Path) -> CachedFeatures | None:
-    return CachedFeatures(folder) if (folder / "DONE").is_file() else None
+def damage(folder: Path) -> str | None:
+    """Why a finished cache entry cannot be read as written (a file missing, truncated or of another
+    shape than its meta.json says), or None if it is whole."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        features = np.load(folder / "features.npy", mmap_mode="r", allow_pickle=False)
+        lengths = np.load(folder / "lengths.npy", allow_pickle=False)
+        entries, rows = int(meta["entries"]), int(meta["rows"])
+        if features.shape != (entries, int(meta["max_len"]), int(meta["hidden_size"])) or len(lengths) != entries:
+            return f"features.npy {features.shape} / lengths.npy {lengths.shape} do not match meta.json"
+        if entries != rows or (folder / "index.npy").exists():
+            index = np.load(folder / "index.npy", allow_pickle=False)
+            if len(index) != rows or (len(index) and (index.min() < 0 or index.max() >= entries)):
+                return f"index.npy has {len(index)} rows for {rows}"
+    except (OSError, ValueError, KeyError) as exc:  # missing file, truncated array ("mmap length ..."), bad JSON
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def cached_or_none(folder: Path, progress: Progress | None = None) -> CachedFeatures | None:
+    """The finished entry in `folder`, or None if there is none; a damaged one is noted and cleared
+    for recomputing (its features come from the encoder again)."""
+    if not (folder / "DONE").is_file():
+        return None
+    reason = damage(folder)
+    if reason is None:
+        return CachedFeatures(folder)
+    if progress is not None:
+        progress.note(f"{folder}: damaged cache entry ({reason}); recomputing it")
+    for name in ("DONE", "progress.json", "features.npy", "lengths.npy", "index.npy"):
+        (folder / name).unlink(missing_ok=True)
+    return None
 
 
 def distinct(texts: list[str]) -> tuple[list[str], np.ndarray]:
@@ -244,7 +276,7 @@ def features_for(
     if stream:
         return StreamedFeatures(tokenize(texts), encoder())
     folder = cache_folder(cache_dir, split, encoder_identity, max_len, texts)
-    cached = cached_or_none(folder)
+    cached = cached_or_none(folder, progress)
     if cached is not None:
         progress.note(f"{split}: reusing cached features {folder}")
         return cached

@@ -69,6 +69,7 @@ class Run:
         for posts in (self.labeled, self.test, self.pool):
             for line in posts.notes() if posts is not None else []:
                 self.progress.note(line)
+        check_inputs(config, self.files, self.labeled.labels)  # before anything is written
         rows = {"train_rows": len(self.labeled), "test_rows": len(self.test) if self.test else 0,
                 "unlabeled_rows": len(self.pool) if self.pool else 0}
         self.lock = RunLock(self.dir.root).acquire("pseudo run")  # released when execute ends
@@ -224,22 +225,11 @@ class Run:
         co_test = self.co_teacher()[0]["test"] if choice["weight"] > 0 else None
         return write_final(self.dir, choice, self.test.ids if self.test else None, co_test)
 
-    def student_recipe(self, k: int):
-        """Round 0 trains the recipe; later rounds' students may be noised (features, token positions)."""
-        recipe = self.recipe
-        if k >= 1 and self.config.student_noise > 0:
-            recipe = replace(recipe, name=f"{recipe.name}+noise{self.config.student_noise}",
-                             feature_noise=self.config.student_noise)
-        if k >= 1 and self.config.student_token_dropout > 0:
-            recipe = replace(recipe, name=f"{recipe.name}+tokdrop{self.config.student_token_dropout}",
-                             token_dropout=self.config.student_token_dropout)
-        return recipe
-
     def train_round(self, k, folds, sources, pseudo, info) -> dict:
         """Train (or resume) every fold of round k, write the round's predictions, return its metrics."""
         started = time.time()
         files = self.dir.round(k)
-        recipe = self.student_recipe(k)
+        recipe = student_recipe(self.recipe, self.config, k)
         plan = RoundPlan(round=k, files=files, mode=self.config.mode, recipe=recipe,
                          max_len=self.config.max_len, hidden=int(self.files.config_dict().get("hidden_size", 0)),
                          labels=self.labeled.labels, folds=folds, labeled=sources["labeled"],
@@ -260,6 +250,32 @@ class Run:
         return round_metrics(k, out, labels, folds, pseudo, info, co_holdout, recipe=recipe.name,
                              mode=self.config.mode, leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
+
+
+def check_inputs(config: RunConfig, files: EncoderFiles, labels: np.ndarray) -> None:
+    """What the options ask of the data and the encoder, checked before a run writes anything: every
+    class present, enough rows of each class for the folds after the holdout, and no more tokens per
+    post than the encoder has positions."""
+    found = sorted(set(labels.tolist()))
+    if len(found) < N_CLASSES:
+        raise PseudoError(f"{config.train}: the labeled rows hold class(es) {', '.join(LABEL_VALUES[c] for c in found)}"
+                          f" only (per class: {np.bincount(labels, minlength=N_CLASSES).tolist()}); all three of "
+                          f"-1, 0, 1 are needed")
+    make_folds(labels, config.folds, config.holdout, config.seed)  # raises if a class is too small for the folds
+    positions = files.config_dict().get("max_position_embeddings")
+    if positions and config.max_len > positions:
+        raise PseudoError(f"max-len must be <= {positions}, the positions of the encoder {files.folder}, "
+                          f"got {config.max_len}")
+
+
+def student_recipe(recipe, config: RunConfig, k: int):
+    """Round 0 trains the recipe; later rounds' students may be noised (features, token positions)."""
+    if k >= 1 and config.student_noise > 0:
+        recipe = replace(recipe, name=f"{recipe.name}+noise{config.student_noise}", feature_noise=config.student_noise)
+    if k >= 1 and config.student_token_dropout > 0:
+        recipe = replace(recipe, name=f"{recipe.name}+tokdrop{config.student_token_dropout}",
+                         token_dropout=config.student_token_dropout)
+    return recipe
 
 
 @dataclass

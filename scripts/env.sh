@@ -9,8 +9,12 @@ fi
 . .venv/bin/activate
 if ! python -c "import pseudolabel, pytest, tensorflow, tf_keras, transformers" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.installed ]; then
-  python -m pip install -q --upgrade pip
-  python -m pip install -q -e ".[test]"
+  echo "installing pseudo and its dependencies into .venv (a few minutes the first time; log: .venv/install.log)"
+  if ! { python -m pip install -q --upgrade pip && python -m pip install -q -e ".[test]"; } >.venv/install.log 2>&1; then
+    tail -n 20 .venv/install.log >&2
+    echo "error: installing into .venv failed; the whole log is in .venv/install.log" >&2
+    exit 1
+  fi
   touch .venv/.installed
 fi
 export TF_CPP_MIN_LOG_LEVEL=3

@@ -98,6 +98,33 @@ def test_second_run_reuses_everything(cached_run, tiny_data, tiny_encoder):
 
 
 @pytest.mark.slow
+def test_damaged_folds_and_features_of_an_unfinished_round_are_recomputed(cached_run, tiny_data, tiny_encoder,
+                                                                          tmp_path):
+    """A truncated fold file or a deleted feature file is recomputed with a note, not a traceback."""
+    import shutil
+
+    run_dir, _ = cached_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir.parent, copy, symlinks=True)  # the run and the .stages its links point into
+    damaged = copy / run_dir.name
+    (damaged / "round_0" / "DONE").unlink()  # an interrupted round 0: its folds are read back
+    valid = damaged / "round_0" / "fold_1" / "valid_preds.npy"
+    valid.write_bytes(valid.read_bytes()[:100])
+    [features] = (damaged / "features").glob("test-*/features.npy")
+    features.unlink()
+    result = invoke(*run_args(tiny_data, tiny_encoder, damaged, "--rounds", "0"))
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "round 0 fold 1: finished earlier but" in out and "training it again" in out
+    assert "round 0 fold 0: finished earlier, reused" in out and "round 0 fold 2: finished earlier, reused" in out
+    assert "damaged cache entry" in out and "recomputing it" in out
+    np.testing.assert_allclose(np.load(valid, allow_pickle=False),
+                               np.load(run_dir / "round_0" / "fold_1" / "valid_preds.npy", allow_pickle=False),
+                               atol=2e-5)  # the fold's own seed: the same head again
+    assert (damaged / "round_0" / "DONE").is_file()
+
+
+@pytest.mark.slow
 def test_features_reused_by_a_new_round0(cached_run, tiny_data, tiny_encoder):
     """A restart keeps the feature cache: the encoder is not run again."""
     from pseudolabel.loop import Run, RunConfig
@@ -187,3 +214,32 @@ def test_cli_bad_inputs(tiny_data, tiny_encoder, tmp_path):
                    "threshold must be in (0, 1], got 1.2")
     one_line_error(invoke(*run_args(base, tiny_encoder, tmp_path / "bad", "--unlabeled-limit", "0")),
                    "unlabeled-limit must be >= 1, got 0")
+
+
+def test_inputs_the_options_cannot_use_are_refused_before_anything_is_written(tiny_data, tiny_encoder, tmp_path):
+    header, *rows = read_rows(tiny_data["train"])
+    one_class = write_rows(tmp_path / "one.csv", [header] + [r for r in rows if r[-1] == "1"])
+    two_classes = write_rows(tmp_path / "two.csv", [header] + [r for r in rows if r[-1] != "0"])
+    few = write_rows(tmp_path / "few.csv", [header] + [r for r in rows if r[-1] != "0"] +
+                     [r for r in rows if r[-1] == "0"][:2])
+    cases = [
+        ({"train": one_class}, [], ["one.csv", "hold class(es) 1 only", "all three of -1, 0, 1 are needed"]),
+        ({"train": two_classes}, [], ["two.csv", "hold class(es) -1, 1 only"]),
+        ({"train": few}, [], ["folds must be <= the smallest class count (2), got 3"]),
+        ({}, ["--max-len", "100000"], ["max-len must be <= 64, the positions of the encoder", "got 100000"]),
+        ({}, ["--folds", "1"], ["folds must be >= 2, got 1"]),
+        ({}, ["--holdout", "0.99"], ["holdout must be in [0, 0.5), got 0.99"]),
+        ({}, ["--max-len", "0"], ["max-len must be >= 8, got 0"]),
+    ]
+    for change, options, fragments in cases:
+        run_dir = tmp_path / "never"
+        one_line_error(invoke(*run_args({**tiny_data, **change}, tiny_encoder, run_dir, *options)), *fragments)
+        assert not run_dir.exists()  # the corrected command is not refused as "made with other options"
+
+
+def test_a_filesystem_error_is_one_line_naming_the_path(tiny_data, tiny_encoder, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    one_line_error(invoke(*run_args(tiny_data, tiny_encoder, blocker / "run")), str(blocker / "run"),
+                   "Not a directory")
+    one_line_error(invoke(*run_args(tiny_data, tiny_encoder, "/proc/pseudo-run")), "/proc/pseudo-run")
