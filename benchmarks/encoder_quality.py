@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pseudolabel.cv import FeatureSource, RoundPlan, make_folds, run_folds  # noqa: E402
+from pseudolabel.store import RoundFiles  # noqa: E402
 from pseudolabel.data import load_labeled  # noqa: E402
 from pseudolabel.encoder import (FrozenEncoder, find_encoder, load_tokenizer, quiet_transformers,  # noqa: E402
                                  save_random_encoder)
@@ -44,7 +45,7 @@ def evaluate(folder: Path, texts, labels, folds, args) -> dict:
     if args.round0:
         recipe = RECIPES["default"]
         with tempfile.TemporaryDirectory() as tmp:
-            plan = RoundPlan(round=0, folder=Path(tmp), mode="cached", recipe=recipe, max_len=args.max_len,
+            plan = RoundPlan(round=0, files=RoundFiles(tmp), mode="cached", recipe=recipe, max_len=args.max_len,
                              hidden=feats.shape[2], labels=labels, folds=folds, labeled=FeatureSource(feats),
                              test=None, unlabeled=None)
             t = time.time()

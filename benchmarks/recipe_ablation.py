@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pseudolabel.cv import FeatureSource, RoundPlan, make_folds, train_fold  # noqa: E402
+from pseudolabel.store import RoundFiles  # noqa: E402
 from pseudolabel.data import load_labeled  # noqa: E402
 from pseudolabel.encoder import FrozenEncoder, find_encoder, load_tokenizer, quiet_transformers  # noqa: E402
 from pseudolabel.features import features_for  # noqa: E402
@@ -92,7 +93,7 @@ def main() -> None:
     for name in args.variants.split(","):
         recipe = VARIANTS[name]
         with tempfile.TemporaryDirectory() as tmp:
-            plan = RoundPlan(round=0, folder=Path(tmp), mode="cached", recipe=recipe, max_len=args.max_len,
+            plan = RoundPlan(round=0, files=RoundFiles(tmp), mode="cached", recipe=recipe, max_len=args.max_len,
                              hidden=feats.shape[2], labels=labels, folds=folds,
                              labeled=FeatureSource(feats, recipe.zero_padding), test=None, unlabeled=None)
             t = time.time()
@@ -101,8 +102,8 @@ def main() -> None:
             seconds = time.time() - t
             oof = np.zeros((len(labels), 3), np.float32)
             for fold in range(args.folds_used):
-                oof[np.load(Path(tmp) / f"fold_{fold}" / "valid_idx.npy")] = np.load(
-                    Path(tmp) / f"fold_{fold}" / "valid_preds.npy")
+                fold_files = plan.files.fold(fold)
+                oof[np.load(fold_files.valid_idx)] = np.load(fold_files.valid_preds)
         result = scores(labels[used], oof[used])
         epochs = "/".join(str(f["best_epoch"]) + ("" if f["best_epoch"] == f["epochs"] else f"of{f['epochs']}")
                           for f in records)

@@ -8,5 +8,5 @@ if [ "$WORKERS" = "0" ]; then
 else
   # one TensorFlow thread pool thread per worker: on two cores, two workers' spinning pools slow each other
   export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1} TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-1}
-  python -m pytest -q -n "$WORKERS" --dist loadfile "$@"
+  python -m pytest -q -n "$WORKERS" --dist loadfile --durations=12 "$@"
 fi

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ArrayFeatures
 from pseudolabel._tf import keras
+from pseudolabel.store import RoundFiles
 from pseudolabel.cv import FeatureSource, FoldHeads, RoundPlan, TrainingHeads, load_heads, make_folds, predict, train_fold
 from pseudolabel.model import RECIPES, build_head, reset_random_layers
 from pseudolabel.progress import Progress
@@ -23,7 +24,8 @@ def make_plan(folder, recipe=RECIPE, heads=None) -> RoundPlan:
     labels = np.repeat(np.arange(3), 30)
     lengths = rng.integers(3, 12, len(labels))
     x = rng.normal(size=(len(labels), 12, 6)).astype(np.float32) + labels[:, None, None] * 0.3
-    return RoundPlan(round=0, folder=folder, mode="cached", recipe=recipe, max_len=12, hidden=6, labels=labels,
+    return RoundPlan(round=0, files=RoundFiles(folder), mode="cached", recipe=recipe, max_len=12, hidden=6,
+                     labels=labels,
                      folds=make_folds(labels, 3), labeled=FeatureSource(ArrayFeatures(x, lengths)), test=None,
                      unlabeled=None, heads=heads or TrainingHeads())
 
@@ -39,8 +41,8 @@ def test_a_fold_on_the_reused_head_equals_the_fold_on_a_new_head(tmp_path):
     alone = make_plan(tmp_path / "alone")
     record = train_fold(alone, 2, Progress())  # as a resumed run trains it: first fold of a new process
     assert alone.heads.kept.model is not head
-    np.testing.assert_allclose(np.load(alone.folder / "fold_2" / "valid_preds.npy"),
-                               np.load(plan.folder / "fold_2" / "valid_preds.npy"), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.load(alone.files.path / "fold_2" / "valid_preds.npy"),
+                               np.load(plan.files.path / "fold_2" / "valid_preds.npy"), rtol=0, atol=1e-6)
     assert record["history"] == records[2]["history"]
     alone.heads.release()
 
@@ -62,11 +64,11 @@ def test_the_training_function_is_traced_once_per_recipe_not_per_fold(tmp_path):
     heads = load_heads(plan)
     assert heads.model is plan.heads.kept.model
     got = predict(heads, plan.labeled, Progress(), "score")
-    paths = [plan.folder / f"fold_{fold}" / "head.weights.h5" for fold in range(3)]
+    paths = [plan.files.path / f"fold_{fold}" / "head.weights.h5" for fold in range(3)]
     alone = FoldHeads.load(build_head(12, 6, RECIPE, compile=False), paths)
     np.testing.assert_allclose(got, predict(alone, plan.labeled, Progress(), "score"), rtol=0, atol=2e-5)
-    valid = np.load(plan.folder / "fold_1" / "valid_idx.npy")
-    np.testing.assert_allclose(got[1, valid], np.load(plan.folder / "fold_1" / "valid_preds.npy"), atol=2e-5)
+    valid = np.load(plan.files.path / "fold_1" / "valid_idx.npy")
+    np.testing.assert_allclose(got[1, valid], np.load(plan.files.path / "fold_1" / "valid_preds.npy"), atol=2e-5)
     assert counts[2] == plan.heads.kept.model.train_function.experimental_get_tracing_count()
 
     later = replace(make_plan(tmp_path / "run", heads=plan.heads), round=1)  # the next round, same recipe: the same model
