@@ -45,6 +45,16 @@ def _round_colors(n: int):
     return [cmap(x) for x in np.linspace(0.0, 0.85, max(n, 1))]
 
 
+def _per_round(fig, ax, rounds: list[int], ylabel: str) -> str:
+    """A chart with one point per round on the x axis, finished and rendered."""
+    ax.set_xticks(rounds)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _svg(fig)
+
+
 def f1_chart(rounds: list[dict], final: dict | None) -> str:
     """Macro-F1 per round: OOF (single fold heads), holdout (the fold ensemble), best blend on the holdout."""
     plt = _pyplot()
@@ -59,12 +69,7 @@ def f1_chart(rounds: list[dict], final: dict | None) -> str:
     if final and final.get("value") is not None:
         ax.plot([final["round"]], [final["value"]], marker="*", markersize=16, color="#e67e22", linestyle="none",
                 label="delivered")
-    ax.set_xticks(ks)
-    ax.set_xlabel("round")
-    ax.set_ylabel("macro-F1")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    return _svg(fig)
+    return _per_round(fig, ax, ks, "macro-F1")
 
 
 def per_class_chart(rounds: list[dict]) -> str:
@@ -73,12 +78,7 @@ def per_class_chart(rounds: list[dict]) -> str:
     ks = [m["round"] for m in rounds]
     for value, color in zip(LABEL_VALUES, CLASS_COLORS):
         ax.plot(ks, [m["oof"]["f1_per_class"][value] for m in rounds], "o-", color=color, label=f"class {value}")
-    ax.set_xticks(ks)
-    ax.set_xlabel("round")
-    ax.set_ylabel("OOF F1")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    return _svg(fig)
+    return _per_round(fig, ax, ks, "OOF F1")
 
 
 def pseudo_mix_chart(rounds: list[dict]) -> str:
@@ -157,7 +157,7 @@ def confusion_chart(m: dict) -> tuple[str, str]:
     ax.set_yticks(range(3), LABEL_VALUES)
     ax.set_xlabel("predicted")
     ax.set_ylabel("labeled")
-    return _svg(fig), "holdout" if where == "holdout" else "out-of-fold"
+    return _svg(fig), "their fold ensemble on the holdout" if where == "holdout" else "out-of-fold"
 
 
 def _table(rounds: list[dict]) -> str:
@@ -200,7 +200,8 @@ def render_html(run_dir: str | Path, rounds: list[dict], state_lines: list[str],
     figures.append((reliability_chart(rounds), "Reliability of the OOF predictions: accuracy against confidence "
                                                "per bin."))
     matrix, where = confusion_chart(delivered)
-    figures.append((matrix, f"Confusion matrix of round {delivered['round']} ({where})."))
+    figures.append((matrix, f"Confusion matrix of round {delivered['round']}'s heads, {where} (without the "
+                            f"co-teacher blend)."))
     body = "".join(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
                    for svg, caption in figures)
     state = "".join(f"<p class='note'>{html.escape(line)}</p>" for line in state_lines)
