@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import PseudoError
 from .progress import Progress
-from .store import atomic_write_json
+from .store import atomic_write_json, atomic_write_npy, mark_done, naming
 from .tokenize import Tokens
 
 ENCODE_BATCH = 64
@@ -180,9 +180,11 @@ def encode_to_cache(
                 f"{folder}: the feature cache needs {human_bytes(need)} but only {human_bytes(free)} is free "
                 f"(free space, or stream this split instead of caching it)"
             )
-        created = np.lib.format.open_memmap(features_path, mode="w+", dtype=np.float16, shape=(n, max_len, hidden))
+        with naming(features_path):
+            created = np.lib.format.open_memmap(features_path, mode="w+", dtype=np.float16,
+                                                shape=(n, max_len, hidden))
         del created  # the header and a file of full size; rows are written with file writes below
-        np.save(folder / "lengths.npy", tokens.lengths, allow_pickle=False)
+        atomic_write_npy(folder / "lengths.npy", tokens.lengths)
         done = 0
         atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": 0})
     # file writes, not a writable memory map: written pages of a map stay in the process's resident memory
@@ -191,7 +193,7 @@ def encode_to_cache(
     progress.start(task, n)
     progress.advance(task, done)
     batches = 0
-    with open(features_path, "r+b") as f:
+    with naming(features_path), open(features_path, "r+b") as f:
         for start in range(done, n, ENCODE_BATCH):
             stop = min(n, start + ENCODE_BATCH)
             feats = encoder(tokens.input_ids[start:stop], tokens.attention_mask[start:stop])
@@ -205,9 +207,9 @@ def encode_to_cache(
                 atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": stop})
     progress.finish(task)
     if index is not None:
-        np.save(folder / "index.npy", np.asarray(index, np.int64), allow_pickle=False)
+        atomic_write_npy(folder / "index.npy", np.asarray(index, np.int64))
     atomic_write_json(folder / "meta.json", meta)
-    (folder / "DONE").write_text("ok\n")
+    mark_done(folder)  # last, after fsync: an entry without it is not finished
     return CachedFeatures(folder)
 
 

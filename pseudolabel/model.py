@@ -7,7 +7,9 @@ each change is a field of `Recipe` and can be switched on its own.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from .data import N_CLASSES
 from .errors import PseudoError
 from .layers import Capsule, Standardize
 from .losses import FocalLoss
+from .store import naming, temporary_beside
 
 
 
@@ -188,7 +191,15 @@ def build_head(max_len: int, hidden: int, recipe: Recipe, compile: bool = True):
 def save_head_weights(model, path) -> None:
     """The layers' weights only: the optimizer's state (two Adam slots per weight) is not needed to
     predict, and would make the file three times larger."""
-    keras.Model(model.inputs, model.outputs).save_weights(str(path))
+    path = Path(path)
+    tmp = temporary_beside(path, suffix=".h5")  # written aside, then renamed: never half a file at `path`
+    try:
+        with naming(path):
+            keras.Model(model.inputs, model.outputs).save_weights(str(tmp), overwrite=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 _ENCODER_ROWS = []

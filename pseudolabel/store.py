@@ -15,6 +15,7 @@ reader never sees a half-written file; a folder without DONE is unfinished.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import hashlib
@@ -39,20 +40,39 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's own 0600 would hide run files from the group
 
 
+@contextlib.contextmanager
+def naming(path: Path):
+    """Filesystem errors raised inside name `path` (a full disk's ENOSPC from a write names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
+def temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
+    """A new empty file next to `path` (same folder, so a rename into place is atomic), mode as open() gives."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, _FILE_MODE)
+    os.close(fd)
+    return Path(tmp)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_beside(path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -78,7 +98,13 @@ def atomic_write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def load_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+    """An array of the run directory; a missing or damaged file is a one-line PseudoError naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = "not found" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc})"
+        raise PseudoError(f"{path}: {reason}; delete the folder it is in to recompute it, or --restart the run") \
+            from None
 
 
 def read_json(path: Path) -> dict:
