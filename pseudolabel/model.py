@@ -192,7 +192,9 @@ def save_head_weights(model, path) -> None:
     """The layers' weights only: the optimizer's state (two Adam slots per weight) is not needed to
     predict, and would make the file three times larger."""
     path = Path(path)
-    tmp = temporary_beside(path, suffix=".h5")  # written aside, then renamed: never half a file at `path`
+    # written aside, then renamed: never half a file at `path`; the name keeps `.weights.h5`, which is
+    # what makes tf_keras write (and read back) its weights-only format
+    tmp = temporary_beside(path, suffix=".weights.h5")
     try:
         with naming(path):
             keras.Model(model.inputs, model.outputs).save_weights(str(tmp), overwrite=True)
