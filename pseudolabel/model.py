@@ -7,9 +7,7 @@ each change is a field of `Recipe` and can be switched on its own.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +16,7 @@ from .data import N_CLASSES
 from .errors import PseudoError
 from .layers import Capsule, Standardize
 from .losses import FocalLoss
-from .store import naming, temporary_beside
+from .store import written_aside
 
 
 
@@ -191,17 +189,9 @@ def build_head(max_len: int, hidden: int, recipe: Recipe, compile: bool = True):
 def save_head_weights(model, path) -> None:
     """The layers' weights only: the optimizer's state (two Adam slots per weight) is not needed to
     predict, and would make the file three times larger."""
-    path = Path(path)
-    # written aside, then renamed: never half a file at `path`; the name keeps `.weights.h5`, which is
-    # what makes tf_keras write (and read back) its weights-only format
-    tmp = temporary_beside(path, suffix=".weights.h5")
-    try:
-        with naming(path):
-            keras.Model(model.inputs, model.outputs).save_weights(str(tmp), overwrite=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # the temporary name keeps `.weights.h5`: that suffix makes tf_keras write its weights-only format
+    with written_aside(path, suffix=".weights.h5") as tmp:
+        keras.Model(model.inputs, model.outputs).save_weights(str(tmp), overwrite=True)
 
 
 _ENCODER_ROWS = []

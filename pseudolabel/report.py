@@ -41,7 +41,7 @@ def run_state(run_dir: str | Path, rounds: list[dict], stop: str | None) -> dict
     folds = int(invocation.get("folds") or saved.get("config", {}).get("folds") or 0)
     folds_done = sum(rd.fold(current, i).is_done() for i in range(folds)) if not finished else None
     return {"finished": finished, "running": holder is not None, "holder": holder,
-            "stopped": not finished and holder is None, "rounds_finished": current, "rounds_planned": planned,
+            "rounds_finished": current, "rounds_planned": planned,
             "current_round": None if finished else current, "folds": folds, "folds_finished": folds_done,
             "invocation": invocation}
 

@@ -59,20 +59,27 @@ def temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def written_aside(path: Path, suffix: str = ".tmp"):
+    """Yield a temporary path beside `path` to write; on success it is renamed onto `path` (atomic),
+    on any failure removed, so `path` is never half a file. Filesystem errors name `path`."""
     path = Path(path)
     with naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_beside(path)
+        tmp = temporary_beside(path, suffix)
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            yield tmp
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    with written_aside(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -203,6 +210,10 @@ class _Folder:
     def mark_done(self) -> None:
         mark_done(self.path)
 
+    def preds(self, name: str) -> Path:
+        """`<name>_preds.npy`: a fold model's own predictions of a split (faithful mode), the co-teacher's."""
+        return self.path / f"{name}_preds.npy"
+
 
 class FoldFiles(_Folder):
     """`round_<k>/fold_<i>/`: one fold's head and its validation part."""
@@ -213,9 +224,6 @@ class FoldFiles(_Folder):
     valid_idx = _file("valid_idx.npy")
     train_idx = _file("train_idx.npy")
 
-    def preds(self, split: str) -> Path:
-        """Faithful mode: the fold model's own predictions of a split (`test` or `unmask`)."""
-        return self.path / f"{split}_preds.npy"
 
 
 class RoundFiles(_Folder):
@@ -247,9 +255,6 @@ class CoTeacherFiles(_Folder):
 
     folds = _file("folds.npy")
     record = _file("co_teacher.json")
-
-    def preds(self, name: str) -> Path:
-        return self.path / f"{name}_preds.npy"
 
     def all_preds(self) -> list[Path]:
         return list(self.path.glob("*_preds.npy"))
