@@ -12,6 +12,7 @@ No TensorFlow is imported here (the recipe is resolved on demand).
 
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
@@ -27,6 +28,7 @@ STREAMABLE = ("test", "unlabeled")
 RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial_dropout", "bn_momentum",
                     "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
 DEFAULT_HOLDOUT = 0.15  # share of labeled rows held out when --rounds >= 1 and --holdout is not given
+PATHS = ("train", "test", "unlabeled", "encoder")  # input files and folders: hashed as absolute paths
 NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never change a round's numbers
 # options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
@@ -149,6 +151,8 @@ class RunConfig:
     force: bool = False  # select from a collapsed round anyway
 
     def __post_init__(self):
+        for name in PATHS:  # the same file given as a relative or an absolute path is the same option
+            setattr(self, name, absolute(getattr(self, name)))
         self.holdout_given = self.holdout is not None  # not a field: a run continues with its own holdout
         if self.holdout is None:
             self.holdout = DEFAULT_HOLDOUT if self.rounds > 0 else 0.0
@@ -210,29 +214,43 @@ class RunConfig:
         return results_hash(self.results_dict(), self.resolved_recipe().to_dict())
 
     def round0_key(self, encoder_identity: str) -> str:
-        """What round 0's numbers depend on, hashed: the options but those of later rounds, the
-        resolved recipe and the encoder's content (the files by path, as the run's own hash)."""
-        options = {k: v for k, v in self.results_dict().items() if k not in LATER_ROUNDS}
-        return config_hash({"schema": SCHEMA, "config": options, "recipe": self.resolved_recipe().to_dict(),
-                            "encoder": encoder_identity})
+        """What round 0's numbers depend on, hashed (see `round0_key`)."""
+        return round0_key(self.results_dict(), self.resolved_recipe().to_dict(), encoder_identity)
+
+
+def absolute(path: str | None) -> str | None:
+    """`path` as an absolute, normalised path (links are not followed); None and '' stay as they are."""
+    return os.path.abspath(path) if path else path
 
 
 def results_hash(options: dict, recipe: dict) -> str:
     return config_hash({"schema": SCHEMA, "config": options, "recipe": recipe})
 
 
+def round0_key(options: dict, recipe: dict, encoder_identity: str) -> str:
+    """What round 0's numbers depend on, hashed: the options but those of later rounds, the resolved
+    recipe and the encoder's content (the files by path, as the run's own hash)."""
+    options = {k: v for k, v in options.items() if k not in LATER_ROUNDS}
+    return config_hash({"schema": SCHEMA, "config": options, "recipe": recipe, "encoder": encoder_identity})
+
+
 # schema 1 recorded neither option: runs made then used these values
 _ADDED_IN_2 = {"student_token_dropout": 0.0, "co_teacher": 0.0}
 
 
-def migrate(record: dict) -> dict:
-    """A run directory's config.json record brought to the current schema (its hash recomputed)."""
+def migrate(record: dict, absolute_paths: bool = True) -> dict:
+    """A run directory's config.json record brought to the current schema (its hash recomputed).
+
+    With `absolute_paths`, input paths recorded relative (before they were made absolute) are taken
+    as relative to the working folder now, as the command that continues the run gives them."""
     schema = record.get("schema", 1)
-    if schema == SCHEMA:
-        return record
     if schema > SCHEMA:
         raise PseudoError(f"config.json of schema {schema}, this package reads up to {SCHEMA}: upgrade pseudolabel")
-    options = {**_ADDED_IN_2, **record.get("config", {})}
-    out = {**record, "schema": SCHEMA, "config": options}
-    out["hash"] = results_hash(options, record.get("recipe", {}))
-    return out
+    options = record.get("config", {})
+    if schema < 2:
+        options = {**_ADDED_IN_2, **options}
+    if absolute_paths:
+        options = {k: absolute(v) if k in PATHS else v for k, v in options.items()}
+    if schema == SCHEMA and options == record.get("config", {}):
+        return record
+    return {**record, "schema": SCHEMA, "config": options, "hash": results_hash(options, record.get("recipe", {}))}

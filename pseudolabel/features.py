@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import PseudoError
 from .progress import Progress
-from .store import atomic_write_json, atomic_write_npy, mark_done, naming
+from .store import atomic_write_json, atomic_write_npy, computing, mark_done, naming
 from .tokenize import Tokens
 
 ENCODE_BATCH = 64
@@ -147,7 +147,10 @@ def cache_rows(streamed: StreamedFeatures, split_rows: np.ndarray, cache_dir: Pa
         meta = {"split": split, "encoder": encoder_identity, "rows": len(split_rows), "entries": len(split_rows),
                 "max_len": int(tokens.input_ids.shape[1]), "hidden_size": streamed.encoder.hidden_size,
                 "subset": True}
-        cached = encode_to_cache(folder, tokens, streamed.encoder, meta, progress, f"encode {split} (selected)")
+        with computing(folder, "pseudo run", lambda holder: progress.note(
+                f"{split}: {holder} is caching the same rows ({folder}): waiting for it")):
+            cached = cached_or_none(folder, progress) or encode_to_cache(folder, tokens, streamed.encoder, meta,
+                                                                         progress, f"encode {split} (selected)")
     return SubsetFeatures(cached, split_rows, streamed.lengths)
 
 
@@ -279,9 +282,17 @@ def features_for(
         return StreamedFeatures(tokenize(texts), encoder())
     folder = cache_folder(cache_dir, split, encoder_identity, max_len, texts)
     cached = cached_or_none(folder, progress)
-    if cached is not None:
+    if cached is None:  # computed under the entry's lock: runs beside this one share the cache
+        with computing(folder, "pseudo run", lambda holder: progress.note(
+                f"{split}: {holder} is caching the same features ({folder}): waiting for it")):
+            cached = cached_or_none(folder, progress) or _encode_split(split, texts, folder, encoder_identity,
+                                                                       max_len, tokenize, encoder, progress)
+    else:
         progress.note(f"{split}: reusing cached features {folder}")
-        return cached
+    return cached
+
+
+def _encode_split(split, texts, folder, encoder_identity, max_len, tokenize, encoder, progress) -> CachedFeatures:
     enc = encoder()
     unique, index = distinct(texts)
     toks = tokenize(unique)

@@ -9,6 +9,8 @@ pool rows. Folds are those of round 0; validation parts hold human-labeled rows 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .calibrate import calibration_report
-from .config import SCHEMA, RunConfig, migrate  # noqa: F401  (RunConfig re-exported)
+from .config import SCHEMA, RunConfig, migrate, round0_key  # noqa: F401  (RunConfig re-exported)
 from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from .data import LABEL_VALUES, label_values, load_labeled, load_unlabeled
@@ -31,7 +33,7 @@ from .progress import Progress
 from .select import NOT_SELECTED
 from .selection import (DRIFT_WARN, changed_labels, mix_drift, pseudo_targets, read_selection, select_from_round,
                         teacher_probs, write_selection)
-from .store import RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy, read_json
+from .store import RunDir, RunLock, atomic_write_csv, computing, atomic_write_json, atomic_write_npy, load_npy, read_json
 from .tokenize import tokenize
 
 
@@ -146,20 +148,21 @@ class Run:
         for k in range(self.config.rounds + 1):
             if k and (stop := stop_reason(self.config, history)):
                 break
-            if self.dir.round(k).is_done():
-                history.reuse(self.dir, k, with_pool=self.pool is not None)
-                self.progress.note(f"round {k}: finished earlier, reused")
-                self.progress.round_reused(k, self.config.folds)
-                continue
-            pseudo, info = None, {}
-            if k:
-                labels, info = self.selection(k)
-                if stop := stop_reason(self.config, history, labels):
-                    break
-                pseudo = self.pseudo(labels, sources["unlabeled"], k)
-                history.select(k, labels, info)
-            metrics = self.train_round(k, folds, sources, pseudo, info)
-            self.record(k, metrics, history)
+            with self.shared_round(k):
+                if self.dir.round(k).is_done():
+                    history.reuse(self.dir, k, with_pool=self.pool is not None)
+                    self.progress.note(f"round {k}: finished earlier, reused")
+                    self.progress.round_reused(k, self.config.folds)
+                    continue
+                pseudo, info = None, {}
+                if k:
+                    labels, info = self.selection(k)
+                    if stop := stop_reason(self.config, history, labels):
+                        break
+                    pseudo = self.pseudo(labels, sources["unlabeled"], k)
+                    history.select(k, labels, info)
+                metrics = self.train_round(k, folds, sources, pseudo, info)
+                self.record(k, metrics, history)
             self.progress.round_finished(history.rounds)
         stop = stop or stop_reason(self.config, history) or "max_rounds"
         final = self.deliver(history.rounds) if history.rounds else None
@@ -167,6 +170,15 @@ class Run:
                                                           "rounds_finished": len(history.rounds)})
         return RunResult(self.dir.root, history.rounds, stop, final=final,
                          encoder_rows=self._encoder.rows if self._encoder is not None else 0)
+
+    def shared_round(self, k: int):
+        """Round 0 lives in `.stages/`, shared with the runs beside this one made with the same options
+        for it: it is computed under its own lock, and a run that finds another computing it waits."""
+        if k:
+            return contextlib.nullcontext()
+        return computing(self.dir.round(0).path, "pseudo run", lambda holder: self.progress.note(
+            f"round 0 is shared with a run beside this one ({self.dir.round(0).path.resolve()}), and {holder} is "
+            f"computing it: waiting for it"))
 
     def selection(self, k: int) -> tuple[np.ndarray, dict]:
         """Round k's pseudo-labels (F, N_pool) and their record: the one written earlier (`pseudo
@@ -359,6 +371,15 @@ def round_metrics(k: int, out, labels: np.ndarray, folds: np.ndarray, pseudo: Ps
     }
 
 
+def _follow_absolute_paths(run_dir: RunDir, recorded: dict, key: str, encoder_identity: str) -> None:
+    """A run recorded with relative input paths keyed its shared round 0 by them: the stage is renamed
+    to the key of the same paths made absolute, so the run (and its siblings) keep their round 0."""
+    old = round0_key(recorded.get("config", {}), recorded.get("recipe", {}), encoder_identity)
+    before, after = run_dir.stages / f"round0-{old}", run_dir.stages / f"round0-{key}"
+    if old != key and before.is_dir() and not after.exists():
+        os.replace(before, after)
+
+
 def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFiles, rows: dict, restart: bool,
                     progress: Progress) -> None:
     """Create the run directory's config.json, or check that an existing run was made with the same
@@ -372,7 +393,8 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
                           "config": files.config_dict()},
               "recipe": recipe_dict, "data": rows}
     if run_dir.exists():
-        saved = migrate(run_dir.saved_config())
+        raw = run_dir.saved_config()
+        saved = migrate(raw)
         kept = saved.get("config", {}).get("holdout")
         if not restart and not config.holdout_given and kept is not None and kept != config.holdout:
             config.holdout = kept  # e.g. `--rounds 0` first, `--rounds 2` later: round 0 is kept
@@ -395,6 +417,9 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
             raise PseudoError(f"{run_dir.root}: made with another encoder checkpoint "
                               f"(saved {saved['encoder'].get('sha256', '?')[:12]}, now {files.identity[:12]}); "
                               f"use --restart to start over")
+        if not restart:  # the same options (checked above)
+            _follow_absolute_paths(run_dir, migrate(raw, absolute_paths=False), config.round0_key(files.identity),
+                                   files.identity)
     atomic_write_json(run_dir.config_path, record)
     if config.mode == "cached":  # faithful mode keeps no features
         run_dir.share(run_dir.FEATURES, "features")  # keyed inside by encoder, texts and max length

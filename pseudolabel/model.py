@@ -7,6 +7,12 @@ each change is a field of `Recipe` and can be switched on its own.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
+import os
+import re
+import sys
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -188,10 +194,45 @@ def build_head(max_len: int, hidden: int, recipe: Recipe, compile: bool = True):
 
 def save_head_weights(model, path) -> None:
     """The layers' weights only: the optimizer's state (two Adam slots per weight) is not needed to
-    predict, and would make the file three times larger."""
-    # the temporary name keeps `.weights.h5`: that suffix makes tf_keras write its weights-only format
-    with written_aside(path, suffix=".weights.h5") as tmp:
-        keras.Model(model.inputs, model.outputs).save_weights(str(tmp), overwrite=True)
+    predict, and would make the file three times larger.
+
+    HDF5's own write errors (a full disk among them) come as an OSError or RuntimeError whose text
+    spans lines, and the file objects left behind report the same failure again when freed: they
+    become one OSError naming `path` (with the errno HDF5 saw), after those objects are collected."""
+    failure = None
+    with quiet_finalizers():
+        try:
+            # the temporary name keeps `.weights.h5`: that suffix makes tf_keras write its weights-only format
+            with written_aside(path, suffix=".weights.h5") as tmp:
+                keras.Model(model.inputs, model.outputs).save_weights(str(tmp), overwrite=True)
+        except (OSError, RuntimeError) as exc:
+            failure = hdf5_error(exc, path)
+        if failure is not None:
+            gc.collect()  # the failed file's objects, while their reports are silenced
+    if failure is not None:
+        raise failure
+
+
+def hdf5_error(exc: BaseException, path) -> OSError:
+    """An HDF5 failure as one OSError naming `path`: the errno it reports, else its first line."""
+    text = str(exc)
+    found = re.search(r"errno = (\d+)", text)
+    code = int(found.group(1)) if found else getattr(exc, "errno", None)
+    if code:
+        return OSError(code, os.strerror(code), str(path))
+    return OSError(errno.EIO, (text.splitlines() or [type(exc).__name__])[0][:200], str(path))
+
+
+@contextlib.contextmanager
+def quiet_finalizers():
+    """Objects freed inside (HDF5 files after a failed write) do not print their "Exception ignored"
+    reports; the failure itself is raised as one error."""
+    hooks = sys.unraisablehook, sys.excepthook  # h5py's finalizers report through both
+    sys.unraisablehook, sys.excepthook = (lambda unraisable: None), (lambda *exc_info: None)
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
 
 
 _ENCODER_ROWS = []

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,16 +144,22 @@ class RunLock:
         self.path = Path(root) / self.NAME
         self._fh = None
 
-    def acquire(self, what: str = "pseudo run") -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")
+    def acquire(self, what: str = "pseudo run", wait: Callable[[str], None] | None = None) -> "RunLock":
+        """Take the lock. Held by another process: a one-line PseudoError naming it, or with `wait`,
+        `wait('pid N (what)')` is called once and the lock is waited for."""
+        with naming(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+", encoding="utf-8")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.close()
-            holder = self.holder()
-            raise PseudoError(f"{self.path.parent}: in use by another process ({holder or 'pid unknown'}); "
-                              f"wait for it to finish, or use another --run-dir") from None
+            holder = self.holder() or "pid unknown"
+            if wait is None:
+                fh.close()
+                raise PseudoError(f"{self.path.parent}: in use by another process ({holder}); "
+                                  f"wait for it to finish, or use another --run-dir") from None
+            wait(holder)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()} {what}\n")
@@ -183,6 +190,17 @@ class RunLock:
                 return f"pid {pid}" + (f", {what}" if what else "") if pid else "pid unknown"
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return None
+
+
+@contextlib.contextmanager
+def computing(folder: Path, what: str, wait: Callable[[str], None]):
+    """Hold the lock of a folder shared by runs side by side (a feature cache entry, round 0 in
+    `.stages/`) while computing it; another process computing it is waited for (`wait` is told)."""
+    lock = RunLock(folder).acquire(what, wait)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def config_hash(config: dict) -> str:

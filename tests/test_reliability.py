@@ -1,0 +1,160 @@
+"""The run directory under faults: a real full disk, runs side by side sharing round 0 and the
+feature cache, and the same input files named by relative or absolute paths."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FAST, run_args
+from pseudolabel.cli import app
+from pseudolabel.config import round0_key
+from pseudolabel.store import RunLock, computing
+
+runner = CliRunner()
+HOLD = "import sys, time; from pseudolabel.store import RunLock; lock = RunLock(sys.argv[1]).acquire('pseudo run'); " \
+       "print('held', flush=True); time.sleep(600)"
+
+
+def hold_in_another_process(folder):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_folder_computed_by_another_process_is_waited_for_and_taken_when_it_ends(tmp_path):
+    holder = hold_in_another_process(tmp_path)
+    told, taken = [], threading.Event()
+
+    def compute():
+        with computing(tmp_path, "pseudo run", told.append):
+            taken.set()
+
+    worker = threading.Thread(target=compute)
+    try:
+        worker.start()
+        assert not taken.wait(1.0)  # waits while the other process holds it
+        assert told == [f"pid {holder.pid}, pseudo run"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert taken.wait(10.0)  # the killed holder's lock is taken at once
+    worker.join()
+    assert RunLock(tmp_path).holder() is None  # released after computing
+
+
+@pytest.fixture(scope="module")
+def relative_run(tiny_data, tiny_encoder, tmp_path_factory):
+    """A round-0 run made with input paths relative to the data folder."""
+    root = tmp_path_factory.mktemp("runs")
+    cwd = os.getcwd()
+    os.chdir(tiny_data["train"].parent)
+    try:
+        result = runner.invoke(app, ["run", "--train", "train.csv", "--test", "test.csv", "--unlabeled",
+                                     "unlabeled.csv", "--encoder", str(tiny_encoder), "--run-dir", str(root / "r"),
+                                     *FAST, "--rounds", "0"], catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return root / "r"
+
+
+@pytest.mark.slow
+def test_relative_and_absolute_paths_to_the_same_files_are_the_same_run(relative_run, tiny_data, tiny_encoder,
+                                                                         monkeypatch):
+    config = json.loads((relative_run / "config.json").read_text())
+    assert config["config"]["train"] == str(tiny_data["train"])  # recorded absolute
+    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, relative_run, "--rounds", "0"))
+    assert result.exit_code == 0, result.output
+    assert "made with other options" not in result.output and "round 0: finished earlier, reused" in result.output
+
+    # a run recorded before paths were made absolute (relative paths, their hash, round 0 under their key)
+    # continues from the folder it was started in, and keeps its round 0
+    relative = {**config["config"], "train": "train.csv", "test": "test.csv", "unlabeled": "unlabeled.csv"}
+    from pseudolabel.config import results_hash
+
+    old_key = round0_key(relative, config["recipe"], config["encoder"]["sha256"])
+    stage = (relative_run / "round_0").resolve()
+    os.replace(stage, stage.with_name(f"round0-{old_key}"))
+    (relative_run / "round_0").unlink()
+    os.symlink(f"../.stages/round0-{old_key}", relative_run / "round_0")
+    config.update(config=relative, hash=results_hash(relative, config["recipe"]))
+    (relative_run / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tiny_data["train"].parent)
+    result = runner.invoke(app, ["run", "--train", "train.csv", "--test", "test.csv", "--unlabeled", "unlabeled.csv",
+                                 "--encoder", str(tiny_encoder), "--run-dir", str(relative_run), *FAST,
+                                 "--rounds", "0"])
+    assert result.exit_code == 0, result.output
+    assert "round 0: finished earlier, reused" in result.output
+    assert (relative_run / "round_0").resolve() == stage  # the stage moved to the absolute paths' key
+    assert json.loads((relative_run / "config.json").read_text())["config"]["train"] == str(tiny_data["train"])
+
+
+@pytest.mark.slow
+def test_a_run_beside_one_computing_the_shared_round_0_waits_for_it(relative_run, tiny_data, tiny_encoder):
+    holder = hold_in_another_process(relative_run / "round_0")  # as a sibling training round 0 holds it
+    sibling = relative_run.parent / "sibling"
+    proc = subprocess.Popen([sys.executable, "-m", "pseudolabel",
+                             *run_args(tiny_data, tiny_encoder, sibling, "--rounds", "0")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "1000"})
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "waiting for it" in line:
+                break
+        assert f"and pid {holder.pid}, pseudo run is computing it: waiting for it" in lines[-1], "".join(lines)
+        assert proc.poll() is None  # it waits
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "round 0: finished earlier, reused" in out  # computed once, by the holder's run
+
+
+FULL_DISK = """
+set -u
+mount -t tmpfs -o size=290k tmpfs "$MNT" || exit 99
+python -m pseudolabel "$@"; echo "rc=$?"
+mount -o remount,size=2500k "$MNT"
+python -m pseudolabel "$@"; echo "rc=$?"
+ls -a "$MNT/r/round_0/fold_0"
+mount -o remount,size=64m "$MNT"
+python -m pseudolabel "$@"; echo "rc=$?"
+"""
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_is_one_line_naming_the_file_and_the_same_command_resumes(tiny_data, tiny_encoder,
+                                                                                      tmp_path):
+    """A real tmpfs (in a private mount namespace): full while caching features, then while saving
+    a fold's head weights (HDF5's own error), then enlarged: the same command finishes the run."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {mnt}"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode(errors='replace').strip()}")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK, "sh",
+                           *run_args(tiny_data, tiny_encoder, mnt / "r", "--rounds", "0")],
+                          capture_output=True, text=True, env={**os.environ, "MNT": str(mnt), "COLUMNS": "400"},
+                          timeout=600)
+    out, err = proc.stdout, proc.stderr
+    assert out.count("rc=1") == 2 and out.rstrip().endswith("rc=0"), out + err
+    errors = [line for line in err.splitlines() if line.strip()]
+    assert len(errors) == 2, err  # one line each, no traceback (h5py's finalizers included)
+    assert "/features/labeled-" in errors[0] and "features.npy: No space left on device" in errors[0]
+    assert errors[1].startswith(f"error: {mnt}/r/round_0/fold_0/head.weights.h5: No space left on device")
+    assert "run the same command to resume" in errors[1]
+    fold_listing = out.split("rc=1")[2]
+    assert "head.weights.h5" not in fold_listing and "DONE" not in fold_listing  # nothing half-written kept
+    assert "stop reason: max_rounds" in out
