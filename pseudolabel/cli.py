@@ -32,6 +32,10 @@ EXAMPLES = """[bold]Examples[/bold]
 
   [cyan]pseudo report --html run.html[/cyan]         the newest run's rounds, and a page of charts
 
+  [cyan]pseudo predict posts.csv --out pred.csv[/cyan]  score new posts with what the newest run delivered
+
+  [cyan]pseudo export --out my-model[/cyan]           a model folder to hand on (pseudo predict --model my-model)
+
   [cyan]pseudo run --help[/cyan]                     every option of a run, grouped, with its default"""
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich", epilog=EXAMPLES,
@@ -394,6 +398,71 @@ def report(
     _render_rounds(rounds, stop, f"run {path}", choice, lines)
     if html is not None:
         console.print(f"written: {html} ({charts} charts)")
+
+
+@app.command()
+def predict(
+    files: list[Path] = typer.Argument(..., help="CSV file(s) of posts: column 微博中文内容 or text (or a single "
+                                                 "column); ids from 微博id or id, else row numbers.", dir_okay=False),
+    out: Path = typer.Option(..., "--out", help="Where to write id, y (-1/0/1), p_-1, p_0, p_1.", dir_okay=False),
+    run_dir: Optional[str] = typer.Option(None, help="Run directory whose delivered output predicts [default: the "
+                                                     "newest under runs/]."),
+    model: Optional[str] = typer.Option(None, "--model", help="An exported model folder (pseudo export) instead "
+                                                              "of a run directory."),
+    round: Optional[int] = typer.Option(None, "--round", min=0, help="Predict with this finished round's fold heads "
+                                                                     "alone [default: what the run delivered]."),
+    encoder: Optional[str] = typer.Option(None, help="The encoder's folder, if it moved since training (its content "
+                                                     "is checked)."),
+    format: str = typer.Option("csv", "--format", help="csv | jsonl."),
+    chunk_rows: int = typer.Option(4096, min=1, help="Posts read, tokenized and scored at a time (memory stays "
+                                                     "flat however long the file)."),
+):
+    """Score new posts with what a run delivered (or an exported model); streams files of any size."""
+    from .predict import load_model
+    from .store import latest_run
+
+    try:
+        if model and (run_dir or round is not None):
+            raise PseudoError("give --model or --run-dir (with --round), not both")
+        with ConsoleProgress(console) as progress:
+            loaded = load_model(model or run_dir or latest_run(), round=round, encoder=encoder, progress=progress)
+            done = loaded.predict_files(files, out, format, chunk_rows)
+    except PseudoError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(_os_error(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; {out} was not written", 130)
+    what = (f"round {done['round']}'s {done['folds']} fold heads"
+            + (f" blended with the co-teacher at {done['weight']:.2f}" if done["weight"] > 0 else ""))
+    mix = " / ".join(str(n) for n in done["per_class"].values())
+    console.print(f"written: {done['out']} · {done['rows']:,} posts · {what} of {done['source']} · "
+                  f"predicted -1 / 0 / 1: {mix}", highlight=False)
+
+
+@app.command()
+def export(
+    out: str = typer.Option(..., "--out", help="The model folder to write (new or empty, or an earlier export)."),
+    run_dir: Optional[str] = typer.Option(None, help="Run directory [default: the newest under runs/]."),
+    round: Optional[int] = typer.Option(None, "--round", min=0, help="Export this finished round's fold heads alone "
+                                                                     "[default: what the run delivered]."),
+    copy_encoder: bool = typer.Option(False, "--copy-encoder", help="Copy the encoder into the folder (else it is "
+                                                                    "referenced by path and content hash)."),
+):
+    """A self-contained model folder of what a run delivered: fold heads, co-teacher, recipe, model card."""
+    from .delivered import export as write_export
+    from .store import latest_run
+
+    try:
+        with ConsoleProgress(console) as progress:
+            folder = write_export(run_dir or latest_run(), out, copy_encoder=copy_encoder, round=round,
+                                  progress=progress)
+    except PseudoError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(_os_error(exc))
+    console.print(f"written: {folder} (model.json, README.md model card)")
+    console.print(f"use it: pseudo predict posts.csv --model {folder} --out predictions.csv")
 
 
 def resume_command(invocation: dict) -> str | None:

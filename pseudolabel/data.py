@@ -7,6 +7,7 @@ The three files share one layout (see the README): 微博id, 微博发布时间,
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections import Counter
@@ -155,6 +156,82 @@ def load_unlabeled(path: str | Path, limit: int | None = DEFAULT_UNLABELED_LIMIT
         raise PseudoError(f"unlabeled limit must be >= 1, got {limit}")
     frame, encoding, n_replaced = _read_table(path, (TEXT_COLUMN,), limit)
     return _posts(path, frame, encoding, n_replaced)
+
+
+def sniff_encoding(path: Path, block: int = 1 << 20) -> tuple[str, int]:
+    """(encoding, undecodable sequences replaced) of a file, read in blocks (never whole): the rule of
+    `decode` (UTF-8, UTF-8 with BOM, else GB18030 with few replacements), in bounded memory."""
+    if not path.is_file():
+        raise PseudoError(f"{path}: file not found")
+    with open(path, "rb") as fh:
+        head = fh.read(3)
+        encoding = "utf-8-sig" if head == b"\xef\xbb\xbf" else "utf-8"
+        fh.seek(0)
+        for name in ((encoding,) if encoding == "utf-8-sig" else (encoding, "gb18030")):
+            fh.seek(0)
+            decoder = codecs.getincrementaldecoder(name)("strict" if name != "gb18030" else "replace")
+            replaced = chars = 0
+            nul = nonblank = False
+            try:
+                while chunk := fh.read(block):
+                    nul = nul or b"\x00" in chunk
+                    text = decoder.decode(chunk)
+                    nonblank = nonblank or bool(text.strip())
+                    replaced += text.count("\ufffd")
+                    chars += len(text)
+                text = decoder.decode(b"", final=True)
+                nonblank = nonblank or bool(text.strip())
+            except UnicodeDecodeError:
+                if name == "utf-8-sig":
+                    raise PseudoError(f"{path}: starts with a UTF-8 byte-order mark but is not valid UTF-8") from None
+                continue
+            if not nonblank:
+                raise PseudoError(f"{path}: file is empty")
+            if name == "gb18030" and (nul or replaced > max(2, _MAX_REPLACED_SHARE * chars)):
+                raise PseudoError(f"{path}: unreadable encoding, expected UTF-8, UTF-8 with BOM or GB18030 "
+                                  f"({replaced} undecodable sequences as GB18030)")
+            return name, (replaced if name == "gb18030" else 0)
+    raise AssertionError("unreachable: GB18030 decoding replaces, it does not fail")
+
+
+TEXT_COLUMNS = (TEXT_COLUMN, "text")  # posts to predict: the competition's column, a plain one, or the only one
+
+
+def iter_posts(path: str | Path, chunk_rows: int = 4096):
+    """The posts of a file to predict, `chunk_rows` at a time (Posts without labels, ids kept), read
+    in bounded memory. Texts, ids and empty texts as `load_unlabeled` reads them; a file whose text
+    column is `text`, or which has a single column, works too (ids: `微博id` or `id`, else row numbers)."""
+    path = Path(path)
+    encoding, replaced = sniff_encoding(path)
+    done = 0
+    with open(path, encoding=encoding, errors="replace", newline="") as fh:
+        try:
+            reader = pd.read_csv(fh, dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL,
+                                 chunksize=chunk_rows)
+            for frame in reader:
+                frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
+                text_column = next((c for c in TEXT_COLUMNS if c in frame.columns),
+                                   frame.columns[0] if len(frame.columns) == 1 else None)
+                if text_column is None:
+                    raise PseudoError(f"{path}: no text column, expected {TEXT_COLUMN!r} or 'text' (or a single "
+                                      f"column; found: {', '.join(frame.columns[:8])})")
+                id_column = next((c for c in (ID_COLUMN, "id") if c in frame.columns and c != text_column), None)
+                texts = frame[text_column].astype(str).tolist()
+                empty = [i for i, t in enumerate(texts) if not t.strip()]
+                for i in empty:
+                    texts[i] = EMPTY_TEXT
+                ids = ([v.strip() for v in frame[id_column].astype(str).tolist()] if id_column
+                       else [str(done + i) for i in range(len(texts))])
+                yield Posts(path=path, ids=ids, texts=texts, encoding=encoding,
+                            n_replaced=replaced if done == 0 else 0, n_empty_text=len(empty))
+                done += len(texts)
+        except pd.errors.EmptyDataError:
+            raise PseudoError(f"{path}: file is empty") from None
+        except (pd.errors.ParserError, csv.Error) as exc:
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise PseudoError(f"{path}: not a readable CSV file ({detail})") from None
+    if done == 0:
+        raise PseudoError(f"{path}: file has a header but no rows")
 
 
 def label_values(classes: np.ndarray) -> np.ndarray:

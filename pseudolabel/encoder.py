@@ -25,7 +25,7 @@ CONFIG_NAMES = ("config.json", "bert-base-chinese-config.json")
 WEIGHT_NAMES = ("tf_model.h5", "model.safetensors", "bert-base-chinese-tf_model.h5")
 VOCAB_NAMES = ("vocab.txt", "bert-base-chinese-vocab.txt")
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
-_HF_NAME = {"bert-base-chinese-config.json": "config.json", "bert-base-chinese-tf_model.h5": "tf_model.h5",
+HF_NAMES = {"bert-base-chinese-config.json": "config.json", "bert-base-chinese-tf_model.h5": "tf_model.h5",
             "bert-base-chinese-vocab.txt": "vocab.txt"}
 
 
@@ -82,7 +82,7 @@ def find_encoder(folder: str | Path) -> EncoderFiles:
 def _hf_view(files: EncoderFiles, tmp: Path) -> Path:
     """A folder with the Hugging Face file names, linking to the checkpoint's files."""
     for path in (files.config, files.weights, files.vocab):
-        (tmp / _HF_NAME.get(path.name, path.name)).symlink_to(path.resolve())
+        (tmp / HF_NAMES.get(path.name, path.name)).symlink_to(path.resolve())
     for name in TOKENIZER_EXTRAS:
         if (files.folder / name).is_file():
             (tmp / name).symlink_to((files.folder / name).resolve())

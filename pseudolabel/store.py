@@ -273,6 +273,7 @@ class CoTeacherFiles(_Folder):
 
     folds = _file("folds.npy")
     record = _file("co_teacher.json")
+    refit = _file("refit")  # the model refit on every labeled row (coteacher.TextModel), as the blend uses it
 
     def all_preds(self) -> list[Path]:
         return list(self.path.glob("*_preds.npy"))

@@ -119,6 +119,17 @@ def _escape(chars: set[str]) -> str:
     return "".join(re.escape(c) for c in sorted(chars))  # escapes "-", "]", "^" and "\\" too
 
 
+SEGMENTS_KEPT = 500_000  # remembered segments beyond which a long stream starts afresh
+
+
+def forget_segments(tokenizer, keep: int = SEGMENTS_KEPT) -> None:
+    """Drop what `tokenize` remembered for `tokenizer` once it holds more than `keep` segments, so a
+    stream of any length tokenizes in bounded memory (the ids are the same either way)."""
+    segmenter = getattr(tokenizer, "_pseudo_segments", None)
+    if segmenter is not None and len(segmenter.ids) > keep:
+        tokenizer._pseudo_segments = None
+
+
 def tokenize(texts: list[str], tokenizer, max_len: int = DEFAULT_MAX_LEN, progress: Progress | None = None,
              task: str = "tokenize") -> Tokens:
     """Encode `texts` in batches (never one call per row); BERT WordPiece tokenizers by segments."""

@@ -1,0 +1,244 @@
+"""What a finished run delivers, described as a model that can score new posts, and its export.
+
+A `ModelSpec` says everything prediction needs, read from a run directory (`from_run`) or from an
+exported model folder (`from_export`): the encoder (folder and content hash), the round's fold
+heads (their weight files and recipe), how the run fed them (maximum length, feature precision,
+dynamic padding), and the share and files of the co-teacher blend when a blend was delivered.
+
+`export` writes a self-contained folder::
+
+    <out>/model.json            what predicts (format, round, blend weight, recipe, lengths, encoder hash)
+    <out>/heads/fold_<i>.weights.h5
+    <out>/co_teacher/           the TF-IDF + LR refit (vocabulary.json, idf/coef/intercept/classes .npy)
+    <out>/encoder/              with --copy-encoder: the encoder's config, weights and vocabulary
+    <out>/vocab.txt             the tokenizer's vocabulary
+    <out>/README.md             the model card: data, rounds, scores, what was delivered
+
+No TensorFlow is imported here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .config import RunConfig
+from .encoder import HF_NAMES, TOKENIZER_EXTRAS, EncoderFiles, find_encoder
+from .errors import PseudoError
+from .store import RunDir, atomic_write_json, atomic_write_text, mark_done, read_json
+
+FORMAT = 1
+MODEL_FILE = "model.json"
+
+
+@dataclass
+class ModelSpec:
+    kind: str  # "run" (a run directory) or "export" (an exported folder)
+    source: Path  # the run directory or export folder it was read from
+    round: int
+    weight: float  # share of the co-teacher in the delivered blend (0: the heads alone)
+    recipe: dict  # the round's head recipe (model.Recipe fields)
+    max_len: int
+    hidden: int
+    dynamic_padding: bool  # the run scored in length-sorted chunks cut to their longest post
+    feature_dtype: str  # "float16": the heads saw cached features; "float32": streamed ones
+    heads: list[Path]  # the fold heads' weight files, fold order
+    encoder_folder: Path
+    encoder_sha256: str
+    card: dict = field(default_factory=dict)  # what the model card says: data, rounds, scores
+
+    def text_model(self, progress=None):
+        """The co-teacher refit on every labeled row, which the delivered blend mixes in (weight > 0)."""
+        from .coteacher import TextModel, refit_model
+
+        if self.kind == "run":
+            return refit_model(RunDir(self.source), progress)
+        return TextModel.load(self.source / "co_teacher")
+
+    def encoder(self) -> EncoderFiles:
+        """The encoder's files, checked against the content hash the heads were trained on."""
+        if not Path(self.encoder_folder).is_dir():
+            raise PseudoError(f"{self.encoder_folder}: encoder folder not found (the model was trained with it); "
+                              f"pass --encoder with the folder it moved to")
+        files = find_encoder(self.encoder_folder)
+        if files.identity != self.encoder_sha256:
+            raise PseudoError(f"{self.encoder_folder}: not the encoder the model was trained with (content "
+                              f"{files.identity[:12]}, expected {self.encoder_sha256[:12]})")
+        return files
+
+
+def load_spec(path: str | Path, round: int | None = None, encoder: str | Path | None = None) -> ModelSpec:
+    """The spec of a run directory (its delivered output, or round `round`'s heads) or of an export."""
+    path = Path(path)
+    if (path / MODEL_FILE).is_file():
+        if round is not None:
+            raise PseudoError(f"{path}: an exported model holds one round; --round needs a run directory")
+        spec = from_export(path)
+    elif (path / "config.json").is_file():
+        spec = from_run(path, round)
+    elif path.is_dir():
+        raise PseudoError(f"{path}: neither a run directory (config.json) nor an exported model ({MODEL_FILE})")
+    else:
+        raise PseudoError(f"{path}: not found")
+    if encoder is not None:
+        spec.encoder_folder = Path(encoder)
+    return spec
+
+
+def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
+    """What run `root` delivered (final.json), or round `round`'s fold heads alone."""
+    from .loop import student_recipe
+    from .model import Recipe
+
+    run_dir = RunDir(root)
+    saved = run_dir.saved_config()
+    options = saved["config"]
+    if options.get("mode") == "faithful":
+        raise PseudoError(f"{run_dir.root}: made with --mode faithful, whose fold models hold the encoder inside; "
+                          f"predict and export use runs made with --mode cached (the default)")
+    finished = run_dir.finished_rounds()
+    if round is None:
+        if not run_dir.final_path.is_file():
+            raise PseudoError(f"{run_dir.root}: the run has not finished (no {run_dir.final_path.name}); resume it "
+                              f"with the command `pseudo report --run-dir {run_dir.root}` prints, or pass --round N "
+                              f"of a finished round (finished: {', '.join(map(str, finished)) or 'none'})")
+        final = read_json(run_dir.final_path)
+        round, weight = int(final["round"]), float(final["weight"])
+    else:
+        final, weight = None, 0.0
+    if round not in finished:
+        raise PseudoError(f"round must be a finished round of {run_dir.root} "
+                          f"({', '.join(map(str, finished)) or 'none finished'}), got {round}")
+    config = RunConfig(**{**options, "run_dir": str(run_dir.root), "stream": tuple(options.get("stream", ()))})
+    recipe = student_recipe(Recipe.from_dict(saved["recipe"]), config, round)
+    folds = sorted(p.parent for p in run_dir.round(round).trained_folds())
+    metrics = read_json(run_dir.round(round).metrics)
+    card = {"run": str(run_dir.root.resolve()), "data": saved.get("data", {}), "options": options,
+            "round": round, "delivered": final, "round_metrics": _scores(metrics),
+            "rounds": [_scores(read_json(run_dir.round(k).metrics)) for k in finished],
+            "package": saved.get("package")}
+    return ModelSpec(
+        kind="run", source=run_dir.root, round=round, weight=weight, recipe=recipe.to_dict(), max_len=int(options["max_len"]),
+        hidden=int(saved["encoder"]["config"]["hidden_size"]), dynamic_padding=bool(recipe.dynamic_padding),
+        feature_dtype="float32" if "test" in options.get("stream", []) else "float16",
+        heads=[run_dir.fold(round, int(p.name.split("_")[1])).weights for p in folds],
+        encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card)
+
+
+def _scores(metrics: dict) -> dict:
+    """A round's headline scores for the model card."""
+    holdout = metrics.get("holdout") or {}
+    return {"round": metrics["round"], "oof_macro_f1": metrics["oof"]["macro_f1"],
+            "holdout_macro_f1": holdout.get("macro_f1"), "holdout_blend": metrics.get("holdout_blend"),
+            "n_pseudo": metrics.get("n_pseudo", 0), "collapsed": metrics.get("collapsed", False)}
+
+
+def from_export(folder: str | Path) -> ModelSpec:
+    folder = Path(folder)
+    record = read_json(folder / MODEL_FILE)
+    if record.get("format") != FORMAT:
+        raise PseudoError(f"{folder / MODEL_FILE}: model format {record.get('format')!r}, this package reads "
+                          f"{FORMAT}")
+    enc = record["encoder"]
+    copied = folder / "encoder"
+    return ModelSpec(
+        kind="export", source=folder, round=record["round"], weight=record["weight"], recipe=record["recipe"],
+        max_len=record["max_len"], hidden=record["hidden"], dynamic_padding=record["dynamic_padding"],
+        feature_dtype=record["feature_dtype"], heads=[folder / p for p in record["heads"]],
+        encoder_folder=copied if enc.get("copied") else Path(enc["folder"]), encoder_sha256=enc["sha256"],
+        card=record.get("card", {}))
+
+
+def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, round: int | None = None,
+           progress=None) -> Path:
+    """Write the delivered model of `run_dir` (or round `round`'s heads) to the folder `out`."""
+    spec = from_run(run_dir, round)
+    files = spec.encoder()  # the encoder must be there, and the one the heads were trained on
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MODEL_FILE).is_file():
+            raise PseudoError(f"{out}: exists and is not an exported model; choose an empty or new folder")
+        (out / MODEL_FILE).unlink()  # an export in progress is not a model until model.json is written last
+    out.mkdir(parents=True, exist_ok=True)
+    heads = []
+    for i, path in enumerate(spec.heads):
+        heads.append(f"heads/fold_{i}.weights.h5")
+        _copy(path, out / heads[-1])
+    if spec.weight > 0:
+        spec.text_model(progress).save(out / "co_teacher")
+    _copy(files.vocab, out / "vocab.txt")
+    if copy_encoder:
+        for path in (files.config, files.weights, files.vocab,
+                     *[files.folder / n for n in TOKENIZER_EXTRAS if (files.folder / n).is_file()]):
+            _copy(path, out / "encoder" / HF_NAMES.get(path.name, path.name))
+        mark_done(out / "encoder")
+    record = {"format": FORMAT, "package": f"pseudolabel {__version__}", "round": spec.round, "weight": spec.weight,
+              "output": "blend" if spec.weight > 0 else "head", "recipe": spec.recipe, "max_len": spec.max_len,
+              "hidden": spec.hidden, "dynamic_padding": spec.dynamic_padding, "feature_dtype": spec.feature_dtype,
+              "heads": heads, "labels": ["-1", "0", "1"],
+              "encoder": {"sha256": spec.encoder_sha256, "folder": str(Path(files.folder).resolve()),
+                          "copied": copy_encoder, "config": files.config_dict()},
+              "card": spec.card}
+    atomic_write_text(out / "README.md", model_card(record))
+    atomic_write_json(out / MODEL_FILE, record)  # last: a folder without it is not a model
+    return out
+
+
+def _copy(source: Path, target: Path) -> None:
+    from .store import written_aside
+
+    with written_aside(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def model_card(record: dict) -> str:
+    """The exported folder's README: what the model is, what it was trained on, how well it scores."""
+    card = record["card"]
+    delivered = card.get("delivered") or {}
+    data = card.get("data", {})
+    options = card.get("options", {})
+    enc = record["encoder"]
+    what = (f"round {record['round']}'s {len(record['heads'])} fold heads"
+            + (f", blended with a char TF-IDF + logistic regression model at {record['weight']:.2f}"
+               if record["weight"] > 0 else ""))
+    lines = [
+        "# Model card", "",
+        f"3-class sentiment (-1 negative, 0 neutral, 1 positive) of Chinese Weibo posts, exported by "
+        f"{record['package']} from the run `{card.get('run')}`.", "",
+        "## What predicts",
+        f"- {what}; the probabilities are the mean of the fold heads"
+        + (" blended with the text model" if record["weight"] > 0 else "") + ".",
+        f"- Encoder: {enc['config'].get('num_hidden_layers')} layers, hidden {enc['config'].get('hidden_size')}, "
+        f"content sha256 {enc['sha256'][:16]}… ({'copied into encoder/' if enc['copied'] else 'at ' + enc['folder']}"
+        f"); frozen, features = hidden_states[-2].",
+        f"- Head recipe `{record['recipe'].get('name')}`; {record['max_len']} tokens per post"
+        + ("; length-sorted chunks cut to their longest post, as the run scored" if record["dynamic_padding"] else "")
+        + ".", "",
+        "## Data",
+        f"- Labeled: {data.get('train_rows', '?')} posts (`{options.get('train')}`), "
+        f"{options.get('folds')} folds, holdout share {options.get('holdout')}.",
+        f"- Unlabeled pool: {data.get('unlabeled_rows', 0)} posts; test file: {data.get('test_rows', 0)} posts.", "",
+        "## Scores (macro-F1)", "",
+        "| round | OOF (fold heads) | holdout (fold ensemble) | pseudo-labels per fold | |",
+        "|---|---|---|---|---|",
+    ]
+    for m in card.get("rounds", []):
+        held = "–" if m["holdout_macro_f1"] is None else f"{m['holdout_macro_f1']:.4f}"
+        mark = "collapsed" if m["collapsed"] else ("exported" if m["round"] == record["round"] else "")
+        lines.append(f"| {m['round']} | {m['oof_macro_f1']:.4f} | {held} | {m['n_pseudo']} | {mark} |")
+    lines.append("")
+    if delivered:
+        value = delivered.get("value")
+        lines += ["## What was delivered",
+                  f"{delivered.get('reason') or 'round 0 (no holdout to choose on)'}"
+                  + (f"; holdout macro-F1 {value:.4f}" if value is not None else "")
+                  + (f", round 0 on the same posts {delivered['round0']:.4f}" if delivered.get("round0") else "")
+                  + ".", ""]
+    lines += ["## Use", "```bash", "pseudo predict posts.csv --model <this folder> --out predictions.csv", "```",
+              "```python", "from pseudolabel import load_model",
+              "model = load_model('<this folder>')", "probs = model.predict_proba(['今天很开心'])  # (N, 3): -1, 0, 1",
+              "```", ""]
+    return "\n".join(lines)
+

@@ -1,0 +1,168 @@
+"""`pseudo predict`, `pseudo export` and `load_model` on tiny real runs: what a run delivered applied
+to new posts reproduces the run's own submission and probabilities; an export predicts the same;
+streaming in chunks changes nothing; bad input is one line."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import read_rows, run_args, write_rows
+from pseudolabel import load_model
+from pseudolabel.cli import app
+from pseudolabel.data import load_unlabeled
+
+runner = CliRunner()
+pytestmark = pytest.mark.slow
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def flat(text: str) -> str:
+    """Output with the console's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def blend_run(tiny_data, tiny_encoder, tmp_path_factory):
+    """Round 0 delivered blended with the co-teacher, scored with dynamic padding."""
+    run_dir = tmp_path_factory.mktemp("runs") / "blend"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0", "--holdout", "0.15",
+                              "--deliver", "blend", "--dynamic-padding"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "final.json").read_text())["weight"] > 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def head_run(tiny_data, tiny_encoder, tmp_path_factory):
+    """Round 0's heads delivered (no holdout), every post padded to --max-len."""
+    run_dir = tmp_path_factory.mktemp("runs") / "head"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0", "--folds", "2"))
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def predictions(path):
+    rows = read_rows(path)
+    assert rows[0] == ["id", "y", "p_-1", "p_0", "p_1"]
+    return [r[:2] for r in rows[1:]], np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+
+
+def test_predict_on_the_runs_test_file_reproduces_its_submission_and_probabilities(blend_run, tiny_data, tmp_path):
+    shutil.rmtree(blend_run / "co_teacher" / "refit")  # a run that did not keep its refit text model: fitted again
+    out = tmp_path / "pred.csv"
+    result = invoke("predict", tiny_data["test"], "--run-dir", blend_run, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "20 posts" in flat(result.output) and "blended with the co-teacher" in flat(result.output)
+    labels, probs = predictions(out)
+    assert labels == read_rows(blend_run / "submission.csv")[1:]
+    np.testing.assert_allclose(probs, np.load(blend_run / "final_test_preds.npy"), atol=1e-5)
+    assert (blend_run / "co_teacher" / "refit" / "DONE").is_file()
+
+    small = tmp_path / "small-chunks.csv"  # streamed 7 posts at a time: the same predictions (batch sizes
+    assert invoke("predict", tiny_data["test"], "--run-dir", blend_run, "--out", small, "--chunk-rows", 7
+                  ).exit_code == 0  # change float rounding only)
+    small_labels, small_probs = predictions(small)
+    assert small_labels == labels
+    np.testing.assert_allclose(small_probs, probs, atol=1e-5)
+
+
+def test_the_python_api_and_another_round_give_the_runs_fold_means(head_run, blend_run, tiny_data):
+    texts = load_unlabeled(tiny_data["test"], None).texts
+    model = load_model(head_run)
+    np.testing.assert_allclose(model.predict_proba(texts), np.load(head_run / "round_0" / "test_preds.npy").mean(0),
+                               atol=1e-5)
+    submitted = [int(r[1]) for r in read_rows(head_run / "submission.csv")[1:]]
+    assert model.predict(texts).tolist() == submitted and model.info["output"] == "head"
+    heads_alone = load_model(blend_run, round=0)  # --round: the round's heads, without the blend
+    assert heads_alone.info["weight"] == 0.0
+    np.testing.assert_allclose(heads_alone.predict_proba(texts),
+                               np.load(blend_run / "round_0" / "test_preds.npy").mean(0), atol=1e-5)
+
+
+def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_data, tiny_encoder, tmp_path):
+    from_run = tmp_path / "from-run.csv"
+    assert invoke("predict", tiny_data["test"], "--run-dir", blend_run, "--out", from_run).exit_code == 0
+    for copy in (False, True):
+        folder = tmp_path / f"model-{copy}"
+        result = invoke("export", "--run-dir", blend_run, "--out", folder, *(["--copy-encoder"] if copy else []))
+        assert result.exit_code == 0, result.output
+        record = json.loads((folder / "model.json").read_text())
+        assert record["encoder"]["copied"] is copy and (folder / "encoder" / "tf_model.h5").is_file() is copy
+        assert len(record["heads"]) == 3 and record["output"] == "blend" and record["dynamic_padding"] is True
+        card = (folder / "README.md").read_text()
+        assert "blended with a char TF-IDF + logistic regression model" in card and "| 0 |" in card
+        out = tmp_path / f"from-model-{copy}.jsonl"
+        result = invoke("predict", tiny_data["test"], "--model", folder, "--out", out, "--format", "jsonl")
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        labels, probs = predictions(from_run)
+        assert [[r["id"], str(r["y"])] for r in rows] == labels
+        np.testing.assert_allclose([[r["p_-1"], r["p_0"], r["p_1"]] for r in rows], probs, atol=1e-7)
+    api = load_model(tmp_path / "model-True").predict_proba(load_unlabeled(tiny_data["test"], None).texts)
+    np.testing.assert_allclose(api, probs, atol=1e-7)
+
+    # an export that references its encoder: moved -> found again with --encoder, another one is refused
+    folder = tmp_path / "model-False"
+    record = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**record, "encoder": {**record["encoder"],
+                                                                         "folder": str(tmp_path / "gone")}}))
+    result = invoke("predict", tiny_data["test"], "--model", folder, "--out", tmp_path / "x.csv")
+    assert result.exit_code == 1 and "encoder folder not found" in flat(result.output) and "--encoder" in result.output
+    result = invoke("predict", tiny_data["test"], "--model", folder, "--out", tmp_path / "x.csv",
+                    "--encoder", tmp_path / "model-True" / "encoder")
+    assert result.exit_code == 0, result.output
+    other = tiny_encoder.parent.parent / "other-encoder"
+    if not other.exists():
+        from pseudolabel.encoder import save_random_encoder
+        from conftest import VOCAB
+
+        save_random_encoder(other, VOCAB, layers=2, hidden=64, heads=2, intermediate=128, max_positions=64, seed=7)
+    result = invoke("predict", tiny_data["test"], "--model", folder, "--out", tmp_path / "x.csv", "--encoder", other)
+    assert result.exit_code == 1 and "not the encoder the model was trained with" in flat(result.output)
+
+
+def test_a_plain_text_column_file_and_bad_input(head_run, tiny_data, tmp_path):
+    texts = load_unlabeled(tiny_data["test"], None).texts
+    plain = write_rows(tmp_path / "plain.csv", [["text"]] + [[t] for t in texts[:5]] + [[""]])
+    out = tmp_path / "plain-pred.csv"
+    result = invoke("predict", plain, "--run-dir", head_run, "--out", out)
+    assert result.exit_code == 0, result.output
+    labels, probs = predictions(out)
+    assert [r[0] for r in labels] == ["0", "1", "2", "3", "4", "5"]  # row numbers without an id column
+    want = np.load(head_run / "round_0" / "test_preds.npy").mean(0)[:5]
+    np.testing.assert_allclose(probs[:5], want, atol=1e-5)
+
+    def fails(*args, says):
+        result = invoke("predict", *args)
+        assert result.exit_code == 1, result.output
+        line = flat(result.output)
+        assert says in line and "Traceback" not in line and line.startswith("error:"), line
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    fails(empty, "--run-dir", head_run, "--out", out, says="file is empty")
+    no_text = write_rows(tmp_path / "no-text.csv", [["a", "b"], ["1", "2"]])
+    fails(no_text, "--run-dir", head_run, "--out", out, says="no text column")
+    fails(plain, "--run-dir", head_run, "--out", out, "--round", "3", says="round must be a finished round")
+    fails(plain, "--run-dir", head_run, "--model", head_run, "--out", out, says="not both")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(head_run, unfinished, symlinks=True)
+    (unfinished / "final.json").unlink()
+    fails(plain, "--run-dir", unfinished, "--out", out, says="the run has not finished")
+    faithful = tmp_path / "faithful"
+    shutil.copytree(head_run, faithful, symlinks=True)
+    config = json.loads((faithful / "config.json").read_text())
+    config["config"]["mode"] = "faithful"
+    (faithful / "config.json").write_text(json.dumps(config))
+    fails(plain, "--run-dir", faithful, "--out", out, says="made with --mode faithful")
+    result = invoke("export", "--run-dir", faithful, "--out", tmp_path / "m")
+    assert result.exit_code == 1 and "made with --mode faithful" in flat(result.output)
+    with open(out, newline="") as fh:  # the failed calls left the last good file as it was
+        assert len(list(csv.reader(fh))) == 7
