@@ -448,6 +448,10 @@ def export(
                                                                      "[default: what the run delivered]."),
     copy_encoder: bool = typer.Option(False, "--copy-encoder", help="Copy the encoder into the folder (else it is "
                                                                     "referenced by path and content hash)."),
+    saved_model: bool = typer.Option(False, "--saved-model", help="Also a TensorFlow SavedModel of the fold heads "
+                                                                  "and encoder for TF Serving (token ids in, "
+                                                                  "probabilities out; the blend's text model is "
+                                                                  "not inside)."),
 ):
     """A self-contained model folder of what a run delivered: fold heads, co-teacher, recipe, model card."""
     from .delivered import export as write_export
@@ -456,7 +460,7 @@ def export(
     try:
         with ConsoleProgress(console) as progress:
             folder = write_export(run_dir or latest_run(), out, copy_encoder=copy_encoder, round=round,
-                                  progress=progress)
+                                  saved_model=saved_model, progress=progress)
     except PseudoError as exc:
         _fail(str(exc))
     except OSError as exc:

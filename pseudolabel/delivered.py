@@ -12,6 +12,7 @@ dynamic padding), and the share and files of the co-teacher blend when a blend w
     <out>/co_teacher/           the TF-IDF + LR refit (vocabulary.json, idf/coef/intercept/classes .npy)
     <out>/encoder/              with --copy-encoder: the encoder's config, weights and vocabulary
     <out>/vocab.txt             the tokenizer's vocabulary
+    <out>/saved_model/          with --saved-model: a TensorFlow SavedModel of the fold heads (serving.py)
     <out>/README.md             the model card: data, rounds, scores, what was delivered
 
 No TensorFlow is imported here.
@@ -152,8 +153,9 @@ def from_export(folder: str | Path) -> ModelSpec:
 
 
 def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, round: int | None = None,
-           progress=None) -> Path:
-    """Write the delivered model of `run_dir` (or round `round`'s heads) to the folder `out`."""
+           saved_model: bool = False, progress=None) -> Path:
+    """Write the delivered model of `run_dir` (or round `round`'s heads) to the folder `out`; with
+    `saved_model`, also a TensorFlow SavedModel of the fold heads in `<out>/saved_model` (serving.py)."""
     spec = from_run(run_dir, round)
     files = spec.encoder()  # the encoder must be there, and the one the heads were trained on
     out = Path(out)
@@ -174,10 +176,20 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, rou
                      *[files.folder / n for n in TOKENIZER_EXTRAS if (files.folder / n).is_file()]):
             _copy(path, out / "encoder" / HF_NAMES.get(path.name, path.name))
         mark_done(out / "encoder")
+    if saved_model:
+        from .serving import save_serving
+
+        if progress is not None:
+            progress.note(f"writing the TensorFlow SavedModel of {len(spec.heads)} fold heads and the encoder")
+        shutil.rmtree(out / "saved_model", ignore_errors=True)
+        save_serving(spec, out / "saved_model")
     record = {"format": FORMAT, "package": f"pseudolabel {__version__}", "round": spec.round, "weight": spec.weight,
               "output": "blend" if spec.weight > 0 else "head", "recipe": spec.recipe, "max_len": spec.max_len,
               "hidden": spec.hidden, "dynamic_padding": spec.dynamic_padding, "feature_dtype": spec.feature_dtype,
               "heads": heads, "labels": ["-1", "0", "1"],
+              "saved_model": {"path": "saved_model", "signature": "serving_default", "inputs": ["input_ids",
+                                                                                              "attention_mask"],
+                              "output": "probabilities", "blend": False} if saved_model else None,
               "encoder": {"sha256": spec.encoder_sha256, "folder": str(Path(files.folder).resolve()),
                           "copied": copy_encoder, "config": files.config_dict()},
               "card": spec.card}
@@ -236,6 +248,13 @@ def model_card(record: dict) -> str:
                   + (f"; holdout macro-F1 {value:.4f}" if value is not None else "")
                   + (f", round 0 on the same posts {delivered['round0']:.4f}" if delivered.get("round0") else "")
                   + ".", ""]
+    if record.get("saved_model"):
+        lines += ["## TensorFlow Serving",
+                  "`saved_model/` has the signature `serving_default(input_ids, attention_mask)` (int32, [batch, "
+                  f"steps], steps <= {record['max_len']}, WordPiece ids of `vocab.txt`) -> `probabilities` [batch, 3] "
+                  "(-1, 0, 1): the mean of the fold heads"
+                  + ("; the text model of the blend is not inside (`pseudo predict` applies it)"
+                     if record["weight"] > 0 else "") + ".", ""]
     lines += ["## Use", "```bash", "pseudo predict posts.csv --model <this folder> --out predictions.csv", "```",
               "```python", "from pseudolabel import load_model",
               "model = load_model('<this folder>')", "probs = model.predict_proba(['今天很开心'])  # (N, 3): -1, 0, 1",

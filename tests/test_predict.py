@@ -91,7 +91,8 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
     assert invoke("predict", tiny_data["test"], "--run-dir", blend_run, "--out", from_run).exit_code == 0
     for copy in (False, True):
         folder = tmp_path / f"model-{copy}"
-        result = invoke("export", "--run-dir", blend_run, "--out", folder, *(["--copy-encoder"] if copy else []))
+        result = invoke("export", "--run-dir", blend_run, "--out", folder,
+                        *(["--copy-encoder", "--saved-model"] if copy else []))
         assert result.exit_code == 0, result.output
         record = json.loads((folder / "model.json").read_text())
         assert record["encoder"]["copied"] is copy and (folder / "encoder" / "tf_model.h5").is_file() is copy
@@ -105,8 +106,19 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
         labels, probs = predictions(from_run)
         assert [[r["id"], str(r["y"])] for r in rows] == labels
         np.testing.assert_allclose([[r["p_-1"], r["p_0"], r["p_1"]] for r in rows], probs, atol=1e-7)
-    api = load_model(tmp_path / "model-True").predict_proba(load_unlabeled(tiny_data["test"], None).texts)
-    np.testing.assert_allclose(api, probs, atol=1e-7)
+    model = load_model(tmp_path / "model-True")
+    texts = load_unlabeled(tiny_data["test"], None).texts
+    np.testing.assert_allclose(model.predict_proba(texts), probs, atol=1e-7)
+
+    # the SavedModel's signature: the fold heads' mean on ids padded to the model's length
+    from pseudolabel._tf import tf
+
+    serve = tf.saved_model.load(str(tmp_path / "model-True" / "saved_model")).signatures["serving_default"]
+    tokens = model.tokens(texts)
+    served = serve(input_ids=tf.constant(tokens.input_ids), attention_mask=tf.constant(
+        tokens.attention_mask.astype(np.int32)))["probabilities"].numpy()
+    np.testing.assert_allclose(served, model.head_probs(tokens, np.full(len(texts), 24)), atol=1e-5)
+    assert json.loads((tmp_path / "model-True" / "model.json").read_text())["saved_model"]["blend"] is False
 
     # an export that references its encoder: moved -> found again with --encoder, another one is refused
     folder = tmp_path / "model-False"
