@@ -146,7 +146,7 @@ class RunLock:
 
     def acquire(self, what: str = "pseudo run", wait: Callable[[str], None] | None = None) -> "RunLock":
         """Take the lock. Held by another process: a one-line PseudoError naming it, or with `wait`,
-        `wait('pid N (what)')` is called once and the lock is waited for."""
+        `wait('pid N, what')` is called once and the lock is waited for."""
         with naming(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(self.path, "a+", encoding="utf-8")

@@ -33,7 +33,7 @@ def blend_run(tiny_data, tiny_encoder, tmp_path_factory):
     """Round 0 delivered blended with the co-teacher, scored with dynamic padding."""
     run_dir = tmp_path_factory.mktemp("runs") / "blend"
     result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "0", "--holdout", "0.15",
-                              "--deliver", "blend", "--dynamic-padding"))
+                              "--deliver", "blend", "--dynamic-padding", "--folds", "2"))
     assert result.exit_code == 0, result.output
     assert json.loads((run_dir / "final.json").read_text())["weight"] > 0
     return run_dir
@@ -96,7 +96,7 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
         assert result.exit_code == 0, result.output
         record = json.loads((folder / "model.json").read_text())
         assert record["encoder"]["copied"] is copy and (folder / "encoder" / "tf_model.h5").is_file() is copy
-        assert len(record["heads"]) == 3 and record["output"] == "blend" and record["dynamic_padding"] is True
+        assert len(record["heads"]) == 2 and record["output"] == "blend" and record["dynamic_padding"] is True
         card = (folder / "README.md").read_text()
         assert "blended with a char TF-IDF + logistic regression model" in card and "| 0 |" in card
         out = tmp_path / f"from-model-{copy}.jsonl"

@@ -18,6 +18,7 @@ from pseudolabel.config import round0_key
 from pseudolabel.store import RunLock, computing
 
 runner = CliRunner()
+SMALL = ["--folds", "2", "--epochs", "1"]  # after FAST: the last value of an option wins
 HOLD = "import sys, time; from pseudolabel.store import RunLock; lock = RunLock(sys.argv[1]).acquire('pseudo run'); " \
        "print('held', flush=True); time.sleep(600)"
 
@@ -58,7 +59,7 @@ def relative_run(tiny_data, tiny_encoder, tmp_path_factory):
     try:
         result = runner.invoke(app, ["run", "--train", "train.csv", "--test", "test.csv", "--unlabeled",
                                      "unlabeled.csv", "--encoder", str(tiny_encoder), "--run-dir", str(root / "r"),
-                                     *FAST, "--rounds", "0"], catch_exceptions=False)
+                                     *FAST, *SMALL, "--rounds", "0"], catch_exceptions=False)
     finally:
         os.chdir(cwd)
     assert result.exit_code == 0, result.output
@@ -70,7 +71,7 @@ def test_relative_and_absolute_paths_to_the_same_files_are_the_same_run(relative
                                                                          monkeypatch):
     config = json.loads((relative_run / "config.json").read_text())
     assert config["config"]["train"] == str(tiny_data["train"])  # recorded absolute
-    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, relative_run, "--rounds", "0"))
+    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, relative_run, *SMALL, "--rounds", "0"))
     assert result.exit_code == 0, result.output
     assert "made with other options" not in result.output and "round 0: finished earlier, reused" in result.output
 
@@ -89,7 +90,7 @@ def test_relative_and_absolute_paths_to_the_same_files_are_the_same_run(relative
     monkeypatch.chdir(tiny_data["train"].parent)
     result = runner.invoke(app, ["run", "--train", "train.csv", "--test", "test.csv", "--unlabeled", "unlabeled.csv",
                                  "--encoder", str(tiny_encoder), "--run-dir", str(relative_run), *FAST,
-                                 "--rounds", "0"])
+                                 *SMALL, "--rounds", "0"])
     assert result.exit_code == 0, result.output
     assert "round 0: finished earlier, reused" in result.output
     assert (relative_run / "round_0").resolve() == stage  # the stage moved to the absolute paths' key
@@ -101,7 +102,7 @@ def test_a_run_beside_one_computing_the_shared_round_0_waits_for_it(relative_run
     holder = hold_in_another_process(relative_run / "round_0")  # as a sibling training round 0 holds it
     sibling = relative_run.parent / "sibling"
     proc = subprocess.Popen([sys.executable, "-m", "pseudolabel",
-                             *run_args(tiny_data, tiny_encoder, sibling, "--rounds", "0")],
+                             *run_args(tiny_data, tiny_encoder, sibling, *SMALL, "--rounds", "0")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "1000"})
     lines = []
     try:
@@ -145,7 +146,7 @@ def test_a_really_full_disk_is_one_line_naming_the_file_and_the_same_command_res
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode(errors='replace').strip()}")
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK, "sh",
-                           *run_args(tiny_data, tiny_encoder, mnt / "r", "--rounds", "0")],
+                           *run_args(tiny_data, tiny_encoder, mnt / "r", *SMALL, "--rounds", "0")],
                           capture_output=True, text=True, env={**os.environ, "MNT": str(mnt), "COLUMNS": "400"},
                           timeout=600)
     out, err = proc.stdout, proc.stderr
