@@ -81,7 +81,9 @@ def fold_line(round: int, fold: int, n_folds: int, record: dict, reused: bool) -
     best = record.get("best_epoch") or record.get("epochs")
     monitor = [e.get("monitor_macro_f1") for e in record.get("history", [])]
     shown = f", monitor macro-F1 {monitor[best - 1]:.4f}" if best and monitor and monitor[best - 1] is not None else ""
-    return (f"round {round} fold {fold}: {record['epochs']} epochs (best {best}){shown}, validation macro-F1 "
+    student = (f" ({record['student']}, the encoder over {record['encoder_rows']:,} posts)"
+               if record.get("student") else "")
+    return (f"round {round} fold {fold}{student}: {record['epochs']} epochs (best {best}){shown}, validation macro-F1 "
             f"{record['valid']['macro_f1']:.4f}, {record['n_train_human']}+{record['n_train_pseudo']} rows, "
             f"{record['seconds']:.0f} s")
 
@@ -203,8 +205,8 @@ def _render_rounds(rounds, stop, title, choice, state=None):
 
 
 _D = RunConfig.defaults()
-_DATA, _RECIPE, _SELECT, _DELIVER, _CONTROL = ("Data", "Encoder and recipe", "Pseudo-label selection",
-                                              "Delivery", "Run control")
+_DATA, _RECIPE, _SELECT, _STUDENT, _DELIVER, _CONTROL = ("Data", "Encoder and recipe", "Pseudo-label selection",
+                                                        "Student", "Delivery", "Run control")
 
 
 def _opt(default, help: str, panel: str, *names: str):
@@ -221,8 +223,9 @@ def run(
     unlabeled_limit: int = _opt(_D["unlabeled_limit"], "Use the first N rows of the unlabeled pool.", _DATA),
     encoder: str = _opt(DEFAULT_ENCODER, "Local BERT checkpoint folder.", _RECIPE),
     run_dir: Optional[str] = _opt(None, "Run directory [default: runs/run-<config hash>].", _CONTROL),
-    recipe: str = _opt(_D["recipe"], "Head recipe: 'default' (learns on small data) or 'seed' (the reference "
-                                     "script exactly).", _RECIPE),
+    recipe: str = _opt(_D["recipe"], "Round 0's recipe: 'default' (the head, made to learn on small data), 'seed' "
+                                     "(the reference script exactly) or 'finetune' (the encoder fine-tuned with a "
+                                     "light classifier: a supervised baseline).", _RECIPE),
     mode: str = _opt(_D["mode"], "'cached': encoder features computed once; 'faithful': encoder inside the Keras "
                                  "graph as the reference script.", _RECIPE),
     folds: int = _opt(_D["folds"], "Cross-validation folds.", _RECIPE),
@@ -270,6 +273,15 @@ def run(
                                 _SELECT),
     student_token_dropout: float = _opt(_D["student_token_dropout"], "Rounds >= 1: share of token positions whose "
                                         "features the student loses while training (word dropout).", _SELECT),
+    student: str = _opt(_D["student"], "Rounds >= 1: 'head' (the recipe's head on frozen features) or 'finetune' "
+                                       "(each fold fine-tunes the encoder on its human + pseudo-labeled posts; the "
+                                       "encoder runs again over every post).", _STUDENT),
+    finetune_layers: int = _opt(_D["finetune_layers"], "Fine-tuning: the top N encoder layers train (0: all, "
+                                                       "embeddings too).", _STUDENT),
+    finetune_epochs: int = _opt(_D["finetune_epochs"], "Fine-tuning: epochs (the best on a monitor slice of the "
+                                                       "training part is kept).", _STUDENT),
+    finetune_lr: float = _opt(_D["finetune_lr"], "Fine-tuning: peak learning rate of AdamW (linear warm-up over "
+                                                 "10% of the steps, then linear decay).", _STUDENT),
     calibrate: bool = _opt(_D["calibrate"], "Temperature-scale probabilities on OOF rows before selecting.",
                            _SELECT),
     holdout: Optional[float] = _opt(None, "Share of labeled rows held out before round 0, for choosing and "

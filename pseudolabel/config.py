@@ -32,7 +32,14 @@ PATHS = ("train", "test", "unlabeled", "encoder")  # input files and folders: ha
 NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never change a round's numbers
 # options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
-                "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force")
+                "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
+                "finetune_layers", "finetune_epochs", "finetune_lr")
+FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr")  # round 0's too with --recipe finetune
+STUDENTS = ("head", "finetune")
+FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
+# options added after run directories existed: left out of the options a run is hashed by while at these
+# values, so every earlier run keeps its hash, its default directory name and its shared round 0
+OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 5e-5}
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,10 @@ CONSTRAINTS: dict[str, tuple] = {
     "co_teacher": (Interval(0, 1),),
     "holdout": (None, Interval(0, 0.5, "left")),
     "deliver": (OneOf(DELIVER),),
+    "student": (OneOf(STUDENTS),),
+    "finetune_layers": (Interval(0, None),),
+    "finetune_epochs": (Interval(1, None),),
+    "finetune_lr": (Interval(0, 1, "right"),),
 }
 
 
@@ -149,6 +160,10 @@ class RunConfig:
     deliver: str = "auto"  # auto | head | blend: what the run hands over (see deliver.py); not in the hash
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway
+    student: str = "head"  # rounds >= 1: "head" (the recipe's head on frozen features) or "finetune" (finetune.py)
+    finetune_layers: int = 0  # fine-tuned students: the top N encoder layers train (0: all)
+    finetune_epochs: int = 3
+    finetune_lr: float = 5e-5  # peak learning rate of AdamW (linear warm-up and decay)
 
     def __post_init__(self):
         for name in PATHS:  # the same file given as a relative or an absolute path is the same option
@@ -172,6 +187,8 @@ class RunConfig:
             raise PseudoError("deliver blend chooses its weight on the labeled holdout: give --holdout (e.g. 0.15)")
         if self.rounds > 0 and not self.unlabeled:
             raise PseudoError("rounds >= 1 need an unlabeled pool (--unlabeled)")
+        if self.mode == "faithful" and "finetune" in (self.student, self.recipe):
+            raise PseudoError("fine-tuning the encoder (--student finetune, --recipe finetune) works in --mode cached")
         self._validate_recipe(self.resolved_recipe())
 
     def _validate_recipe(self, recipe) -> None:
@@ -190,15 +207,31 @@ class RunConfig:
                               f"{recipe.spatial_dropout}, {recipe.bn_momentum}")
 
     def resolved_recipe(self):
+        """The head recipe of the rounds a head trains (with --recipe finetune: the default recipe's)."""
         from .model import recipe as make_recipe
 
-        return make_recipe(self.recipe, **{name: getattr(self, name) for name in RECIPE_OVERRIDES})
+        base = "default" if self.recipe == FINETUNE_RECIPE else self.recipe
+        return make_recipe(base, **{name: getattr(self, name) for name in RECIPE_OVERRIDES})
+
+    def trainer(self, k: int) -> str:
+        """What round k trains: "finetune" (the encoder with a light classifier) or "head"."""
+        return "finetune" if (self.recipe == FINETUNE_RECIPE if k == 0 else self.student == "finetune") else "head"
+
+    def finetune(self, k: int):
+        """The fine-tuned student's settings for round k (rounds >= 1 add the student's token dropout)."""
+        from .finetune import FineTune
+
+        return FineTune(layers=self.finetune_layers, epochs=self.finetune_epochs, learning_rate=self.finetune_lr,
+                        token_dropout=self.student_token_dropout if k >= 1 else 0.0)
 
     def results_dict(self) -> dict:
         """The options that decide a run's numbers (a run continues only with the same ones)."""
         out = asdict(self)
         for key in NOT_RESULTS:
             out.pop(key)
+        for key, default in OMITTED_AT_DEFAULT.items():
+            if out[key] == default:
+                del out[key]
         out["stream"] = sorted(out["stream"])
         return out
 
@@ -230,7 +263,8 @@ def results_hash(options: dict, recipe: dict) -> str:
 def round0_key(options: dict, recipe: dict, encoder_identity: str) -> str:
     """What round 0's numbers depend on, hashed: the options but those of later rounds, the resolved
     recipe and the encoder's content (the files by path, as the run's own hash)."""
-    options = {k: v for k, v in options.items() if k not in LATER_ROUNDS}
+    later = [k for k in LATER_ROUNDS if not (options.get("recipe") == FINETUNE_RECIPE and k in FINETUNE_OPTIONS)]
+    options = {k: v for k, v in options.items() if k not in later}
     return config_hash({"schema": SCHEMA, "config": options, "recipe": recipe, "encoder": encoder_identity})
 
 

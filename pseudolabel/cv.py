@@ -137,6 +137,11 @@ class RoundPlan:
     pseudo: Pseudo | None = None
     bert_factory: Callable[[], object] | None = None  # faithful mode: a fresh frozen TFBertModel
     heads: TrainingHeads = field(default_factory=lambda: TrainingHeads())  # the run's kept training head
+    student: str = "head"  # "finetune": each fold fine-tunes the encoder (finetune.py)
+    finetune: object | None = None  # finetune.FineTune, with student "finetune"
+    tokens: dict | None = None  # split -> tokenize.Tokens, with student "finetune"
+    encoder_files: object | None = None  # encoder.EncoderFiles, with student "finetune"
+    mask_id: int = 103  # the vocabulary's [MASK] id (the student's token dropout)
     n_folds: int = field(init=False)
 
     def __post_init__(self):
@@ -425,16 +430,27 @@ def fold_damage(plan: RoundPlan, fold: int) -> str | None:
             return f"{files.valid_idx.name} is not the fold's validation part"
         if preds.shape != (len(valid), N_CLASSES):
             return f"{files.valid_preds.name} has shape {preds.shape}, the fold has {len(valid)} rows"
-        if plan.mode == "faithful":
-            for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
-                if source is not None and load_npy(files.preds(name)).shape != (len(source), N_CLASSES):
-                    return f"{files.preds(name).name} is not of the split's {len(source)} rows"
+        for name, rows in per_fold_splits(plan).items():
+            if load_npy(files.preds(name)).shape != (rows, N_CLASSES):
+                return f"{files.preds(name).name} is not of the split's {rows} rows"
         with open(files.weights, "rb") as fh:
             if fh.read(8) != b"\x89HDF\r\n\x1a\n":
                 return f"{files.weights.name} is not an HDF5 file"
     except (OSError, ValueError, PseudoError) as exc:  # missing or truncated
         return str(exc).splitlines()[0] or type(exc).__name__
     return None
+
+
+def per_fold_splits(plan: RoundPlan) -> dict[str, int]:
+    """Splits each fold model scores itself (faithful mode, fine-tuned students), and their rows."""
+    if plan.mode != "faithful" and plan.student != "finetune":
+        return {}
+    splits = {"test": plan.test, "unmask": plan.unlabeled}
+    out = {name: len(source) for name, source in splits.items() if source is not None}
+    held = int((plan.folds == HOLDOUT).sum())
+    if plan.student == "finetune" and held:
+        out["holdout"] = held
+    return out
 
 
 def load_heads(plan: RoundPlan) -> FoldHeads:
@@ -468,7 +484,14 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
             reused = False
         if reused:
             progress.note(f"round {plan.round} fold {fold}: finished earlier, reused")
-        records.append(read_json(files.record) if reused else train_fold(plan, fold, progress))
+        if reused:
+            records.append(read_json(files.record))
+        elif plan.student == "finetune":
+            from .finetune import train_fold as fine_tune_fold
+
+            records.append(fine_tune_fold(plan, fold, progress))
+        else:
+            records.append(train_fold(plan, fold, progress))
         progress.fold_finished(plan.round, fold, plan.n_folds, records[-1], reused)
     train_seconds = time.time() - started
 
@@ -480,14 +503,11 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
     started = time.time()
     holdout_rows = np.flatnonzero(plan.folds == HOLDOUT)
     out = {"test": None, "unmask": None, "holdout": None}
-    if plan.mode == "faithful":
-        for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
-            if source is not None:
-                out[name] = np.stack([load_npy(plan.files.fold(i).preds(name))
-                                      for i in range(plan.n_folds)])
+    for name in per_fold_splits(plan):
+        out[name] = np.stack([load_npy(plan.files.fold(i).preds(name)) for i in range(plan.n_folds)])
     jobs = [(name, source, None) for name, source in (("test", plan.test), ("unmask", plan.unlabeled))
             if source is not None and out[name] is None]
-    if len(holdout_rows):
+    if len(holdout_rows) and out["holdout"] is None:
         jobs.append(("holdout", plan.labeled, holdout_rows))
     if jobs:
         heads = load_heads(plan)

@@ -112,10 +112,13 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
     if round not in finished:
         raise PseudoError(f"round must be a finished round of {run_dir.root} "
                           f"({', '.join(map(str, finished)) or 'none finished'}), got {round}")
+    metrics = read_json(run_dir.round(round).metrics)
+    if metrics.get("student") == "finetune":
+        raise PseudoError(f"{run_dir.root}: round {round} fine-tuned the encoder per fold (--student/--recipe "
+                          f"finetune); predict and export take rounds of fold heads on the frozen encoder (--round N)")
     config = RunConfig(**{**options, "run_dir": str(run_dir.root), "stream": tuple(options.get("stream", ()))})
     recipe = student_recipe(Recipe.from_dict(saved["recipe"]), config, round)
     folds = sorted(p.parent for p in run_dir.round(round).trained_folds())
-    metrics = read_json(run_dir.round(round).metrics)
     card = {"run": str(run_dir.root.resolve()), "data": saved.get("data", {}), "options": options,
             "round": round, "delivered": final, "round_metrics": _scores(metrics),
             "rounds": [_scores(read_json(run_dir.round(k).metrics)) for k in finished],

@@ -63,6 +63,7 @@ class Run:
         self._encoder: FrozenEncoder | None = None
         self.heads = TrainingHeads()  # the training head kept across folds and rounds
         self._tokenizer = None
+        self._tokens: dict | None = None  # every split's token ids, for fine-tuned students
         quiet_transformers()
         self.files: EncoderFiles = find_encoder(config.encoder)
         self.labeled = load_labeled(config.train)
@@ -92,6 +93,13 @@ class Run:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.files)
         return tokenize(texts, self._tokenizer, self.config.max_len, self.progress, f"tokenize {split}")
+
+    def all_tokens(self) -> dict:
+        """Token ids of every split (fine-tuned students read posts, not features), tokenized once."""
+        if self._tokens is None:
+            splits = {"labeled": self.labeled, "test": self.test, "unlabeled": self.pool}
+            self._tokens = {split: self.tokenize(posts.texts, split) for split, posts in splits.items() if posts}
+        return self._tokens
 
     def sources(self) -> dict:
         splits = {"labeled": self.labeled, "test": self.test, "unlabeled": self.pool}
@@ -247,6 +255,12 @@ class Run:
                          labels=self.labeled.labels, folds=folds, labeled=sources["labeled"],
                          test=sources["test"], unlabeled=sources["unlabeled"], seed=self.config.seed,
                          pseudo=pseudo, bert_factory=lambda: load_bert(self.files), heads=self.heads)
+        if self.config.trainer(k) == "finetune":
+            finetune = self.config.finetune(k)
+            # the recipe's monitor slice chooses the student's epoch; the student cuts its own batches
+            recipe = replace(recipe, name=finetune.name, early_stopping=True, dynamic_padding=False)
+            plan = replace(plan, recipe=recipe, student="finetune", finetune=finetune, tokens=self.all_tokens(),
+                           encoder_files=self.files, mask_id=self._tokenizer.mask_token_id)
         out = run_folds(plan, self.progress)
         labels = self.labeled.labels
         atomic_write_npy(files.oof_preds, out.oof)
@@ -260,7 +274,7 @@ class Run:
             atomic_write_npy(files.unmask_preds, out.unmask)
         co_holdout = self.co_teacher()[0]["holdout"] if out.holdout is not None else None
         return round_metrics(k, out, labels, folds, pseudo, info, co_holdout, recipe=recipe.name,
-                             mode=self.config.mode, leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
+                             student=plan.student, mode=self.config.mode, leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
 
 
@@ -338,7 +352,7 @@ def stop_reason(config: RunConfig, history: History, selection: np.ndarray | Non
 
 def round_metrics(k: int, out, labels: np.ndarray, folds: np.ndarray, pseudo: Pseudo | None, info: dict,
                   co_holdout: np.ndarray | None, *, recipe: str, mode: str, leak_free_oof: bool,
-                  seconds: float) -> dict:
+                  seconds: float, student: str = "head") -> dict:
     """metrics.json of round k from its fold outputs (`out`: cv.RoundOutput)."""
     evaluated, held = folds != HOLDOUT, folds == HOLDOUT
     oof = scores(labels[evaluated], out.oof[evaluated])
@@ -353,6 +367,8 @@ def round_metrics(k: int, out, labels: np.ndarray, folds: np.ndarray, pseudo: Ps
         "round": k,
         "mode": mode,
         "recipe": recipe,
+        "student": student,  # "finetune": the folds fine-tuned the encoder
+        "encoder_rows": int(sum(f.get("encoder_rows", 0) for f in out.folds)),  # posts the folds ran it over
         "rows_human": int(np.mean([f["n_train_human"] for f in out.folds])),
         "n_pseudo": int(np.mean(n_pseudo)),
         "pseudo_per_class": dict(zip(LABEL_VALUES, info.get("per_class", [0, 0, 0]))),

@@ -1,0 +1,228 @@
+"""A student that fine-tunes the encoder: `--student finetune` (rounds >= 1) and `--recipe finetune`
+(round 0 as a supervised fine-tuned baseline).
+
+Per fold, the encoder (all layers, or its top `layers`) and a light classifier ([CLS] -> dropout ->
+softmax) train on the fold's human-labeled training part plus its pseudo-labeled pool rows (hard
+labels or the teacher's soft targets, weighted), with noise on the student: the encoder's dropout
+on while training, and optionally a share of the real tokens replaced by [MASK]. AdamW with linear
+warm-up and decay; batches grouped by length and cut to their longest post; the epoch with the best
+macro-F1 on a monitor slice of the training part is kept. The fold then scores its validation
+part, the holdout, the test file and the pool with its own encoder, so these rounds run the
+encoder again over every post (counted in the fold's record). Everything a round writes is what
+every round writes (`cv.run_folds` collects the folds' predictions), so selection, delivery and
+reports work unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from .batching import length_grouped, padded_length
+from .constants import N_CLASSES
+from .errors import PseudoError
+from .metrics import scores
+from .progress import Progress
+from .store import atomic_write_json, atomic_write_npy
+
+PREDICT_BATCH = 128
+STUDENTS = ("head", "finetune")
+
+
+@dataclass(frozen=True)
+class FineTune:
+    layers: int = 0  # the top N transformer layers train (0: all of them and the embeddings)
+    epochs: int = 3
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    warmup: float = 0.1  # share of the steps with linear warm-up, then linear decay to 0
+    weight_decay: float = 0.01
+    dropout: float = 0.1  # before the classifier; the encoder keeps its own config's dropout
+    token_dropout: float = 0.0  # share of real tokens replaced by [MASK] while training
+    monitor_share: float = 0.1  # share of the training part that chooses the best epoch
+    patience: int = 2  # epochs without a better monitor score before stopping
+
+    @property
+    def name(self) -> str:
+        return (f"finetune(layers={self.layers or 'all'},epochs={self.epochs},lr={self.learning_rate:g}"
+                + (f",tokdrop={self.token_dropout:g}" if self.token_dropout else "") + ")")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Student:
+    """One fold's fine-tuned encoder and classifier, with its compiled training and predict steps."""
+
+    def __init__(self, encoder_files, ft: FineTune, steps: int, seed: int):
+        from ._tf import keras, tf
+        from .encoder import load_bert
+        from .pretrain import keras_schedule
+
+        keras.utils.set_random_seed(seed)
+        self.bert = load_bert(encoder_files)
+        self.bert.trainable = True
+        if getattr(self.bert.bert, "pooler", None) is not None:  # the classifier reads [CLS] of the last layer
+            self.bert.bert.pooler.trainable = False
+        layers = self.bert.bert.encoder.layer
+        if ft.layers:
+            if ft.layers > len(layers):
+                raise PseudoError(f"finetune-layers must be <= the encoder's {len(layers)} layers, got {ft.layers}")
+            self.bert.bert.embeddings.trainable = False
+            for layer in layers[:len(layers) - ft.layers]:
+                layer.trainable = False
+        ids = keras.Input((None,), dtype=tf.int32, name="input_ids")
+        mask = keras.Input((None,), dtype=tf.int32, name="attention_mask")
+        out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=tf.zeros_like(ids))
+        x = keras.layers.Dropout(ft.dropout, seed=seed)(out.last_hidden_state[:, 0])
+        probs = keras.layers.Dense(N_CLASSES, activation="softmax", name="classifier")(x)
+        self.model = keras.Model([ids, mask], probs, name="finetune_student")
+        schedule = keras_schedule(SimpleNamespace(learning_rate=ft.learning_rate, warmup=ft.warmup, steps=steps))
+        self.optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=ft.weight_decay, epsilon=1e-6,
+                                                clipnorm=1.0)
+        self.optimizer.exclude_from_weight_decay(var_names=["LayerNorm", "layer_norm", "bias"])
+        loss_fn = keras.losses.CategoricalCrossentropy()
+        ids_spec, target_spec = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, N_CLASSES], tf.float32)
+
+        batch_spec = [ids_spec, ids_spec, target_spec, tf.TensorSpec([None], tf.float32)]
+
+        def loss(input_ids, attention_mask, targets, weights, training):
+            """Weighted cross-entropy with (soft) targets: linear in them, the mean over the batch."""
+            return loss_fn(targets, self.model([input_ids, attention_mask], training=training), sample_weight=weights)
+
+        @tf.function(input_signature=batch_spec)
+        def train_step(input_ids, attention_mask, targets, weights):
+            with tf.GradientTape() as tape:
+                value = loss(input_ids, attention_mask, targets, weights, True)
+            variables = self.model.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(value, variables), variables))
+            return value
+
+        @tf.function(input_signature=batch_spec)
+        def loss_step(input_ids, attention_mask, targets, weights):
+            return loss(input_ids, attention_mask, targets, weights, False)
+
+        @tf.function(input_signature=[ids_spec, ids_spec])
+        def predict_step(input_ids, attention_mask):
+            return self.model([input_ids, attention_mask], training=False)
+
+        self.train_step, self.loss_step, self.predict_step = train_step, loss_step, predict_step
+        self.encoder_rows = 0  # posts through the encoder (training and scoring)
+
+    def train_on(self, ids, mask, targets, weights) -> float:
+        self.encoder_rows += len(ids)
+        return float(self.train_step(ids, mask.astype(np.int32), targets, weights))
+
+    def predict(self, tokens, idx: np.ndarray, progress: Progress | None = None, task: str = "") -> np.ndarray:
+        """(len(idx), 3): rows in order of length, batches cut to their longest post."""
+        idx = np.asarray(idx)
+        out = np.zeros((len(idx), N_CLASSES), np.float32)
+        lengths = tokens.lengths[idx]
+        order = np.argsort(lengths, kind="stable")
+        if progress is not None:
+            progress.start(task, len(idx))
+        for start in range(0, len(idx), PREDICT_BATCH):
+            at = order[start:start + PREDICT_BATCH]
+            cut = padded_length(lengths[at].max(), tokens.input_ids.shape[1])
+            rows = idx[at]
+            out[at] = self.predict_step(tokens.input_ids[rows, :cut],
+                                        tokens.attention_mask[rows, :cut].astype(np.int32)).numpy()
+            self.encoder_rows += len(rows)
+            if progress is not None:
+                progress.advance(task, len(rows))
+        if progress is not None:
+            progress.finish(task)
+        return out
+
+
+def drop_tokens(ids: np.ndarray, mask: np.ndarray, share: float, mask_id: int, rng: np.random.Generator):
+    """`ids` with a share of the real tokens, [CLS] and [SEP] excepted, replaced by [MASK]."""
+    if share <= 0:
+        return ids
+    lengths = mask.sum(axis=1)
+    steps = np.arange(ids.shape[1])[None, :]
+    inner = (steps >= 1) & (steps < lengths[:, None] - 1)
+    return np.where(inner & (rng.random(ids.shape) < share), mask_id, ids).astype(ids.dtype)
+
+
+def train_fold(plan, fold: int, progress: Progress) -> dict:
+    """Fine-tune fold `fold` of the round and score its validation part, holdout, test file and pool;
+    write its folder (DONE last) and return its record."""
+    from .constants import HOLDOUT
+    from .cv import fold_rows
+    from .model import save_head_weights
+
+    started = time.time()
+    ft: FineTune = plan.finetune
+    files = plan.files.fold(fold)
+    seed = plan.seed * 1000 + plan.round * 10 + fold
+    rng = np.random.default_rng(seed)
+    rows = fold_rows(plan, fold, seed)  # the plan's recipe keeps a monitor slice (early stopping)
+    labeled, pool = plan.tokens["labeled"], plan.tokens.get("unlabeled")
+    n_h = len(rows.human)
+    lengths = np.concatenate([labeled.lengths[rows.human],
+                              pool.lengths[rows.pseudo] if len(rows.pseudo) else np.zeros(0, np.int32)])
+    steps_per_epoch = -(-rows.n_train // ft.batch_size)
+    student = Student(plan.encoder_files, ft, ft.epochs * steps_per_epoch, seed)
+    task = f"round {plan.round} fold {fold} fine-tune"
+    progress.start(task, ft.epochs * steps_per_epoch)
+    best_score, best_weights, best_epoch, history = -1.0, None, 0, []
+    for epoch in range(ft.epochs):
+        losses = []
+        for part in length_grouped(lengths, ft.batch_size, rng):
+            from_h, from_p = part[part < n_h], part[part >= n_h] - n_h
+            taken = np.concatenate([from_h, from_p + n_h])
+            cut = padded_length(lengths[taken].max(), labeled.input_ids.shape[1])
+            parts = [(labeled, rows.human[from_h])] + ([(pool, rows.pseudo[from_p])] if len(from_p) else [])
+            ids = np.concatenate([tokens.input_ids[r, :cut] for tokens, r in parts])
+            mask = np.concatenate([tokens.attention_mask[r, :cut] for tokens, r in parts])
+            ids = drop_tokens(ids, mask, ft.token_dropout, plan.mask_id, rng)
+            losses.append(student.train_on(ids, mask, rows.targets[taken], rows.weights[taken]))
+            progress.advance(task)
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        history.append(entry)
+        if len(rows.monitor):
+            entry["monitor_macro_f1"] = scores(plan.labels[rows.monitor],
+                                               student.predict(labeled, rows.monitor))["macro_f1"]
+            if entry["monitor_macro_f1"] > best_score:
+                best_score, best_weights, best_epoch = entry["monitor_macro_f1"], student.model.get_weights(), epoch + 1
+            if epoch + 1 - best_epoch >= ft.patience:
+                progress.advance(task, (ft.epochs - epoch - 1) * steps_per_epoch)
+                break
+    progress.finish(task)
+    if best_weights is not None:
+        student.model.set_weights(best_weights)
+    train_seconds = time.time() - started
+
+    valid_probs = student.predict(labeled, rows.valid, progress, f"round {plan.round} fold {fold} validate")
+    scored = {"holdout": (labeled, np.flatnonzero(plan.folds == HOLDOUT)),
+              "test": (plan.tokens.get("test"), None), "unmask": (pool, None)}
+    files.path.mkdir(parents=True, exist_ok=True)
+    for name, (tokens, idx) in scored.items():
+        if tokens is None or (idx is not None and not len(idx)):
+            continue
+        shown = "pool" if name == "unmask" else name
+        probs = student.predict(tokens, np.arange(len(tokens)) if idx is None else idx, progress,
+                                f"round {plan.round} fold {fold} score {shown}")
+        atomic_write_npy(files.preds(name), probs)
+    save_head_weights(student.model, files.weights)
+    pseudo_targets = rows.targets[n_h:]
+    record = {"fold": fold, "student": ft.name, "n_train_human": n_h, "n_train_pseudo": len(rows.pseudo),
+              "pseudo_targets": "soft" if len(rows.pseudo) and not np.isin(pseudo_targets, (0.0, 1.0)).all()
+              else "hard",
+              "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(history),
+              "best_epoch": best_epoch or len(history), "history": history, "train_seconds": train_seconds,
+              "encoder_rows": student.encoder_rows, "valid": scores(plan.labels[rows.valid], valid_probs)}
+    atomic_write_npy(files.valid_preds, valid_probs)
+    atomic_write_npy(files.valid_idx, rows.valid)
+    atomic_write_npy(files.train_idx, rows.human)
+    record["seconds"] = time.time() - started
+    atomic_write_json(files.record, record)
+    files.mark_done()
+    from ._tf import keras
+
+    keras.backend.clear_session()
+    return record

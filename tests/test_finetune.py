@@ -1,0 +1,134 @@
+"""`--student finetune` and `--recipe finetune` on a tiny encoder: the student's encoder weights move
+and the encoder on disk does not; fold k never trains on its validation part; an interrupted round
+resumes to the same numbers; soft targets reach the loss; a collapsed student is detected."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import run_args
+from pseudolabel.cli import app
+from pseudolabel.constants import HOLDOUT
+from pseudolabel.encoder import find_encoder
+from pseudolabel.finetune import FineTune, Student, drop_tokens
+from pseudolabel.metrics import scores
+
+runner = CliRunner()
+STUDENT = ["--student", "finetune", "--finetune-epochs", "2", "--finetune-lr", "1e-4", "--folds", "2",
+           "--epochs", "1"]
+
+
+def _word_embeddings(path) -> np.ndarray:
+    """The one (vocabulary, hidden) array of a weights file: the encoder's word embeddings."""
+    found = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.append(obj[()]) if isinstance(obj, h5py.Dataset)
+                     and obj.ndim == 2 and obj.shape[0] > 20000 else None)
+    assert len(found) == 1, [a.shape for a in found]
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def student_run(tiny_data, tiny_encoder, tmp_path_factory):
+    identity = find_encoder(tiny_encoder).identity
+    run_dir = tmp_path_factory.mktemp("runs") / "ft"
+    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", *STUDENT))
+    assert result.exit_code == 0, result.output
+    assert find_encoder(tiny_encoder).identity == identity  # the encoder on disk is never written
+    return run_dir, result
+
+
+@pytest.mark.slow
+def test_the_student_fine_tunes_its_own_encoder_on_its_folds_training_part(student_run, tiny_encoder):
+    run_dir, result = student_run
+    metrics = json.loads((run_dir / "round_1" / "metrics.json").read_text())
+    assert metrics["student"] == "finetune" and metrics["recipe"].startswith("finetune(")
+    assert json.loads((run_dir / "round_0" / "metrics.json").read_text())["student"] == "head"
+    original = _word_embeddings(tiny_encoder / "tf_model.h5")
+    folds = np.load(run_dir / "round_0" / "folds.npy")
+    for fold in range(2):
+        files = run_dir / "round_1" / f"fold_{fold}"
+        moved = _word_embeddings(files / "head.weights.h5")
+        assert moved.shape == original.shape and not np.allclose(moved, original)  # the student's encoder trained
+        train, valid = np.load(files / "train_idx.npy"), np.load(files / "valid_idx.npy")
+        assert not set(train) & set(valid) and not set(train) & set(np.flatnonzero(folds == HOLDOUT))
+        np.testing.assert_array_equal(valid, np.flatnonzero(folds == fold))
+        record = json.loads((files / "fold.json").read_text())
+        assert record["n_train_pseudo"] > 0 and record["encoder_rows"] > 0
+        for name, rows in (("test", 20), ("unmask", 60), ("holdout", int((folds == HOLDOUT).sum()))):
+            assert np.load(files / f"{name}_preds.npy").shape == (rows, 3)
+    assert metrics["encoder_rows"] == sum(f["encoder_rows"] for f in metrics["folds"])
+    assert np.load(run_dir / "round_1" / "unmask_preds.npy").shape == (2, 60, 3)
+    assert "(finetune(layers=all,epochs=2,lr=0.0001), the encoder over" in " ".join(result.output.split())
+    # a collapsed student is detected as any round: from its own out-of-fold predictions
+    from pseudolabel.data import load_labeled
+
+    oof = np.load(run_dir / "round_1" / "oof_preds.npy")
+    evaluated = folds != HOLDOUT
+    labels = load_labeled(json.loads((run_dir / "config.json").read_text())["config"]["train"]).labels
+    collapsed = scores(labels[evaluated], oof[evaluated])["collapsed"] or any(
+        f["valid"]["collapsed"] for f in metrics["folds"])
+    assert metrics["collapsed"] == bool(collapsed)
+    final = json.loads((run_dir / "final.json").read_text())
+    if metrics["collapsed"]:
+        assert final["round"] == 0  # a collapsed round is never delivered
+
+
+@pytest.mark.slow
+def test_a_student_round_interrupted_after_a_fold_resumes_to_the_same_numbers(student_run, tiny_data, tiny_encoder):
+    run_dir, _ = student_run
+    r1 = run_dir / "round_1"
+    before = np.load(r1 / "oof_preds.npy"), np.load(r1 / "unmask_preds.npy")
+    (r1 / "DONE").unlink()
+    (r1 / "fold_1" / "DONE").unlink()  # fold 0 finished, fold 1 not
+    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", *STUDENT))
+    assert result.exit_code == 0, result.output
+    assert "round 1 fold 0: finished earlier" in result.output
+    np.testing.assert_allclose(np.load(r1 / "oof_preds.npy"), before[0], atol=1e-5)
+    np.testing.assert_allclose(np.load(r1 / "unmask_preds.npy"), before[1], atol=1e-5)
+
+
+def test_soft_targets_reach_the_students_loss_linearly(tiny_encoder):
+    from pseudolabel.encoder import load_tokenizer
+    from pseudolabel.tokenize import tokenize
+
+    files = find_encoder(tiny_encoder)
+    student = Student(files, FineTune(dropout=0.0), steps=4, seed=0)
+    tokens = tokenize(["今天很开心", "太难了，不想说话", "一般般吧"], load_tokenizer(files), 16)
+    ids, mask = tokens.input_ids, tokens.attention_mask.astype(np.int32)
+    weights = np.ones(3, np.float32)
+
+    def loss(targets):
+        return float(student.loss_step(ids, mask, np.asarray(targets, np.float32), weights))
+
+    hard_a, hard_b = np.eye(3, dtype=np.float32)[[0, 0, 0]], np.eye(3, dtype=np.float32)[[1, 1, 1]]
+    soft = 0.3 * hard_a + 0.7 * hard_b
+    assert loss(soft) == pytest.approx(0.3 * loss(hard_a) + 0.7 * loss(hard_b), rel=1e-5)
+    assert loss(soft) != pytest.approx(loss(hard_a), rel=1e-3)
+    # pseudo-label weights scale their rows' part of the loss
+    heavy = float(student.loss_step(ids, mask, hard_a, np.array([2.0, 1.0, 1.0], np.float32)))
+    assert heavy != pytest.approx(loss(hard_a), rel=1e-4)
+
+
+def test_token_dropout_masks_real_tokens_only():
+    rng = np.random.default_rng(0)
+    ids = np.array([[101, 5, 6, 7, 102, 0, 0]] * 200, np.int32)
+    mask = (ids != 0).astype(np.int8)
+    dropped = drop_tokens(ids, mask, 0.5, 103, rng)
+    assert (dropped[:, [0, 4, 5, 6]] == ids[:, [0, 4, 5, 6]]).all()  # [CLS], [SEP] and padding kept
+    share = (dropped[:, 1:4] == 103).mean()
+    assert 0.4 < share < 0.6
+    assert drop_tokens(ids, mask, 0.0, 103, rng) is ids
+
+
+def test_finetune_options_are_checked_before_anything_is_written(tiny_data, tiny_encoder, tmp_path):
+    for extra, says in ((["--student", "teacher"], "student must be one of head, finetune"),
+                        (["--finetune-epochs", "0"], "finetune-epochs must be >= 1"),
+                        (["--finetune-lr", "0"], "finetune-lr must be in (0, 1]"),
+                        (["--student", "finetune", "--mode", "faithful", "--recipe", "seed"], "works in --mode cached")):
+        result = runner.invoke(app, run_args(tiny_data, tiny_encoder, tmp_path / "r", "--rounds", "1", *extra))
+        assert result.exit_code == 1 and says in " ".join(result.output.split()), result.output
+        assert not (tmp_path / "r").exists()
