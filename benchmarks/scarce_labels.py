@@ -78,9 +78,15 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     "threshold 0.9 +co-teacher 0.5": dict(strategy="threshold", threshold=0.9, co_teacher=0.5),
     "whole pool ensemble soft +co-teacher 0.5": dict(strategy="top-k", top_k=10 ** 9, pseudo_source="mean",
                                                      soft_targets=True, co_teacher=0.5),
+    # a student that fine-tunes the encoder, on the default run's pseudo-labels (its round 0 and selection are
+    # the default variant's: the same seed folder shares them), and fine-tuning alone without pseudo-labels
+    "default +fine-tuned student": dict(student="finetune"),
+    "fine-tuned round 0 alone (no holdout)": dict(rounds=0, holdout=0.0, recipe="finetune"),
 }
+ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student",
+                      "fine-tuned round 0 alone (no holdout)")
 for _name, _options in VARIANTS.items():
-    if _name not in ("default", "round 0 alone (no holdout)"):
+    if _name not in ON_TODAYS_DEFAULTS:
         VARIANTS[_name] = {**BEFORE, **_options}
 
 

@@ -133,10 +133,11 @@ python -m pseudolabel "$@"; echo "rc=$?"
 
 
 @pytest.mark.slow
-def test_a_really_full_disk_is_one_line_naming_the_file_and_the_same_command_resumes(tiny_data, tiny_encoder,
+def test_a_really_full_or_read_only_disk_is_one_line_naming_the_file_and_the_same_command_resumes(tiny_data, tiny_encoder,
                                                                                       tmp_path):
     """A real tmpfs (in a private mount namespace): full while caching features, then while saving
-    a fold's head weights (HDF5's own error), then enlarged: the same command finishes the run."""
+    a fold's head weights (HDF5's own error), then enlarged: the same command finishes the run. And
+    a read-only one."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare is not installed")
     mnt = tmp_path / "mnt"
@@ -159,3 +160,11 @@ def test_a_really_full_disk_is_one_line_naming_the_file_and_the_same_command_res
     fold_listing = out.split("rc=1")[2]
     assert "head.weights.h5" not in fold_listing and "DONE" not in fold_listing  # nothing half-written kept
     assert "stop reason: max_rounds" in out
+
+    read_only = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o ro,size=64k tmpfs "$MNT" && '
+                                'exec python -m pseudolabel "$@"', "sh",
+                                *run_args(tiny_data, tiny_encoder, mnt / "r", *SMALL, "--rounds", "0")],
+                               capture_output=True, text=True, env={**os.environ, "MNT": str(mnt), "COLUMNS": "400"},
+                               timeout=600)
+    assert read_only.returncode == 1 and read_only.stderr.strip() == f"error: {mnt}/r: Read-only file system", \
+        read_only.stderr
