@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -196,6 +197,20 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def one_line_errors(interrupted: str):
+    """The CLI's edge: the library's errors and filesystem errors as one line and exit 1; Ctrl-C as
+    `interrupted` and exit 130."""
+    try:
+        yield
+    except PseudoError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(_os_error(exc))
+    except KeyboardInterrupt:
+        _fail(interrupted, 130)
+
+
 def _render_rounds(rounds, stop, title, choice, state=None):
     from .report import footer_lines, rounds_table
 
@@ -307,18 +322,12 @@ def run(
         config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
     except PseudoError as exc:
         _fail(str(exc))
-    try:
+    with one_line_errors(f"interrupted; finished folds are kept: run the same command to resume ({config.run_dir})"):
         with ConsoleProgress(console) as progress:
             job = Run(config, progress, restart=restart)
             console.print(f"[bold]run[/bold] {config.run_dir} · encoder {job.files.describe()} · "
                           f"recipe {job.recipe.name} · mode {config.mode}")
             result = job.execute()
-    except PseudoError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(_os_error(exc))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; finished folds are kept: run the same command to resume ({config.run_dir})", 130)
     _render_rounds(result.rounds, result.stop_reason, f"run {result.run_dir}", result.final)
 
 
@@ -433,18 +442,12 @@ def predict(
     from .predict import load_model
     from .store import latest_run
 
-    try:
+    with one_line_errors(f"interrupted; {out} was not written"):
         if model and (run_dir or round is not None):
             raise PseudoError("give --model or --run-dir (with --round), not both")
         with ConsoleProgress(console) as progress:
             loaded = load_model(model or run_dir or latest_run(), round=round, encoder=encoder, progress=progress)
             done = loaded.predict_files(files, out, format, chunk_rows)
-    except PseudoError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(_os_error(exc))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; {out} was not written", 130)
     what = (f"round {done['round']}'s {done['folds']} fold heads"
             + (f" blended with the co-teacher at {done['weight']:.2f}" if done["weight"] > 0 else ""))
     mix = " / ".join(str(n) for n in done["per_class"].values())
@@ -469,14 +472,10 @@ def export(
     from .delivered import export as write_export
     from .store import latest_run
 
-    try:
+    with one_line_errors(f"interrupted; {out} is not a model until an export finishes (model.json is written last)"):
         with ConsoleProgress(console) as progress:
             folder = write_export(run_dir or latest_run(), out, copy_encoder=copy_encoder, round=round,
                                   saved_model=saved_model, progress=progress)
-    except PseudoError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(_os_error(exc))
     console.print(f"written: {folder} (model.json, README.md model card)")
     console.print(f"use it: pseudo predict posts.csv --model {folder} --out predictions.csv")
 

@@ -394,13 +394,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
 
     valid_probs = predict(model, plan.labeled, progress, f"round {plan.round} fold {fold} validate", rows.valid,
                           rows.lengths is not None)[0]
-    pseudo_targets = rows.targets[len(rows.human):]
-    record = {"fold": fold, "n_train_human": len(rows.human), "n_train_pseudo": len(rows.pseudo),
-              "pseudo_targets": "soft" if len(rows.pseudo) and not np.isin(pseudo_targets, (0.0, 1.0)).all()
-              else "hard",
-              "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(fit.history),
-              "best_epoch": fit.best_epoch, "history": fit.history, "train_seconds": train_seconds,
-              "valid": scores(plan.labels[rows.valid], valid_probs)}
+    record = fold_record(plan, fold, rows, fit, train_seconds, valid_probs)
     files.path.mkdir(parents=True, exist_ok=True)
     if plan.mode == "faithful":  # the script predicts test and pool with each fold's model
         for name, source in (("test", plan.test), ("unmask", plan.unlabeled)):
@@ -408,15 +402,31 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
                 probs = predict(model, source, progress, f"round {plan.round} fold {fold} {name}")[0]
                 atomic_write_npy(files.preds(name), probs)
     save_head_weights(model, files.weights)
+    finish_fold(files, rows, valid_probs, record, started)
+    if plan.mode != "cached":
+        keras.backend.clear_session()
+    return record
+
+
+def fold_record(plan: RoundPlan, fold: int, rows: FoldRows, fit: Fit, train_seconds: float,
+                valid_probs: np.ndarray) -> dict:
+    """fold.json of a trained fold (a head or a fine-tuned student), but its total seconds."""
+    pseudo_targets = rows.targets[len(rows.human):]
+    return {"fold": fold, "n_train_human": len(rows.human), "n_train_pseudo": len(rows.pseudo),
+            "pseudo_targets": "soft" if len(rows.pseudo) and not np.isin(pseudo_targets, (0.0, 1.0)).all() else "hard",
+            "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(fit.history),
+            "best_epoch": fit.best_epoch, "history": fit.history, "train_seconds": train_seconds,
+            "valid": scores(plan.labels[rows.valid], valid_probs)}
+
+
+def finish_fold(files, rows: FoldRows, valid_probs: np.ndarray, record: dict, started: float) -> None:
+    """Write a trained fold's validation predictions, rows and record, DONE last."""
     atomic_write_npy(files.valid_preds, valid_probs)
     atomic_write_npy(files.valid_idx, rows.valid)
     atomic_write_npy(files.train_idx, rows.human)
     record["seconds"] = time.time() - started
     atomic_write_json(files.record, record)
     files.mark_done()
-    if plan.mode != "cached":
-        keras.backend.clear_session()
-    return record
 
 
 def fold_damage(plan: RoundPlan, fold: int) -> str | None:

@@ -26,7 +26,7 @@ from .constants import N_CLASSES
 from .errors import PseudoError
 from .metrics import scores
 from .progress import Progress
-from .store import atomic_write_json, atomic_write_npy
+from .store import atomic_write_npy
 
 PREDICT_BATCH = 128
 STUDENTS = ("head", "finetune")
@@ -152,7 +152,7 @@ def train_fold(plan, fold: int, progress: Progress) -> dict:
     """Fine-tune fold `fold` of the round and score its validation part, holdout, test file and pool;
     write its folder (DONE last) and return its record."""
     from .constants import HOLDOUT
-    from .cv import fold_rows
+    from .cv import Fit, finish_fold, fold_record, fold_rows
     from .model import save_head_weights
 
     started = time.time()
@@ -209,19 +209,9 @@ def train_fold(plan, fold: int, progress: Progress) -> dict:
                                 f"round {plan.round} fold {fold} score {shown}")
         atomic_write_npy(files.preds(name), probs)
     save_head_weights(student.model, files.weights)
-    pseudo_targets = rows.targets[n_h:]
-    record = {"fold": fold, "student": ft.name, "n_train_human": n_h, "n_train_pseudo": len(rows.pseudo),
-              "pseudo_targets": "soft" if len(rows.pseudo) and not np.isin(pseudo_targets, (0.0, 1.0)).all()
-              else "hard",
-              "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(history),
-              "best_epoch": best_epoch or len(history), "history": history, "train_seconds": train_seconds,
-              "encoder_rows": student.encoder_rows, "valid": scores(plan.labels[rows.valid], valid_probs)}
-    atomic_write_npy(files.valid_preds, valid_probs)
-    atomic_write_npy(files.valid_idx, rows.valid)
-    atomic_write_npy(files.train_idx, rows.human)
-    record["seconds"] = time.time() - started
-    atomic_write_json(files.record, record)
-    files.mark_done()
+    record = {**fold_record(plan, fold, rows, Fit(history, best_epoch or len(history)), train_seconds, valid_probs),
+              "student": ft.name, "encoder_rows": student.encoder_rows}
+    finish_fold(files, rows, valid_probs, record, started)
     from ._tf import keras
 
     keras.backend.clear_session()

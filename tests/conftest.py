@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,14 @@ class ArrayFeatures:
 
     def rows(self, idx):
         return self.x[idx]
+
+
+HOLD = "import sys, time; from pseudolabel.store import RunLock; lock = RunLock(sys.argv[1]).acquire('pseudo run'); " \
+       "print('held', flush=True); time.sleep(600)"
+
+
+def hold_in_another_process(folder):
+    """A process that holds the lock of `folder` (as `pseudo run` does) until it is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc

@@ -2,22 +2,12 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
+from conftest import hold_in_another_process
 from pseudolabel.errors import PseudoError
 from pseudolabel.store import RunLock, atomic_write_json
-
-HOLD = "import sys, time; from pseudolabel.store import RunLock; lock = RunLock(sys.argv[1]).acquire('pseudo run'); " \
-       "print('held', flush=True); time.sleep(600)"
-
-
-def hold_in_another_process(folder):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def test_a_second_holder_is_refused_with_the_holders_pid_and_a_killed_holder_frees_it(tmp_path):

@@ -12,21 +12,13 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FAST, run_args
+from conftest import FAST, hold_in_another_process, run_args
 from pseudolabel.cli import app
 from pseudolabel.config import round0_key
 from pseudolabel.store import RunLock, computing
 
 runner = CliRunner()
 SMALL = ["--folds", "2", "--epochs", "1"]  # after FAST: the last value of an option wins
-HOLD = "import sys, time; from pseudolabel.store import RunLock; lock = RunLock(sys.argv[1]).acquire('pseudo run'); " \
-       "print('held', flush=True); time.sleep(600)"
-
-
-def hold_in_another_process(folder):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def test_a_folder_computed_by_another_process_is_waited_for_and_taken_when_it_ends(tmp_path):
