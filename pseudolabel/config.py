@@ -39,7 +39,7 @@ STUDENTS = ("head", "finetune")
 FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
 # options added after run directories existed: left out of the options a run is hashed by while at these
 # values, so every earlier run keeps its hash, its default directory name and its shared round 0
-OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 5e-5}
+OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4}
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class RunConfig:
     student: str = "head"  # rounds >= 1: "head" (the recipe's head on frozen features) or "finetune" (finetune.py)
     finetune_layers: int = 0  # fine-tuned students: the top N encoder layers train (0: all)
     finetune_epochs: int = 3
-    finetune_lr: float = 5e-5  # peak learning rate of AdamW (linear warm-up and decay)
+    finetune_lr: float = 2e-4  # peak learning rate of AdamW (linear warm-up and decay); benchmarks/README.md
 
     def __post_init__(self):
         for name in PATHS:  # the same file given as a relative or an absolute path is the same option

@@ -36,7 +36,7 @@ STUDENTS = ("head", "finetune")
 class FineTune:
     layers: int = 0  # the top N transformer layers train (0: all of them and the embeddings)
     epochs: int = 3
-    learning_rate: float = 5e-5
+    learning_rate: float = 2e-4
     batch_size: int = 32
     warmup: float = 0.1  # share of the steps with linear warm-up, then linear decay to 0
     weight_decay: float = 0.01

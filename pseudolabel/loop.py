@@ -288,6 +288,10 @@ def check_inputs(config: RunConfig, files: EncoderFiles, labels: np.ndarray) -> 
                           f" only (per class: {np.bincount(labels, minlength=N_CLASSES).tolist()}); all three of "
                           f"-1, 0, 1 are needed")
     make_folds(labels, config.folds, config.holdout, config.seed)  # raises if a class is too small for the folds
+    layers = files.config_dict().get("num_hidden_layers")
+    if "finetune" in (config.student, config.recipe) and layers and config.finetune_layers > layers:
+        raise PseudoError(f"finetune-layers must be <= {layers}, the layers of the encoder {files.folder}, "
+                          f"got {config.finetune_layers}")
     positions = files.config_dict().get("max_position_embeddings")
     if positions and config.max_len > positions:
         raise PseudoError(f"max-len must be <= {positions}, the positions of the encoder {files.folder}, "
