@@ -124,7 +124,8 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
             "rounds": [_scores(read_json(run_dir.round(k).metrics)) for k in finished],
             "package": saved.get("package")}
     return ModelSpec(
-        kind="run", source=run_dir.root, round=round, weight=weight, recipe=recipe.to_dict(), max_len=int(options["max_len"]),
+        kind="run", source=run_dir.root, round=round, weight=weight, recipe=recipe.to_dict(),
+        max_len=int(options["max_len"]),
         hidden=int(saved["encoder"]["config"]["hidden_size"]), dynamic_padding=bool(recipe.dynamic_padding),
         feature_dtype="float32" if "test" in options.get("stream", []) else "float16",
         heads=[run_dir.fold(round, int(p.name.split("_")[1])).weights for p in folds],
@@ -260,7 +261,8 @@ def model_card(record: dict) -> str:
                      if record["weight"] > 0 else "") + ".", ""]
     lines += ["## Use", "```bash", "pseudo predict posts.csv --model <this folder> --out predictions.csv", "```",
               "```python", "from pseudolabel import load_model",
-              "model = load_model('<this folder>')", "probs = model.predict_proba(['今天很开心'])  # (N, 3): -1, 0, 1",
+              "model = load_model('<this folder>')",
+              "probs = model.predict_proba(['今天很开心'])  # (N, 3): -1, 0, 1",
               "```", ""]
     return "\n".join(lines)
 

@@ -33,7 +33,8 @@ from .progress import Progress
 from .select import NOT_SELECTED
 from .selection import (DRIFT_WARN, changed_labels, mix_drift, pseudo_targets, read_selection, select_from_round,
                         teacher_probs, write_selection)
-from .store import RunDir, RunLock, atomic_write_csv, computing, atomic_write_json, atomic_write_npy, load_npy, read_json
+from .store import (RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, computing, load_npy,
+                    read_json)
 from .tokenize import tokenize
 
 
@@ -274,7 +275,8 @@ class Run:
             atomic_write_npy(files.unmask_preds, out.unmask)
         co_holdout = self.co_teacher()[0]["holdout"] if out.holdout is not None else None
         return round_metrics(k, out, labels, folds, pseudo, info, co_holdout, recipe=recipe.name,
-                             student=plan.student, mode=self.config.mode, leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
+                             student=plan.student, mode=self.config.mode,
+                             leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
 
 

@@ -129,7 +129,8 @@ def test_finetune_options_are_checked_before_anything_is_written(tiny_data, tiny
                         (["--finetune-epochs", "0"], "finetune-epochs must be >= 1"),
                         (["--finetune-lr", "0"], "finetune-lr must be in (0, 1]"),
                         (["--student", "finetune", "--finetune-layers", "3"], "finetune-layers must be <= 2"),
-                        (["--student", "finetune", "--mode", "faithful", "--recipe", "seed"], "works in --mode cached")):
+                        (["--student", "finetune", "--mode", "faithful", "--recipe", "seed"],
+                         "works in --mode cached")):
         result = runner.invoke(app, run_args(tiny_data, tiny_encoder, tmp_path / "r", "--rounds", "1", *extra))
         assert result.exit_code == 1 and says in " ".join(result.output.split()), result.output
         assert not (tmp_path / "r").exists()
