@@ -199,7 +199,9 @@ def refit_model(run_dir: RunDir, progress=None) -> TextModel:
     files = run_dir.co_teacher
     if is_done(files.refit):
         return TextModel.load(files.refit)
-    config = run_dir.saved_config()["config"]
+    from .config import migrate
+
+    config = migrate(run_dir.saved_config())["config"]
     labeled = load_labeled(config["train"])
     pool = load_unlabeled(config["unlabeled"], config.get("unlabeled_limit")) if config.get("unlabeled") else None
     if progress is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .config import RunConfig
+from .config import RunConfig, migrate
 from .encoder import HF_NAMES, TOKENIZER_EXTRAS, EncoderFiles, find_encoder
 from .errors import PseudoError
 from .store import RunDir, atomic_write_json, atomic_write_text, mark_done, read_json
@@ -94,7 +94,7 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
     from .model import Recipe
 
     run_dir = RunDir(root)
-    saved = run_dir.saved_config()
+    saved = migrate(run_dir.saved_config())  # paths recorded relative: as the working folder now sees them
     options = saved["config"]
     if options.get("mode") == "faithful":
         raise PseudoError(f"{run_dir.root}: made with --mode faithful, whose fold models hold the encoder inside; "
