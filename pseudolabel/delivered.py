@@ -15,7 +15,7 @@ dynamic padding), and the share and files of the co-teacher blend when a blend w
     <out>/saved_model/          with --saved-model: a TensorFlow SavedModel of the fold heads (serving.py)
     <out>/README.md             the model card: data, rounds, scores, what was delivered
 
-No TensorFlow is imported here.
+Reading a run's spec resolves its head recipe (`model`, `loop`), which imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from . import __version__
 from .config import RunConfig, migrate
 from .encoder import HF_NAMES, TOKENIZER_EXTRAS, EncoderFiles, find_encoder
 from .errors import PseudoError
-from .store import RunDir, atomic_write_json, atomic_write_text, mark_done, read_json
+from .store import RunDir, atomic_write_json, atomic_write_text, mark_done, read_json, written_aside
 
 FORMAT = 1
 MODEL_FILE = "model.json"
@@ -203,8 +203,6 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, rou
 
 
 def _copy(source: Path, target: Path) -> None:
-    from .store import written_aside
-
     with written_aside(target) as tmp:
         shutil.copyfile(source, tmp)
 

@@ -19,14 +19,14 @@ import numpy as np
 
 from .batching import padded_length
 from .constants import LABEL_VALUES, N_CLASSES
+from .cv import PREDICT_CHUNK  # the run's scoring chunks: the cuts of dynamic padding follow from them
 from .data import EMPTY_TEXT, iter_posts
 from .delivered import ModelSpec, load_spec
 from .errors import PseudoError
+from .features import ENCODE_BATCH
 from .progress import Progress
 from .store import naming, written_aside
 
-PREDICT_CHUNK = 512  # rows per scoring chunk, as cv.predict
-ENCODE_BATCH = 64  # rows per encoder call, as the feature cache
 FILE_CHUNK = 4096  # rows read, tokenized and scored at a time
 FORMATS = ("csv", "jsonl")
 COLUMNS = ["id", "y", "p_-1", "p_0", "p_1"]
