@@ -31,7 +31,7 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pseudolabel.data import ID_COLUMN, LABEL_COLUMN, LABEL_VALUES, TEXT_COLUMN, load_labeled  # noqa: E402
+from pseudolabel.data import ID_COLUMN, LABEL_COLUMN, LABEL_VALUES, TEXT_COLUMN, load_labeled, load_unlabeled  # noqa: E402
 from pseudolabel.loop import Run, RunConfig  # noqa: E402
 from pseudolabel.metrics import scores  # noqa: E402
 from pseudolabel.progress import Progress  # noqa: E402
@@ -81,24 +81,32 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     # a student that fine-tunes the encoder, on the default run's pseudo-labels (its round 0 and selection are
     # the default variant's: the same seed folder shares them), and fine-tuning alone without pseudo-labels
     "default +fine-tuned student": dict(student="finetune"),
+    # fine-tuning without pseudo-labels, on the rows the student's human part comes from (the same holdout)
+    "fine-tuned round 0": dict(rounds=0, recipe="finetune"),
     "fine-tuned round 0 alone (no holdout)": dict(rounds=0, holdout=0.0, recipe="finetune"),
 }
-ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student",
+ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student", "fine-tuned round 0",
                       "fine-tuned round 0 alone (no holdout)")
 for _name, _options in VARIANTS.items():
     if _name not in ON_TODAYS_DEFAULTS:
         VARIANTS[_name] = {**BEFORE, **_options}
 
 
-def split(labels: np.ndarray, seed: int, eval_share: float, labeled_share: float):
-    """(eval rows, labeled rows, pool rows), stratified, as sorted row indices."""
+def split(labels: np.ndarray, seed: int, eval_share: float, labeled_share: float, pool_rows: int | None = None):
+    """(eval rows, labeled rows, pool rows), stratified, as sorted row indices; the pool cut to a random
+    `pool_rows` of its rows; labeled share 1: every non-evaluation row labeled, no pool."""
     rows = np.arange(len(labels))
     rest, evaluation = train_test_split(rows, test_size=eval_share, stratify=labels, random_state=seed)
-    labeled, pool = train_test_split(rest, train_size=labeled_share, stratify=labels[rest], random_state=seed)
+    if labeled_share >= 1:
+        labeled, pool = rest, rest[:0]
+    else:
+        labeled, pool = train_test_split(rest, train_size=labeled_share, stratify=labels[rest], random_state=seed)
+    if pool_rows is not None and pool_rows < len(pool):
+        pool = np.random.default_rng(seed).choice(pool, pool_rows, replace=False)
     return np.sort(evaluation), np.sort(labeled), np.sort(pool)
 
 
-def anchor(texts: list[str], labels: np.ndarray, parts) -> dict:
+def anchor(texts: list[str], labels: np.ndarray, parts, pool_texts: list[str]) -> dict:
     """Supervised TF-IDF + LR against sklearn's self-training on the pool (threshold 0.9, and k_best:
     a tenth of the pool per iteration); also the supervised model's evaluation probabilities."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -106,17 +114,17 @@ def anchor(texts: list[str], labels: np.ndarray, parts) -> dict:
     from sklearn.metrics import f1_score
     from sklearn.semi_supervised import SelfTrainingClassifier
 
-    evaluation, labeled, pool = parts
+    evaluation, labeled = parts[:2]
     vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
-    x = vectorizer.fit_transform([texts[i] for i in np.concatenate([labeled, pool])])
+    x = vectorizer.fit_transform([texts[i] for i in labeled] + pool_texts)
     x_eval = vectorizer.transform([texts[i] for i in evaluation])
-    y = np.concatenate([labels[labeled], np.full(len(pool), -1)])  # class indices; -1 marks the pool
+    y = np.concatenate([labels[labeled], np.full(len(pool_texts), -1)])  # class indices; -1 marks the pool
     lr = dict(max_iter=2000, C=4.0, class_weight="balanced")
     supervised = LogisticRegression(**lr).fit(x[:len(labeled)], labels[labeled])
     out = {"supervised": f1_score(labels[evaluation], supervised.predict(x_eval), average="macro")}
     probs = supervised.predict_proba(x_eval)
     for name, options in (("self-training 0.9", dict(threshold=0.9)),
-                          ("self-training k_best", dict(criterion="k_best", k_best=len(pool) // 10))):
+                          ("self-training k_best", dict(criterion="k_best", k_best=max(1, len(pool_texts) // 10)))):
         model = SelfTrainingClassifier(LogisticRegression(**lr), max_iter=10, **options).fit(x, y)
         out[name] = f1_score(labels[evaluation], model.predict(x_eval), average="macro")
     return out, probs
@@ -125,6 +133,8 @@ def anchor(texts: list[str], labels: np.ndarray, parts) -> dict:
 def write_csv(posts, rows: np.ndarray, path: Path, with_label: bool) -> None:
     """The rows as a competition-style CSV (id, text and, for the labeled part, the label)."""
     frame = pd.DataFrame({ID_COLUMN: [posts.ids[i] for i in rows], TEXT_COLUMN: [posts.texts[i] for i in rows]})
+    if not len(rows):
+        frame = frame.astype(str)
     if with_label:
         frame[LABEL_COLUMN] = np.asarray(LABEL_VALUES)[posts.labels[rows]]
     partial = path.with_name(f".{path.name}.{os.getpid()}")  # atomic: another call may be reading the same split
@@ -164,7 +174,7 @@ def delivered(folder: Path, eval_labels: np.ndarray) -> dict:
             "eval_f1": scores(eval_labels, probs)["macro_f1"]}
 
 
-def round_rows(folder: Path, rounds: list[dict], eval_labels: np.ndarray, pool_labels: np.ndarray) -> list[dict]:
+def round_rows(folder: Path, rounds: list[dict], eval_labels: np.ndarray, pool_labels: np.ndarray | None) -> list[dict]:
     final = read_json(folder / "final.json")
     out = []
     for metrics in rounds:
@@ -173,7 +183,7 @@ def round_rows(folder: Path, rounds: list[dict], eval_labels: np.ndarray, pool_l
         row = {"round": k, "eval_f1": scores(eval_labels, test)["macro_f1"], "oof_f1": metrics["oof"]["macro_f1"],
                "collapsed": metrics["collapsed"], "delivered": final["round"] == k, "n_pseudo": metrics["n_pseudo"],
                "mix": list(metrics["pseudo_per_class"].values()), "precision": None}
-        if k >= 1:
+        if k >= 1 and pool_labels is not None:
             chosen = load_npy(folder / f"round_{k}" / "pseudo_labels.npy")  # (folds, pool), class index or -1
             hit = chosen != NOT_SELECTED
             truth = np.broadcast_to(pool_labels, chosen.shape)
@@ -198,7 +208,12 @@ def main() -> None:
     parser.add_argument("--force", action="store_true",
                         help="select pseudo-labels even from a collapsed round (smoke runs at tiny sizes)")
     parser.add_argument("--eval-share", type=float, default=0.2)
-    parser.add_argument("--labeled-share", type=float, default=0.1)
+    parser.add_argument("--labeled-share", type=float, default=0.1,
+                        help="share of the non-evaluation rows that keep their labels (1: all of them, full labels)")
+    parser.add_argument("--pool-rows", type=int, default=None, help="cut the pool to a random this many posts")
+    parser.add_argument("--pool-file", default=None,
+                        help="take the pool from this unlabeled file (random --pool-rows of it) instead of the "
+                             "train set's unlabeled part; its pseudo-labels' precision is then unknown")
     parser.add_argument("--work", default="runs/.scarce-labels")
     parser.add_argument("--resume", action="store_true",
                         help="continue the variants' run directories under --work instead of starting them over")
@@ -218,6 +233,12 @@ def main() -> None:
         posts = SimpleNamespace(ids=[posts.ids[i] for i in keep], texts=[posts.texts[i] for i in keep],
                                 labels=posts.labels[keep])
     labels, texts = posts.labels, posts.texts
+    pool_posts = None
+    if args.pool_file:
+        if not args.pool_rows:
+            raise SystemExit("--pool-file needs --pool-rows")
+        pool_posts = load_unlabeled(args.pool_file, limit=None)
+        args.pool_rows = min(args.pool_rows, len(pool_posts.texts))
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -226,16 +247,20 @@ def main() -> None:
     results = []
     started = time.time()
     for seed in [int(s) for s in args.seeds.split(",")]:
-        parts = split(labels, seed, args.eval_share, args.labeled_share)
+        parts = split(labels, seed, args.eval_share, args.labeled_share, None if pool_posts else args.pool_rows)
         evaluation, labeled, pool = parts
+        pool_source, pool_labels = posts, labels[pool]
+        if pool_posts:
+            pool = np.sort(np.random.default_rng(seed).choice(len(pool_posts.texts), args.pool_rows, replace=False))
+            pool_source, pool_labels = pool_posts, None
         folder = work / f"seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         files = {"eval": folder / "eval.csv", "labeled": folder / "labeled.csv", "pool": folder / "pool.csv"}
         write_csv(posts, evaluation, files["eval"], False)
         write_csv(posts, labeled, files["labeled"], True)
-        write_csv(posts, pool, files["pool"], False)
+        write_csv(pool_source, pool, files["pool"], False)
         print(f"seed {seed}: {len(labeled)} labeled, {len(pool)} pool, {len(evaluation)} evaluation posts", flush=True)
-        anchor_scores, tfidf_eval = anchor(texts, labels, parts)
+        anchor_scores, tfidf_eval = anchor(texts, labels, parts, [pool_source.texts[i] for i in pool])
         entry = {"seed": seed, "sizes": [len(labeled), len(pool), len(evaluation)], "anchor": anchor_scores,
                  "variants": {}}
         print("  anchor (TF-IDF + LR): " + ", ".join(f"{k} {v:.4f}" for k, v in entry["anchor"].items()), flush=True)
@@ -243,7 +268,7 @@ def main() -> None:
         for name in names:
             run_dir = folder / slug(name)
             rounds = run_variant(name, VARIANTS[name], run_dir, files, args)
-            entry["variants"][name] = round_rows(run_dir, rounds, labels[evaluation], labels[pool])
+            entry["variants"][name] = round_rows(run_dir, rounds, labels[evaluation], pool_labels)
             entry.setdefault("delivered", {})[name] = got = delivered(run_dir, labels[evaluation])
             print(f"  {name}: delivered round {got['round']}, co-teacher weight {got['weight']:.2f}: evaluation "
                   f"macro-F1 {got['eval_f1']:.4f} (round 0 {entry['variants'][name][0]['eval_f1']:.4f})", flush=True)

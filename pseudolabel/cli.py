@@ -297,6 +297,8 @@ def run(
                                                        "training part is kept).", _STUDENT),
     finetune_lr: float = _opt(_D["finetune_lr"], "Fine-tuning: peak learning rate of AdamW (linear warm-up over "
                                                  "10% of the steps, then linear decay).", _STUDENT),
+    finetune_precision: str = _opt(_D["finetune_precision"], "Fine-tuning: float32, mixed_float16 (GPUs) or "
+                                                             "mixed_bfloat16; see docs/gpu.md.", _STUDENT),
     calibrate: bool = _opt(_D["calibrate"], "Temperature-scale probabilities on OOF rows before selecting.",
                            _SELECT),
     holdout: Optional[float] = _opt(None, "Share of labeled rows held out before round 0, for choosing and "

@@ -33,13 +33,15 @@ NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never ch
 # options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
                 "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
-                "finetune_layers", "finetune_epochs", "finetune_lr")
-FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr")  # round 0's too with --recipe finetune
+                "finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision")
+FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision")  # round 0's too with --recipe finetune
 STUDENTS = ("head", "finetune")
 FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
 # options added after run directories existed: left out of the options a run is hashed by while at these
 # values, so every earlier run keeps its hash, its default directory name and its shared round 0
-OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4}
+OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4,
+                      "finetune_precision": "float32"}
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies of a fine-tuned encoder
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ CONSTRAINTS: dict[str, tuple] = {
     "finetune_layers": (Interval(0, None),),
     "finetune_epochs": (Interval(1, None),),
     "finetune_lr": (Interval(0, 1, "right"),),
+    "finetune_precision": (OneOf(PRECISIONS),),
 }
 
 
@@ -164,6 +167,7 @@ class RunConfig:
     finetune_layers: int = 0  # fine-tuned students: the top N encoder layers train (0: all)
     finetune_epochs: int = 3
     finetune_lr: float = 2e-4  # peak learning rate of AdamW (linear warm-up and decay); benchmarks/README.md
+    finetune_precision: str = "float32"  # or mixed precision (docs/gpu.md)
 
     def __post_init__(self):
         for name in PATHS:  # the same file given as a relative or an absolute path is the same option
@@ -222,7 +226,8 @@ class RunConfig:
         from .finetune import FineTune
 
         return FineTune(layers=self.finetune_layers, epochs=self.finetune_epochs, learning_rate=self.finetune_lr,
-                        token_dropout=self.student_token_dropout if k >= 1 else 0.0)
+                        token_dropout=self.student_token_dropout if k >= 1 else 0.0,
+                        precision=self.finetune_precision)
 
     def results_dict(self) -> dict:
         """The options that decide a run's numbers (a run continues only with the same ones)."""

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .batching import length_grouped, padded_length
+from .config import PRECISIONS
 from .constants import N_CLASSES
 from .errors import PseudoError
 from .metrics import scores
@@ -44,11 +45,15 @@ class FineTune:
     token_dropout: float = 0.0  # share of real tokens replaced by [MASK] while training
     monitor_share: float = 0.1  # share of the training part that chooses the best epoch
     patience: int = 2  # epochs without a better monitor score before stopping
+    # a Keras dtype policy: float32, or float32 weights with 16-bit compute (mixed_float16 scales the loss,
+    # for GPUs with float16 units; mixed_bfloat16 for GPUs/CPUs with bfloat16 units); docs/gpu.md
+    precision: str = "float32"
 
     @property
     def name(self) -> str:
         return (f"finetune(layers={self.layers or 'all'},epochs={self.epochs},lr={self.learning_rate:g}"
-                + (f",tokdrop={self.token_dropout:g}" if self.token_dropout else "") + ")")
+                + (f",tokdrop={self.token_dropout:g}" if self.token_dropout else "")
+                + (f",{self.precision}" if self.precision != "float32" else "") + ")")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,11 +63,23 @@ class Student:
     """One fold's fine-tuned encoder and classifier, with its compiled training and predict steps."""
 
     def __init__(self, encoder_files, ft: FineTune, steps: int, seed: int):
+        from ._tf import keras
+
+        if ft.precision not in PRECISIONS:
+            raise PseudoError(f"precision must be one of {', '.join(PRECISIONS)}, got {ft.precision!r}")
+        keras.utils.set_random_seed(seed)
+        keras.mixed_precision.set_global_policy(ft.precision)  # layers take the policy they are built under
+        try:
+            self._build(encoder_files, ft, steps, seed)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        self.encoder_rows = 0  # posts through the encoder (training and scoring)
+
+    def _build(self, encoder_files, ft: FineTune, steps: int, seed: int) -> None:
         from ._tf import keras, tf
         from .encoder import load_bert
         from .pretrain import keras_schedule
 
-        keras.utils.set_random_seed(seed)
         self.bert = load_bert(encoder_files)
         self.bert.trainable = True
         if getattr(self.bert.bert, "pooler", None) is not None:  # the classifier reads [CLS] of the last layer
@@ -78,12 +95,14 @@ class Student:
         mask = keras.Input((None,), dtype=tf.int32, name="attention_mask")
         out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=tf.zeros_like(ids))
         x = keras.layers.Dropout(ft.dropout, seed=seed)(out.last_hidden_state[:, 0])
-        probs = keras.layers.Dense(N_CLASSES, activation="softmax", name="classifier")(x)
+        probs = keras.layers.Dense(N_CLASSES, activation="softmax", name="classifier", dtype="float32")(x)
         self.model = keras.Model([ids, mask], probs, name="finetune_student")
         schedule = keras_schedule(SimpleNamespace(learning_rate=ft.learning_rate, warmup=ft.warmup, steps=steps))
         self.optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=ft.weight_decay, epsilon=1e-6,
                                                 clipnorm=1.0)
         self.optimizer.exclude_from_weight_decay(var_names=["LayerNorm", "layer_norm", "bias"])
+        scaled = ft.precision == "mixed_float16"  # float16 gradients underflow without loss scaling
+        optimizer = keras.mixed_precision.LossScaleOptimizer(self.optimizer) if scaled else self.optimizer
         loss_fn = keras.losses.CategoricalCrossentropy()
         ids_spec, target_spec = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, N_CLASSES], tf.float32)
 
@@ -97,8 +116,14 @@ class Student:
         def train_step(input_ids, attention_mask, targets, weights):
             with tf.GradientTape() as tape:
                 value = loss(input_ids, attention_mask, targets, weights, True)
+                if scaled:
+                    scaled_value = optimizer.get_scaled_loss(value)
             variables = self.model.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(value, variables), variables))
+            if scaled:
+                gradients = optimizer.get_unscaled_gradients(tape.gradient(scaled_value, variables))
+            else:
+                gradients = tape.gradient(value, variables)
+            optimizer.apply_gradients(zip(gradients, variables))
             return value
 
         @tf.function(input_signature=batch_spec)
@@ -110,7 +135,6 @@ class Student:
             return self.model([input_ids, attention_mask], training=False)
 
         self.train_step, self.loss_step, self.predict_step = train_step, loss_step, predict_step
-        self.encoder_rows = 0  # posts through the encoder (training and scoring)
 
     def train_on(self, ids, mask, targets, weights) -> float:
         self.encoder_rows += len(ids)

@@ -113,6 +113,32 @@ def test_soft_targets_reach_the_students_loss_linearly(tiny_encoder):
     assert heavy != pytest.approx(loss(hard_a), rel=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_student_learns_and_keeps_float32_weights_and_outputs(tiny_encoder, precision):
+    """Mixed precision computes in 16 bits (mixed_float16 with a scaled loss) and keeps float32 variables,
+    probabilities and saved weights; it fits a small batch like the float32 student. (Its speed is a
+    GPU matter and is not measured here.)"""
+    from pseudolabel._tf import keras
+    from pseudolabel.encoder import load_tokenizer
+    from pseudolabel.tokenize import tokenize
+
+    files = find_encoder(tiny_encoder)
+    tokens = tokenize(["今天很开心", "太难了，不想说话", "一般般吧", "好想哭"], load_tokenizer(files), 16)
+    ids, mask = tokens.input_ids, tokens.attention_mask.astype(np.int32)
+    targets, weights = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]], np.ones(4, np.float32)
+    student = Student(files, FineTune(precision=precision, learning_rate=1e-3, warmup=0.0), steps=30, seed=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the policy does not leak past the student
+    assert student.bert.bert.encoder.layer[0].compute_dtype == precision.split("_")[1]
+    first = float(student.loss_step(ids, mask, targets, weights))
+    for _ in range(30):
+        student.train_on(ids, mask, targets, weights)
+    assert float(student.loss_step(ids, mask, targets, weights)) < 0.5 * first
+    probs = student.predict_step(ids, mask).numpy()
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-3)
+    assert {v.dtype.name for v in student.model.weights} == {"float32"}
+
+
 def test_token_dropout_masks_real_tokens_only():
     rng = np.random.default_rng(0)
     ids = np.array([[101, 5, 6, 7, 102, 0, 0]] * 200, np.int32)
@@ -128,6 +154,7 @@ def test_finetune_options_are_checked_before_anything_is_written(tiny_data, tiny
     for extra, says in ((["--student", "teacher"], "student must be one of head, finetune"),
                         (["--finetune-epochs", "0"], "finetune-epochs must be >= 1"),
                         (["--finetune-lr", "0"], "finetune-lr must be in (0, 1]"),
+                        (["--finetune-precision", "half"], "finetune-precision must be one of float32"),
                         (["--student", "finetune", "--finetune-layers", "3"], "finetune-layers must be <= 2"),
                         (["--student", "finetune", "--mode", "faithful", "--recipe", "seed"],
                          "works in --mode cached")):
