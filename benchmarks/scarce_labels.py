@@ -10,7 +10,14 @@ pseudo-label rounds) with the evaluation split as its test file, so the macro-F1
 test predictions is a score no round trained or selected on. The anchor: sklearn's
 SelfTrainingClassifier on char 1-3-gram TF-IDF + logistic regression, on the same splits.
 Prints per seed, variant and round: evaluation macro-F1, pseudo-label count, precision and class mix,
-and the round the run delivered; then mean and spread over seeds. Not part of the test suite.
+and the round the run delivered; then mean and spread over seeds, and seed-by-seed differences
+between the fine-tuned student, the frozen head on the same pseudo-labels and fine-tuning alone.
+Not part of the test suite.
+
+With all labels (every non-evaluation row labeled) and a pool from the shared unlabeled file:
+
+    python benchmarks/scarce_labels.py --labeled-share 1 --pool-file ../shared/data/covid_weibo_200k.unlabeled.csv \
+        --pool-rows 20000 --rounds 1 --variants "default,default +fine-tuned student,fine-tuned round 0"
 """
 
 from __future__ import annotations
@@ -85,6 +92,11 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     "fine-tuned round 0": dict(rounds=0, recipe="finetune"),
     "fine-tuned round 0 alone (no holdout)": dict(rounds=0, holdout=0.0, recipe="finetune"),
 }
+# (variant, round) pairs compared seed by seed where both ran: what the fine-tuned student adds over the
+# frozen head trained on the same pseudo-labels, over fine-tuning alone, and what fine-tuning alone adds
+COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
+               (("default +fine-tuned student", 1), ("fine-tuned round 0", 0)),
+               (("fine-tuned round 0", 0), ("default", 0)))
 ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student", "fine-tuned round 0",
                       "fine-tuned round 0 alone (no holdout)")
 for _name, _options in VARIANTS.items():
@@ -324,6 +336,16 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
         for name in names:
             gains = 100 * np.subtract([e["delivered"][name]["eval_f1"] for e in results], base)
             print(f"| {name} | {', '.join(f'{g:+.1f}' for g in gains)} | {gains.mean():+.2f} | {gains.min():+.1f} |")
+    compared = [(a, b) for a, b in COMPARISONS if a[0] in names and b[0] in names]
+    if compared:
+        print(f"\nevaluation macro-F1, one round's fold ensemble against another's, per seed {args.seeds}, in points")
+        print("| round | against | per seed | mean | worst |")
+        print("|---|---|---|---|---|")
+    for (name, k), (other, j) in compared:
+        gains = 100 * np.subtract([e["variants"][name][k]["eval_f1"] for e in results],
+                                  [e["variants"][other][j]["eval_f1"] for e in results])
+        print(f"| {name}, round {k} | {other}, round {j} | {', '.join(f'{g:+.1f}' for g in gains)} | "
+              f"{gains.mean():+.2f} | {gains.min():+.1f} |")
     blend = [e["teacher_blend"] for e in results]
     r0 = [e["variants"][names[0]][0]["eval_f1"] for e in results]
     print(f"| round 0 + TF-IDF + LR, even blend (a teacher, not delivered) | | | | {stat(blend)} | "

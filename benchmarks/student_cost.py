@@ -114,7 +114,8 @@ def main() -> None:
             frozen[max_len] = first
             print(f"| {max_len} | {mean_len:.0f} | {what} | | {first:.0f} | 1.0 |")
         else:
-            print(f"| {max_len} | {mean_len:.0f} | {what} | {first:.0f} | {score:.0f} | {frozen[max_len] / first:.1f} |")
+            ratio = frozen[max_len] / first
+            print(f"| {max_len} | {mean_len:.0f} | {what} | {first:.0f} | {score:.0f} | {ratio:.1f} |")
 
 
 if __name__ == "__main__":

@@ -450,7 +450,7 @@ def predict(
         with ConsoleProgress(console) as progress:
             loaded = load_model(model or run_dir or latest_run(), round=round, encoder=encoder, progress=progress)
             done = loaded.predict_files(files, out, format, chunk_rows)
-    what = (f"round {done['round']}'s {done['folds']} fold heads"
+    what = (f"round {done['round']}'s {done['folds']} fold {'models' if done['student'] == 'finetune' else 'heads'}"
             + (f" blended with the co-teacher at {done['weight']:.2f}" if done["weight"] > 0 else ""))
     mix = " / ".join(str(n) for n in done["per_class"].values())
     console.print(f"written: {done['out']} · {done['rows']:,} posts · {what} of {done['source']} · "

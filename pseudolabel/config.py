@@ -34,7 +34,8 @@ NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never ch
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
                 "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
                 "finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision")
-FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision")  # round 0's too with --recipe finetune
+# round 0's too with --recipe finetune
+FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision")
 STUDENTS = ("head", "finetune")
 FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
 # options added after run directories existed: left out of the options a run is hashed by while at these

@@ -45,10 +45,12 @@ class ModelSpec:
     hidden: int
     dynamic_padding: bool  # the run scored in length-sorted chunks cut to their longest post
     feature_dtype: str  # "float16": the heads saw cached features; "float32": streamed ones
-    heads: list[Path]  # the fold heads' weight files, fold order
+    heads: list[Path]  # the fold heads' (or fine-tuned fold models') weight files, fold order
     encoder_folder: Path
     encoder_sha256: str
     card: dict = field(default_factory=dict)  # what the model card says: data, rounds, scores
+    student: str = "head"  # "finetune": `heads` are fold models that fine-tuned the encoder (finetune.py)
+    finetune: dict | None = None  # their finetune.FineTune settings, with student "finetune"
 
     def text_model(self, progress=None):
         """The co-teacher refit on every labeled row, which the delivered blend mixes in (weight > 0)."""
@@ -113,9 +115,6 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
         raise PseudoError(f"round must be a finished round of {run_dir.root} "
                           f"({', '.join(map(str, finished)) or 'none finished'}), got {round}")
     metrics = read_json(run_dir.round(round).metrics)
-    if metrics.get("student") == "finetune":
-        raise PseudoError(f"{run_dir.root}: round {round} fine-tuned the encoder per fold (--student/--recipe "
-                          f"finetune); predict and export take rounds of fold heads on the frozen encoder (--round N)")
     config = RunConfig(**{**options, "run_dir": str(run_dir.root), "stream": tuple(options.get("stream", ()))})
     recipe = student_recipe(Recipe.from_dict(saved["recipe"]), config, round)
     folds = sorted(p.parent for p in run_dir.round(round).trained_folds())
@@ -129,7 +128,15 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
         hidden=int(saved["encoder"]["config"]["hidden_size"]), dynamic_padding=bool(recipe.dynamic_padding),
         feature_dtype="float32" if "test" in options.get("stream", []) else "float16",
         heads=[run_dir.fold(round, int(p.name.split("_")[1])).weights for p in folds],
-        encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card)
+        encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card,
+        **_student(config, round))
+
+
+def _student(config: RunConfig, round: int) -> dict:
+    """What round `round` trained per fold: heads on the frozen encoder, or fine-tuned fold models."""
+    if config.trainer(round) != "finetune":
+        return {}
+    return {"student": "finetune", "finetune": config.finetune(round).to_dict()}
 
 
 def _scores(metrics: dict) -> dict:
@@ -153,7 +160,7 @@ def from_export(folder: str | Path) -> ModelSpec:
         max_len=record["max_len"], hidden=record["hidden"], dynamic_padding=record["dynamic_padding"],
         feature_dtype=record["feature_dtype"], heads=[folder / p for p in record["heads"]],
         encoder_folder=copied if enc.get("copied") else Path(enc["folder"]), encoder_sha256=enc["sha256"],
-        card=record.get("card", {}))
+        card=record.get("card", {}), student=record.get("student", "head"), finetune=record.get("finetune"))
 
 
 def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, round: int | None = None,
@@ -161,6 +168,9 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, rou
     """Write the delivered model of `run_dir` (or round `round`'s heads) to the folder `out`; with
     `saved_model`, also a TensorFlow SavedModel of the fold heads in `<out>/saved_model` (serving.py)."""
     spec = from_run(run_dir, round)
+    if saved_model and spec.student == "finetune":
+        raise PseudoError(f"--saved-model: round {spec.round} of {run_dir} fine-tuned the encoder per fold; the "
+                          f"SavedModel holds fold heads on one frozen encoder (export without --saved-model)")
     files = spec.encoder()  # the encoder must be there, and the one the heads were trained on
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -190,7 +200,7 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, rou
     record = {"format": FORMAT, "package": f"pseudolabel {__version__}", "round": spec.round, "weight": spec.weight,
               "output": "blend" if spec.weight > 0 else "head", "recipe": spec.recipe, "max_len": spec.max_len,
               "hidden": spec.hidden, "dynamic_padding": spec.dynamic_padding, "feature_dtype": spec.feature_dtype,
-              "heads": heads, "labels": ["-1", "0", "1"],
+              "heads": heads, "labels": ["-1", "0", "1"], "student": spec.student, "finetune": spec.finetune,
               "saved_model": {"path": "saved_model", "signature": "serving_default", "inputs": ["input_ids",
                                                                                               "attention_mask"],
                               "output": "probabilities", "blend": False} if saved_model else None,
@@ -214,7 +224,9 @@ def model_card(record: dict) -> str:
     data = card.get("data", {})
     options = card.get("options", {})
     enc = record["encoder"]
-    what = (f"round {record['round']}'s {len(record['heads'])} fold heads"
+    tuned = record.get("student") == "finetune"
+    what = (f"round {record['round']}'s {len(record['heads'])} fold "
+            + ("models (each its own fine-tuned copy of the encoder with a classifier)" if tuned else "heads")
             + (f", blended with a char TF-IDF + logistic regression model at {record['weight']:.2f}"
                if record["weight"] > 0 else ""))
     lines = [
@@ -222,12 +234,13 @@ def model_card(record: dict) -> str:
         f"3-class sentiment (-1 negative, 0 neutral, 1 positive) of Chinese Weibo posts, exported by "
         f"{record['package']} from the run `{card.get('run')}`.", "",
         "## What predicts",
-        f"- {what}; the probabilities are the mean of the fold heads"
+        f"- {what}; the probabilities are the mean of the fold {'models' if tuned else 'heads'}"
         + (" blended with the text model" if record["weight"] > 0 else "") + ".",
         f"- Encoder: {enc['config'].get('num_hidden_layers')} layers, hidden {enc['config'].get('hidden_size')}, "
         f"content sha256 {enc['sha256'][:16]}… ({'copied into encoder/' if enc['copied'] else 'at ' + enc['folder']}"
-        f"); frozen, features = hidden_states[-2].",
-        f"- Head recipe `{record['recipe'].get('name')}`; {record['max_len']} tokens per post"
+        f"); " + ("each fold fine-tuned it from these weights." if tuned else "frozen, features = hidden_states[-2]."),
+        f"- {'Fine-tuned' if tuned else 'Head recipe'} `{record['recipe'].get('name')}`"
+        + f"; {record['max_len']} tokens per post"
         + ("; length-sorted chunks cut to their longest post, as the run scored" if record["dynamic_padding"] else "")
         + ".", "",
         "## Data",

@@ -162,6 +162,30 @@ class Student:
         return out
 
 
+class FoldStudents:
+    """A fine-tuned round's fold models, to score new posts with (`pseudo predict`): one model, each
+    fold's weights swapped in, the folds' probabilities averaged as the round averaged them."""
+
+    def __init__(self, encoder_files, ft: FineTune, paths):
+        self.student = Student(encoder_files, ft, steps=1, seed=0)
+        self.weights = []
+        for path in paths:
+            self.student.model.load_weights(str(path))
+            self.weights.append(self.student.model.get_weights())
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def predict(self, tokens) -> np.ndarray:
+        """(len(tokens), 3): the mean of the folds' probabilities."""
+        idx = np.arange(len(tokens))
+        out = np.zeros((len(self.weights), len(tokens), N_CLASSES), np.float32)
+        for fold, weights in enumerate(self.weights):
+            self.student.model.set_weights(weights)
+            out[fold] = self.student.predict(tokens, idx)
+        return out.mean(axis=0)
+
+
 def drop_tokens(ids: np.ndarray, mask: np.ndarray, share: float, mask_id: int, rng: np.random.Generator):
     """`ids` with a share of the real tokens, [CLS] and [SEP] excepted, replaced by [MASK]."""
     if share <= 0:

@@ -1,6 +1,9 @@
 """Scoring new posts with what a run delivered: `load_model(path).predict_proba(texts)` and
 `predict_files`, which streams CSV files of any size through it.
 
+A round that fine-tuned the encoder (`--student finetune`, `--recipe finetune`) predicts with its fold
+models, each its own encoder and classifier, averaged.
+
 The model reproduces how the run scored its own test file: the encoder's features (rounded to
 float16 where the run cached them), every fold head of the delivered round, their mean, and the
 blend with the co-teacher's refit text model when a blend was delivered. A run made with
@@ -62,6 +65,13 @@ class DeliveredModel:
         if missing or not spec.heads:
             raise PseudoError(f"{missing[0] if missing else spec.source}: fold head weights not found")
         self.tokenizer = load_tokenizer(files)
+        self.text_model = spec.text_model(self.progress) if spec.weight > 0 else None
+        if spec.student == "finetune":  # fold models with their own encoders: no frozen features, no heads
+            from .finetune import FineTune, FoldStudents
+
+            self.students = FoldStudents(files, FineTune(**spec.finetune), spec.heads)
+            return
+        self.students = None
         self.encoder = FrozenEncoder(files)
         if self.encoder.hidden_size != spec.hidden:
             raise PseudoError(f"{files.folder}: hidden size {self.encoder.hidden_size}, the heads expect {spec.hidden}")
@@ -70,13 +80,13 @@ class DeliveredModel:
         model = build_head(spec.max_len, spec.hidden, self.recipe, compile=False)
         with naming(Path(spec.heads[0])):
             self.heads = FoldHeads.load(model, spec.heads)
-        self.text_model = spec.text_model(self.progress) if spec.weight > 0 else None
 
     @property
     def info(self) -> dict:
         """What predicts: round, blend weight, folds, encoder hash, and the model card's scores."""
         s = self.spec
         return {"source": str(s.source), "round": s.round, "weight": s.weight, "folds": len(s.heads),
+                "student": s.student,
                 "output": "blend" if s.weight > 0 else "head", "max_len": s.max_len,
                 "dynamic_padding": s.dynamic_padding, "encoder_sha256": s.encoder_sha256, "card": s.card}
 
@@ -103,7 +113,10 @@ class DeliveredModel:
         return self.predict_proba(texts).argmax(axis=1) - 1
 
     def head_probs(self, tokens, steps: np.ndarray) -> np.ndarray:
-        """(N, 3): the mean of the fold heads, each post cut to `steps[i]` time steps."""
+        """(N, 3): the mean of the fold heads, each post cut to `steps[i]` time steps (fine-tuned fold
+        models: batches cut to their longest post, as the round scored)."""
+        if self.students is not None:
+            return self.students.predict(tokens)
         out = np.zeros((len(self.heads), len(tokens), N_CLASSES), np.float32)
         for cut in np.unique(steps):
             rows = np.flatnonzero(steps == cut)

@@ -161,3 +161,31 @@ def test_finetune_options_are_checked_before_anything_is_written(tiny_data, tiny
         result = runner.invoke(app, run_args(tiny_data, tiny_encoder, tmp_path / "r", "--rounds", "1", *extra))
         assert result.exit_code == 1 and says in " ".join(result.output.split()), result.output
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_round_predicts_and_exports_as_it_scored_its_test_file(student_run, tiny_data, tmp_path):
+    """`load_model`, `pseudo export` and `pseudo predict --model` on a student round: its fold models (each
+    its own encoder) averaged give the round's own test predictions."""
+    from pseudolabel import load_model
+    from pseudolabel.data import load_unlabeled
+
+    run_dir, _ = student_run
+    expected = np.load(run_dir / "round_1" / "test_preds.npy").mean(axis=0)
+    model = load_model(run_dir, round=1)
+    assert model.info["student"] == "finetune" and model.info["folds"] == 2
+    np.testing.assert_allclose(model.predict_proba(load_unlabeled(tiny_data["test"], None).texts), expected, atol=1e-5)
+
+    out, pred = tmp_path / "model", tmp_path / "pred.csv"
+    result = runner.invoke(app, ["export", "--run-dir", str(run_dir), "--round", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned copy of the encoder" in (out / "README.md").read_text()
+    result = runner.invoke(app, ["predict", str(tiny_data["test"]), "--model", str(out), "--out", str(pred)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in pred.read_text(encoding="utf-8").splitlines()[1:]]
+    np.testing.assert_allclose(np.array([[float(v) for v in r[2:]] for r in rows]), expected, atol=1e-5)
+
+    result = runner.invoke(app, ["export", "--run-dir", str(run_dir), "--round", "1", "--out", str(tmp_path / "sm"),
+                                 "--saved-model"])
+    assert result.exit_code == 1 and "fine-tuned the encoder per fold" in " ".join(result.output.split())
+    assert len(result.output.strip().splitlines()) <= 3 and "Traceback" not in result.output
