@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 from rich.text import Text
 
@@ -79,6 +80,9 @@ def round_summary(m: dict) -> dict:
         "labeled_prior": dict(zip(LABEL_VALUES, m["labeled_prior"])),
         "n_changed": m["n_changed"],
         "seconds": m["seconds"]["total"],
+        "student": m.get("student", "head"),  # "finetune": each fold fine-tuned the encoder
+        "encoder_rows": m.get("encoder_rows", 0),  # posts the folds ran the encoder over (fine-tuned students)
+        "seconds_per_fold": float(np.mean([f["seconds"] for f in m["folds"]])) if m.get("folds") else None,
     }
 
 
@@ -117,7 +121,7 @@ def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
     table = Table(title=title, title_justify="left", caption=f"labeled prior -1 / 0 / 1: {prior}",
                   caption_justify="left")
     for column in ("round", "human+pseudo", "pseudo -1/0/1", "changed", "OOF mF1", "OOF F1 -1/0/1", "OOF acc",
-                   "holdout mF1", "holdout blend (w)", "status", "time"):
+                   "holdout mF1", "holdout blend (w)", "student", "status", "time (per fold)"):
         table.add_column(column, justify="left" if column == "status" else "right")
     for m in rounds:
         s = round_summary(m)
@@ -127,8 +131,16 @@ def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
         table.add_row(str(m["round"]), f"{s['rows_human']}+{s['n_pseudo']}", mix,
                       str(s["n_changed"]) if m["round"] else "–", _f1(s["oof_macro_f1"], s["leak_free"]["oof"]),
                       per_class, f"{s['oof_accuracy']:.4f}", _f1(s["holdout_macro_f1"], True),
-                      _best_blend(s["holdout_blend_macro_f1"]), status, f"{s['seconds']:.0f}s")
+                      _best_blend(s["holdout_blend_macro_f1"]), _student(s), status,
+                      f"{s['seconds']:.0f}s" + (f" ({s['seconds_per_fold']:.0f}s)" if s["seconds_per_fold"] else ""))
     return table
+
+
+def _student(s: dict) -> str:
+    """What trained the round's folds; a fine-tuned one ran the encoder again over this many posts."""
+    if s["student"] != "finetune":
+        return "head"
+    return f"fine-tuned, {s['encoder_rows']:,} posts encoded"
 
 
 def _best_blend(by_weight: dict | None) -> Text:

@@ -63,6 +63,18 @@ def test_the_student_fine_tunes_its_own_encoder_on_its_folds_training_part(stude
     assert metrics["encoder_rows"] == sum(f["encoder_rows"] for f in metrics["folds"])
     assert np.load(run_dir / "round_1" / "unmask_preds.npy").shape == (2, 60, 3)
     assert "(finetune(layers=all,epochs=2,lr=0.0001), the encoder over" in " ".join(result.output.split())
+    # the report shows which rounds fine-tuned, how many posts their folds encoded, and the time per fold
+    report = json.loads(runner.invoke(app, ["report", "--run-dir", str(run_dir), "--json"]).output)["rounds"]
+    assert [r["student"] for r in report] == ["head", "finetune"]
+    assert report[1]["encoder_rows"] == metrics["encoder_rows"] and report[0]["encoder_rows"] == 0
+    assert report[1]["seconds_per_fold"] == pytest.approx(np.mean([f["seconds"] for f in metrics["folds"]]))
+    from rich.console import Console
+
+    from pseudolabel.report import load_rounds, rounds_table
+
+    console = Console(width=300, record=True)
+    console.print(rounds_table(load_rounds(run_dir)[0]))
+    assert f"fine-tuned, {metrics['encoder_rows']:,} posts encoded" in console.export_text()
     # a collapsed student is detected as any round: from its own out-of-fold predictions
     from pseudolabel.data import load_labeled
 
