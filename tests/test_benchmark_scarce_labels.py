@@ -58,3 +58,29 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     assert all(link.is_symlink() for link in links)
     assert len({link.resolve() for link in links}) == 1 and links[0].resolve().parent == seed_dir / ".stages"
     assert (seed_dir / "threshold_0.9__reference" / "features").resolve() == seed_dir / ".stages" / "features"
+
+
+@pytest.mark.slow
+def test_full_labels_with_a_pool_file_compares_the_student_seed_by_seed(tmp_path, tiny_encoder):
+    """--labeled-share 1 (every non-evaluation row labeled) with a pool from an unlabeled file: the sizes,
+    no precision (the pool has no labels), and the student against the frozen head and fine-tuning alone."""
+    out = tmp_path / "full.json"
+    variants = ["default", "default +fine-tuned student", "fine-tuned round 0"]
+    command = [sys.executable, str(REPO / "benchmarks" / "scarce_labels.py"), "--train",
+               str(REPO / "data" / "train.labeled.csv"), "--encoder", str(tiny_encoder), "--rows", "200",
+               "--labeled-share", "1", "--pool-file", str(REPO / "data" / "unlabeled.csv"), "--pool-rows", "40",
+               "--max-len", "16", "--epochs", "1", "--batch-size", "16", "--min-steps", "0", "--folds", "2",
+               "--rounds", "1", "--seeds", "0", "--force", "--work", str(tmp_path / "work"), "--json", str(out),
+               "--variants", ",".join(variants)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [entry] = json.loads(out.read_text())
+    assert entry["sizes"] == [160, 40, 40]
+    head, student, tuned = (entry["variants"][v] for v in variants)
+    same = ("eval_f1", "oof_f1")
+    assert [head[0][k] for k in same] == [student[0][k] for k in same] and len(tuned) == 1  # round 0 shared
+    assert student[1]["n_pseudo"] == head[1]["n_pseudo"] and student[1]["mix"] == head[1]["mix"]
+    assert head[1]["precision"] is None and student[1]["eval_f1"] != head[1]["eval_f1"]
+    gain = 100 * (student[1]["eval_f1"] - head[1]["eval_f1"])
+    assert f"| default +fine-tuned student, round 1 | default, round 1 | {gain:+.1f} | {gain:+.2f} |" in done.stdout
+    assert "| fine-tuned round 0, round 0 | default, round 0 |" in done.stdout
