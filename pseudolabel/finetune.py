@@ -68,11 +68,12 @@ class Student:
         if ft.precision not in PRECISIONS:
             raise PseudoError(f"precision must be one of {', '.join(PRECISIONS)}, got {ft.precision!r}")
         keras.utils.set_random_seed(seed)
+        before = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy(ft.precision)  # layers take the policy they are built under
         try:
             self._build(encoder_files, ft, steps, seed)
         finally:
-            keras.mixed_precision.set_global_policy("float32")
+            keras.mixed_precision.set_global_policy(before)
         self.encoder_rows = 0  # posts through the encoder (training and scoring)
 
     def _build(self, encoder_files, ft: FineTune, steps: int, seed: int) -> None:
