@@ -125,7 +125,9 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
     return ModelSpec(
         kind="run", source=run_dir.root, round=round, weight=weight, recipe=recipe.to_dict(),
         max_len=int(options["max_len"]),
-        hidden=int(saved["encoder"]["config"]["hidden_size"]), dynamic_padding=bool(recipe.dynamic_padding),
+        hidden=int(saved["encoder"]["config"]["hidden_size"]),
+        # fine-tuned fold models cut their own batches: no cuts to reproduce, no first pass over a file
+        dynamic_padding=bool(recipe.dynamic_padding) and config.trainer(round) != "finetune",
         feature_dtype="float32" if "test" in options.get("stream", []) else "float16",
         heads=[run_dir.fold(round, int(p.name.split("_")[1])).weights for p in folds],
         encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card,
