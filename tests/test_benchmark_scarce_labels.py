@@ -65,7 +65,7 @@ def test_full_labels_with_a_pool_file_compares_the_student_seed_by_seed(tmp_path
     """--labeled-share 1 (every non-evaluation row labeled) with a pool from an unlabeled file: the sizes,
     no precision (the pool has no labels), and the student against the frozen head and fine-tuning alone."""
     out = tmp_path / "full.json"
-    variants = ["default", "default +fine-tuned student", "fine-tuned round 0"]
+    variants = ["default", "default +fine-tuned student", "fine-tuned round 0", "fine-tuned round 0 + student"]
     command = [sys.executable, str(REPO / "benchmarks" / "scarce_labels.py"), "--train",
                str(REPO / "data" / "train.labeled.csv"), "--encoder", str(tiny_encoder), "--rows", "200",
                "--labeled-share", "1", "--pool-file", str(REPO / "data" / "unlabeled.csv"), "--pool-rows", "40",
@@ -76,7 +76,7 @@ def test_full_labels_with_a_pool_file_compares_the_student_seed_by_seed(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     [entry] = json.loads(out.read_text())
     assert entry["sizes"] == [160, 40, 40]
-    head, student, tuned = (entry["variants"][v] for v in variants)
+    head, student, tuned, throughout = (entry["variants"][v] for v in variants)
     same = ("eval_f1", "oof_f1")
     assert [head[0][k] for k in same] == [student[0][k] for k in same] and len(tuned) == 1  # round 0 shared
     assert student[1]["n_pseudo"] == head[1]["n_pseudo"] and student[1]["mix"] == head[1]["mix"]
@@ -84,3 +84,14 @@ def test_full_labels_with_a_pool_file_compares_the_student_seed_by_seed(tmp_path
     gain = 100 * (student[1]["eval_f1"] - head[1]["eval_f1"])
     assert f"| default +fine-tuned student, round 1 | default, round 1 | {gain:+.1f} | {gain:+.2f} |" in done.stdout
     assert "| fine-tuned round 0, round 0 | default, round 0 |" in done.stdout
+    # fine-tuned throughout: its own round 0 (the holdout kept, unlike --rounds 0), its student against it, and
+    # every round's fold ensemble against the supervised TF-IDF + LR of the same split
+    assert len(throughout) == 2 and throughout[0]["eval_f1"] != head[0]["eval_f1"]
+    gain = 100 * (throughout[1]["eval_f1"] - throughout[0]["eval_f1"])
+    assert (f"| fine-tuned round 0 + student, round 1 | fine-tuned round 0 + student, round 0 | {gain:+.1f} | "
+            f"{gain:+.2f} |") in done.stdout
+    for name, rounds in zip(variants, (head, student, tuned, throughout)):
+        for r in rounds:
+            gain = 100 * (r["eval_f1"] - entry["anchor"]["supervised"])
+            assert (f"| {name}, round {r['round']} | char TF-IDF + LR (supervised) | {gain:+.1f} | {gain:+.2f} |"
+                    in done.stdout)
