@@ -103,13 +103,16 @@ class Run:
         return self._tokens
 
     def sources(self) -> dict:
+        """Every split's model inputs: the frozen encoder's cached features, or token ids where no round
+        reads features (faithful mode; a run whose every round fine-tunes the encoder skips the frozen pass)."""
         splits = {"labeled": self.labeled, "test": self.test, "unlabeled": self.pool}
+        fine_tuned = all(self.config.trainer(k) == "finetune" for k in range(self.config.rounds + 1))
         out = {}
         for split, posts in splits.items():
             if posts is None:
                 out[split] = None
-            elif self.config.mode == "faithful":
-                out[split] = TokenSource(self.tokenize(posts.texts, split))
+            elif self.config.mode == "faithful" or fine_tuned:
+                out[split] = TokenSource(self.all_tokens()[split])
             else:
                 feats = features_for(split, posts.texts, cache_dir=self.dir.features,
                                      encoder_identity=self.files.identity, max_len=self.config.max_len,

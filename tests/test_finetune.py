@@ -185,6 +185,27 @@ def test_finetune_options_are_checked_before_anything_is_written(tiny_data, tiny
 
 
 @pytest.mark.slow
+def test_a_run_that_fine_tunes_in_every_round_skips_the_frozen_feature_pass(tiny_data, tiny_encoder, tmp_path):
+    """--recipe finetune --student finetune: round 0 fine-tunes too, and no round reads frozen features, so
+    none are computed or cached; both rounds write what every round writes. (--top-k, --force: round 0 may
+    collapse at this size, and a class-balanced selection from it can be empty.)"""
+    run_dir = tmp_path / "runs" / "all-ft"
+    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--recipe", "finetune",
+                                         "--strategy", "top-k", "--top-k", "30", "--force", *STUDENT))
+    assert result.exit_code == 0, result.output
+    assert not any((run_dir / "features").iterdir())  # the frozen encoder never ran
+    original = _word_embeddings(tiny_encoder / "tf_model.h5")
+    for k in (0, 1):
+        metrics = json.loads((run_dir / f"round_{k}" / "metrics.json").read_text())
+        assert metrics["student"] == "finetune" and metrics["encoder_rows"] > 0
+        assert np.load(run_dir / f"round_{k}" / "test_preds.npy").shape == (2, 20, 3)
+        moved = _word_embeddings(run_dir / f"round_{k}" / "fold_0" / "head.weights.h5")
+        assert not np.allclose(moved, original)
+    assert json.loads((run_dir / "round_1" / "metrics.json").read_text())["n_pseudo"] > 0
+    assert (run_dir / "final.json").is_file() and (run_dir / "submission.csv").is_file()
+
+
+@pytest.mark.slow
 def test_a_fine_tuned_round_predicts_and_exports_as_it_scored_its_test_file(student_run, tiny_data, tmp_path):
     """`load_model`, `pseudo export` and `pseudo predict --model` on a student round: its fold models (each
     its own encoder) averaged give the round's own test predictions."""
