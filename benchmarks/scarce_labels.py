@@ -352,7 +352,8 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
     supervised = [e["anchor"]["supervised"] for e in results]
     pairs = [((a, k), (b, j), [e["variants"][b][j]["eval_f1"] for e in results])
              for (a, k), (b, j) in COMPARISONS if k < ran.get(a, 0) and j < ran.get(b, 0)]
-    pairs += [((name, k), ("char TF-IDF + LR (supervised)", None), supervised) for name in names for k in range(ran[name])]
+    pairs += [((name, k), ("char TF-IDF + LR (supervised)", None), supervised)
+              for name in names for k in range(ran[name])]
     print(f"\nevaluation macro-F1, one round's fold ensemble against another's, per seed {args.seeds}, in points")
     print("| round | against | per seed | mean | worst |")
     print("|---|---|---|---|---|")
