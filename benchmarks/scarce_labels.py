@@ -95,15 +95,18 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     # fine-tunes it again on round 0's co-teacher pseudo-labels; no frozen head anywhere (the cheap way to a
     # student round at the recipe's max length: the frozen head's round 0 dominates a full-labels run)
     "fine-tuned round 0 + student": dict(recipe="finetune", student="finetune"),
+    # the same with the teacher's probabilities as the student's targets (round 0 shared with the above)
+    "fine-tuned round 0 + soft student": dict(recipe="finetune", student="finetune", soft_targets=True),
 }
 # (variant, round) pairs compared seed by seed where both ran: what the fine-tuned student adds over the
 # frozen head trained on the same pseudo-labels, over fine-tuning alone, and what fine-tuning alone adds
 COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("default +fine-tuned student", 1), ("fine-tuned round 0", 0)),
                (("fine-tuned round 0", 0), ("default", 0)),
-               (("fine-tuned round 0 + student", 1), ("fine-tuned round 0 + student", 0)))
+               (("fine-tuned round 0 + student", 1), ("fine-tuned round 0 + student", 0)),
+               (("fine-tuned round 0 + soft student", 1), ("fine-tuned round 0 + student", 0)))
 ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student", "fine-tuned round 0",
-                      "fine-tuned round 0 + student")
+                      "fine-tuned round 0 + student", "fine-tuned round 0 + soft student")
 for _name, _options in VARIANTS.items():
     if _name not in ON_TODAYS_DEFAULTS:
         VARIANTS[_name] = {**BEFORE, **_options}
