@@ -19,6 +19,9 @@ from pseudolabel.metrics import scores
 runner = CliRunner()
 STUDENT = ["--student", "finetune", "--finetune-epochs", "2", "--finetune-lr", "1e-4", "--folds", "2",
            "--epochs", "1"]
+# the module's student run: round 0 cuts its head batches (--dynamic-padding), which a student round's fold
+# models never do; --force: round 0's head may collapse at this size, and round 1 must run all the same
+STUDENT_RUN = ["--rounds", "1", "--dynamic-padding", "--force", *STUDENT]
 
 
 def _word_embeddings(path) -> np.ndarray:
@@ -35,10 +38,7 @@ def _word_embeddings(path) -> np.ndarray:
 def student_run(tiny_data, tiny_encoder, tmp_path_factory):
     identity = find_encoder(tiny_encoder).identity
     run_dir = tmp_path_factory.mktemp("runs") / "ft"
-    # round 0 cuts its head batches (--dynamic-padding), which a student round's fold models never do; --force:
-    # round 0's head may collapse at this size, and round 1 must run all the same
-    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--dynamic-padding",
-                                         "--force", *STUDENT))
+    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, *STUDENT_RUN))
     assert result.exit_code == 0, result.output
     assert json.loads((run_dir / "config.json").read_text())["recipe"]["dynamic_padding"] is True
     assert find_encoder(tiny_encoder).identity == identity  # the encoder on disk is never written
@@ -101,12 +101,8 @@ def test_a_student_round_interrupted_after_a_fold_resumes_to_the_same_numbers(st
     before = np.load(r1 / "oof_preds.npy"), np.load(r1 / "unmask_preds.npy")
     (r1 / "DONE").unlink()
     (r1 / "fold_1" / "DONE").unlink()  # fold 0 finished, fold 1 not
-    # round 0 cuts its head batches (--dynamic-padding), which a student round's fold models never do; --force:
-    # round 0's head may collapse at this size, and round 1 must run all the same
-    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--dynamic-padding",
-                                         "--force", *STUDENT))
+    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, *STUDENT_RUN))
     assert result.exit_code == 0, result.output
-    assert json.loads((run_dir / "config.json").read_text())["recipe"]["dynamic_padding"] is True
     assert "round 1 fold 0: finished earlier" in result.output
     np.testing.assert_allclose(np.load(r1 / "oof_preds.npy"), before[0], atol=1e-5)
     np.testing.assert_allclose(np.load(r1 / "unmask_preds.npy"), before[1], atol=1e-5)
