@@ -88,6 +88,8 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     # a student that fine-tunes the encoder, on the default run's pseudo-labels (its round 0 and selection are
     # the default variant's: the same seed folder shares them), and fine-tuning alone without pseudo-labels
     "default +fine-tuned student": dict(student="finetune"),
+    # the same student on the same selection, its targets the co-teacher blend's probabilities (soft)
+    "default +fine-tuned soft student": dict(student="finetune", soft_targets=True),
     # fine-tuning without pseudo-labels (--rounds 0: no holdout, so on every labeled post, about 100 more
     # than the student's human part: a comparison that favours fine-tuning alone)
     "fine-tuned round 0": dict(rounds=0, recipe="finetune"),
@@ -101,11 +103,14 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
 # (variant, round) pairs compared seed by seed where both ran: what the fine-tuned student adds over the
 # frozen head trained on the same pseudo-labels, over fine-tuning alone, and what fine-tuning alone adds
 COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
+               (("default +fine-tuned soft student", 1), ("default", 1)),
+               (("default +fine-tuned soft student", 1), ("default +fine-tuned student", 1)),
                (("default +fine-tuned student", 1), ("fine-tuned round 0", 0)),
                (("fine-tuned round 0", 0), ("default", 0)),
                (("fine-tuned round 0 + student", 1), ("fine-tuned round 0 + student", 0)),
                (("fine-tuned round 0 + soft student", 1), ("fine-tuned round 0 + student", 0)))
-ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student", "fine-tuned round 0",
+ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student",
+                      "default +fine-tuned soft student", "fine-tuned round 0",
                       "fine-tuned round 0 + student", "fine-tuned round 0 + soft student")
 for _name, _options in VARIANTS.items():
     if _name not in ON_TODAYS_DEFAULTS:
