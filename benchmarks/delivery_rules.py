@@ -1,0 +1,109 @@
+"""Replay delivery rules on finished benchmark runs: what each rule would have delivered, scored on the
+evaluation split.
+
+A run delivers the round and co-teacher blend that score best on its labeled holdout (pseudolabel/deliver.py).
+With scarce labels that holdout is ~100 posts, and the choice among eight candidates is mostly noise. This
+script scores, on the run's evaluation split (whose labels the run never saw), what these rules pick:
+
+- holdout (today's rule): `deliver.choose` on the run's own round records;
+- holdout + OOF: every candidate scored on all labeled rows, the holdout by the fold ensemble and the other
+  rows by the fold model that did not train on them (6-7 times the rows; single fold models, not ensembles);
+- last round, even blend: no choice, the last usable round blended 0.5 with the co-teacher;
+- rounds' mean, even blend: no choice, the mean of the usable rounds' ensembles blended 0.5;
+- best on evaluation: the candidate that scores best on the evaluation split (a ceiling no rule can know).
+
+The runs are `benchmarks/scarce_labels.py` variant folders (`<work>/seed<N>/<variant>`): the seed folder holds
+eval.csv and labeled.csv, whose ids are rows of --train. Nothing is trained or written.
+
+    python benchmarks/delivery_rules.py runs/.scarce-student/seed*/default__fine-tuned_student
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pseudolabel.constants import HOLDOUT  # noqa: E402
+from pseudolabel.data import load_labeled, load_unlabeled  # noqa: E402
+from pseudolabel.deliver import BLEND_WEIGHTS, choose  # noqa: E402
+from pseudolabel.metrics import scores  # noqa: E402
+from pseudolabel.store import RunDir, load_npy, read_json  # noqa: E402
+
+WEIGHTS = (0.0, *BLEND_WEIGHTS)
+RULES = ("holdout (today's rule)", "holdout + OOF", "last round, even blend", "rounds' mean, even blend",
+         "best on evaluation")
+
+
+def fold_mean(array: np.ndarray) -> np.ndarray:
+    return array.mean(axis=0) if array.ndim == 3 else array
+
+
+def replay(run: Path, truth: dict[str, int]) -> dict[str, float]:
+    """Evaluation macro-F1 of what each rule delivers for one run."""
+    run_dir = RunDir(run)
+    eval_ids = load_unlabeled(str(run.parent / "eval.csv"), limit=None).ids
+    labeled = load_labeled(str(run.parent / "labeled.csv"))
+    missing = [i for i in eval_ids if i not in truth]
+    if missing:
+        raise SystemExit(f"{run.parent / 'eval.csv'}: id {missing[0]} is not a row of --train")
+    y_eval = np.array([truth[i] for i in eval_ids])
+    rounds = [read_json(run_dir.round(k).metrics) for k in run_dir.finished_rounds()]
+    usable = [m["round"] for m in rounds if not m["collapsed"]] or [m["round"] for m in rounds]
+    folds = load_npy(run_dir.round(0).folds)
+    held = folds == HOLDOUT
+    co = run_dir.co_teacher
+    if not co.preds("test").is_file():
+        raise SystemExit(f"{run}: no co-teacher predictions of the evaluation split (a run with --rounds 0 or "
+                         f"--co-teacher 0 has no blend to replay)")
+    co_test, co_held, co_oof = (fold_mean(load_npy(co.preds(n))) for n in ("test", "holdout", "oof"))
+    test, everywhere = {}, {}
+    for k in usable:
+        files = run_dir.round(k)
+        test[k] = fold_mean(load_npy(files.test_preds))
+        rows = load_npy(files.oof_preds).copy()
+        rows[held] = fold_mean(load_npy(files.holdout_preds))
+        everywhere[k] = rows
+    co_rows = co_oof.copy()
+    co_rows[held] = co_held
+    candidates = [(k, w) for k in usable for w in WEIGHTS]
+    on_eval = {(k, w): scores(y_eval, (1 - w) * test[k] + w * co_test)["macro_f1"] for k, w in candidates}
+    on_all = {(k, w): scores(labeled.labels, (1 - w) * everywhere[k] + w * co_rows)["macro_f1"] for k, w in candidates}
+    today = choose(rounds)
+    pooled = max(candidates, key=lambda c: (on_all[c], -c[0], -abs(c[1] - 0.5)))  # deliver.py's tie order
+    mean_test = np.mean([test[k] for k in usable], axis=0)
+    return {RULES[0]: on_eval[(today["round"], today["weight"])], RULES[1]: on_eval[pooled],
+            RULES[2]: on_eval[(usable[-1], 0.5)],
+            RULES[3]: scores(y_eval, 0.5 * mean_test + 0.5 * co_test)["macro_f1"], RULES[4]: max(on_eval.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished variant run folders of benchmarks/scarce_labels.py")
+    parser.add_argument("--train", default="../shared/data/smp_virus_train.labeled.csv",
+                        help="the labeled file the benchmark split (its ids label the evaluation split)")
+    args = parser.parse_args()
+    source = load_labeled(args.train)
+    truth = dict(zip(source.ids, source.labels.tolist()))
+    groups: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+    for run in map(Path, args.runs):
+        if not (run / "final.json").is_file():
+            raise SystemExit(f"{run}: not a finished run (no final.json)")
+        groups[run.name].append((run.parent.name, replay(run, truth)))
+    for variant, results in groups.items():
+        seeds = [seed for seed, _ in results]
+        print(f"\n{variant}: evaluation macro-F1 of the delivered output, per {', '.join(seeds)}")
+        print("| rule | mean | " + " | ".join(seeds) + " |")
+        print("|---|---|" + "---|" * len(seeds))
+        for rule in RULES:
+            values = [r[rule] for _, r in results]
+            print(f"| {rule} | {np.mean(values):.4f} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+
+
+if __name__ == "__main__":
+    main()
