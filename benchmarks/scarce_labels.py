@@ -90,6 +90,8 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     "default +fine-tuned student": dict(student="finetune"),
     # the same student on the same selection, its targets the co-teacher blend's probabilities (soft)
     "default +fine-tuned soft student": dict(student="finetune", soft_targets=True),
+    # the same student without a monitor slice: every training post of the fold trains, the last epoch is kept
+    "default +fine-tuned student +last epoch": dict(student="finetune", finetune_monitor=0.0),
     # fine-tuning without pseudo-labels (--rounds 0: no holdout, so on every labeled post, about 100 more
     # than the student's human part: a comparison that favours fine-tuning alone)
     "fine-tuned round 0": dict(rounds=0, recipe="finetune"),
@@ -105,12 +107,15 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
 COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("default +fine-tuned soft student", 1), ("default", 1)),
                (("default +fine-tuned soft student", 1), ("default +fine-tuned student", 1)),
+               (("default +fine-tuned student +last epoch", 1), ("default", 1)),
+               (("default +fine-tuned student +last epoch", 1), ("default +fine-tuned student", 1)),
                (("default +fine-tuned student", 1), ("fine-tuned round 0", 0)),
                (("fine-tuned round 0", 0), ("default", 0)),
                (("fine-tuned round 0 + student", 1), ("fine-tuned round 0 + student", 0)),
                (("fine-tuned round 0 + soft student", 1), ("fine-tuned round 0 + student", 0)))
 ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student",
-                      "default +fine-tuned soft student", "fine-tuned round 0",
+                      "default +fine-tuned soft student", "default +fine-tuned student +last epoch",
+                      "fine-tuned round 0",
                       "fine-tuned round 0 + student", "fine-tuned round 0 + soft student")
 for _name, _options in VARIANTS.items():
     if _name not in ON_TODAYS_DEFAULTS:

@@ -299,6 +299,9 @@ def run(
                                                  "10% of the steps, then linear decay).", _STUDENT),
     finetune_precision: str = _opt(_D["finetune_precision"], "Fine-tuning: float32, mixed_float16 (GPUs) or "
                                                              "mixed_bfloat16; see docs/gpu.md.", _STUDENT),
+    finetune_monitor: float = _opt(_D["finetune_monitor"], "Fine-tuning: share of each fold's training part that "
+                                                           "picks the best epoch (0: every post trains, the last "
+                                                           "epoch is kept).", _STUDENT),
     calibrate: bool = _opt(_D["calibrate"], "Temperature-scale probabilities on OOF rows before selecting.",
                            _SELECT),
     holdout: Optional[float] = _opt(None, "Share of labeled rows held out before round 0, for choosing and "

@@ -33,15 +33,15 @@ NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never ch
 # options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
                 "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
-                "finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision")
+                "finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor")
 # round 0's too with --recipe finetune
-FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision")
+FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor")
 STUDENTS = ("head", "finetune")
 FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
 # options added after run directories existed: left out of the options a run is hashed by while at these
 # values, so every earlier run keeps its hash, its default directory name and its shared round 0
 OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4,
-                      "finetune_precision": "float32"}
+                      "finetune_precision": "float32", "finetune_monitor": 0.1}
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies of a fine-tuned encoder
 
 
@@ -103,6 +103,7 @@ CONSTRAINTS: dict[str, tuple] = {
     "finetune_epochs": (Interval(1, None),),
     "finetune_lr": (Interval(0, 1, "right"),),
     "finetune_precision": (OneOf(PRECISIONS),),
+    "finetune_monitor": (Interval(0, 0.5, "left"),),
 }
 
 
@@ -169,6 +170,7 @@ class RunConfig:
     finetune_epochs: int = 3
     finetune_lr: float = 2e-4  # peak learning rate of AdamW (linear warm-up and decay); benchmarks/README.md
     finetune_precision: str = "float32"  # or mixed precision (docs/gpu.md)
+    finetune_monitor: float = 0.1  # share of a fold's training part that picks the epoch (0: the last is kept)
 
     def __post_init__(self):
         for name in PATHS:  # the same file given as a relative or an absolute path is the same option
@@ -228,7 +230,7 @@ class RunConfig:
 
         return FineTune(layers=self.finetune_layers, epochs=self.finetune_epochs, learning_rate=self.finetune_lr,
                         token_dropout=self.student_token_dropout if k >= 1 else 0.0,
-                        precision=self.finetune_precision)
+                        precision=self.finetune_precision, monitor_share=self.finetune_monitor)
 
     def results_dict(self) -> dict:
         """The options that decide a run's numbers (a run continues only with the same ones)."""

@@ -43,7 +43,7 @@ class FineTune:
     weight_decay: float = 0.01
     dropout: float = 0.1  # before the classifier; the encoder keeps its own config's dropout
     token_dropout: float = 0.0  # share of real tokens replaced by [MASK] while training
-    monitor_share: float = 0.1  # share of the training part that chooses the best epoch
+    monitor_share: float = 0.1  # share of the training part that chooses the best epoch (0: the last is kept)
     patience: int = 2  # epochs without a better monitor score before stopping
     # a Keras dtype policy: float32, or float32 weights with 16-bit compute (mixed_float16 scales the loss,
     # for GPUs with float16 units; mixed_bfloat16 for GPUs/CPUs with bfloat16 units); docs/gpu.md
@@ -53,7 +53,8 @@ class FineTune:
     def name(self) -> str:
         return (f"finetune(layers={self.layers or 'all'},epochs={self.epochs},lr={self.learning_rate:g}"
                 + (f",tokdrop={self.token_dropout:g}" if self.token_dropout else "")
-                + (f",{self.precision}" if self.precision != "float32" else "") + ")")
+                + (f",{self.precision}" if self.precision != "float32" else "")
+                + (f",monitor={self.monitor_share:g}" if self.monitor_share != FineTune.monitor_share else "") + ")")
 
     def to_dict(self) -> dict:
         return asdict(self)

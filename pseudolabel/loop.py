@@ -261,8 +261,10 @@ class Run:
                          pseudo=pseudo, bert_factory=lambda: load_bert(self.files), heads=self.heads)
         if self.config.trainer(k) == "finetune":
             finetune = self.config.finetune(k)
-            # the recipe's monitor slice chooses the student's epoch; the student cuts its own batches
-            recipe = replace(recipe, name=finetune.name, early_stopping=True, dynamic_padding=False)
+            # a monitor slice of the fold's training part chooses the student's epoch (none: the last epoch is
+            # kept); the student cuts its own batches
+            recipe = replace(recipe, name=finetune.name, early_stopping=finetune.monitor_share > 0,
+                             monitor_share=finetune.monitor_share, dynamic_padding=False)
             plan = replace(plan, recipe=recipe, student="finetune", finetune=finetune, tokens=self.all_tokens(),
                            encoder_files=self.files, mask_id=self._tokenizer.mask_token_id)
         out = run_folds(plan, self.progress)
