@@ -90,3 +90,15 @@ def test_round_0_is_keyed_by_the_options_that_change_it():
                     dict(folds=4), dict(unlabeled_limit=10)):
         assert RunConfig(**COMMON, rounds=2, **changed).round0_key("enc") != base.round0_key("enc"), changed
     assert base.round0_key("other encoder") != base.round0_key("enc")
+
+
+def test_the_fine_tuning_options_keep_earlier_runs_hashes_and_share_round_0_unless_round_0_fine_tunes():
+    base = RunConfig(**COMMON, rounds=1)
+    assert "finetune_monitor" not in base.results_dict()  # at its default: runs made before it keep their hash
+    for changed in (dict(student="finetune"), dict(finetune_monitor=0.0), dict(finetune_epochs=4)):
+        other = RunConfig(**COMMON, rounds=1, **changed)
+        assert other.results_hash() != base.results_hash(), changed
+        assert other.round0_key("enc") == base.round0_key("enc"), changed  # the student rounds only
+    tuned = RunConfig(**COMMON, rounds=1, recipe="finetune")
+    assert RunConfig(**COMMON, rounds=1, recipe="finetune", finetune_monitor=0.0).round0_key("enc") != \
+        tuned.round0_key("enc")  # --recipe finetune: round 0 fine-tunes with them

@@ -61,7 +61,7 @@ def test_the_student_fine_tunes_its_own_encoder_on_its_folds_training_part(stude
         assert not set(train) & set(valid) and not set(train) & set(np.flatnonzero(folds == HOLDOUT))
         np.testing.assert_array_equal(valid, np.flatnonzero(folds == fold))
         record = json.loads((files / "fold.json").read_text())
-        assert record["n_train_pseudo"] > 0 and record["encoder_rows"] > 0
+        assert record["n_train_pseudo"] > 0 and record["encoder_rows"] > 0 and record["n_monitor"] > 0
         for name, rows in (("test", 20), ("unmask", 60), ("holdout", int((folds == HOLDOUT).sum()))):
             assert np.load(files / f"{name}_preds.npy").shape == (rows, 3)
     assert metrics["encoder_rows"] == sum(f["encoder_rows"] for f in metrics["folds"])
@@ -172,6 +172,7 @@ def test_finetune_options_are_checked_before_anything_is_written(tiny_data, tiny
                         (["--finetune-epochs", "0"], "finetune-epochs must be >= 1"),
                         (["--finetune-lr", "0"], "finetune-lr must be in (0, 1]"),
                         (["--finetune-precision", "half"], "finetune-precision must be one of float32"),
+                        (["--finetune-monitor", "0.5"], "finetune-monitor must be in [0, 0.5)"),
                         (["--student", "finetune", "--finetune-layers", "3"], "finetune-layers must be <= 2"),
                         (["--student", "finetune", "--mode", "faithful", "--recipe", "seed"],
                          "works in --mode cached")):
@@ -183,13 +184,16 @@ def test_finetune_options_are_checked_before_anything_is_written(tiny_data, tiny
 @pytest.mark.slow
 def test_a_run_that_fine_tunes_in_every_round_skips_the_frozen_feature_pass(tiny_data, tiny_encoder, tmp_path):
     """--recipe finetune --student finetune: round 0 fine-tunes too, and no round reads frozen features, so
-    none are computed or cached; both rounds write what every round writes. (--top-k, --force: round 0 may
+    none are computed or cached; both rounds write what every round writes. --finetune-monitor 0: no monitor
+    slice, every training post of a fold trains and the last epoch is kept. (--top-k, --force: round 0 may
     collapse at this size, and a class-balanced selection from it can be empty.)"""
     run_dir = tmp_path / "runs" / "all-ft"
     result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--recipe", "finetune",
-                                         "--strategy", "top-k", "--top-k", "30", "--force", *STUDENT))
+                                         "--strategy", "top-k", "--top-k", "30", "--force", "--finetune-monitor", "0",
+                                         *STUDENT))
     assert result.exit_code == 0, result.output
     assert not any((run_dir / "features").iterdir())  # the frozen encoder never ran
+    folds = np.load(run_dir / "round_0" / "folds.npy")
     original = _word_embeddings(tiny_encoder / "tf_model.h5")
     for k in (0, 1):
         metrics = json.loads((run_dir / f"round_{k}" / "metrics.json").read_text())
@@ -197,6 +201,11 @@ def test_a_run_that_fine_tunes_in_every_round_skips_the_frozen_feature_pass(tiny
         assert np.load(run_dir / f"round_{k}" / "test_preds.npy").shape == (2, 20, 3)
         moved = _word_embeddings(run_dir / f"round_{k}" / "fold_0" / "head.weights.h5")
         assert not np.allclose(moved, original)
+        assert metrics["recipe"] == "finetune(layers=all,epochs=2,lr=0.0001,monitor=0)"
+        for fold in range(2):
+            record = json.loads((run_dir / f"round_{k}" / f"fold_{fold}" / "fold.json").read_text())
+            assert record["n_monitor"] == 0 and record["best_epoch"] == 2 == len(record["history"])
+            assert record["n_train_human"] == int(((folds != fold) & (folds != HOLDOUT)).sum())
     assert json.loads((run_dir / "round_1" / "metrics.json").read_text())["n_pseudo"] > 0
     assert (run_dir / "final.json").is_file() and (run_dir / "submission.csv").is_file()
 
