@@ -105,6 +105,8 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
 # (variant, round) pairs compared seed by seed where both ran: what the fine-tuned student adds over the
 # frozen head trained on the same pseudo-labels, over fine-tuning alone, and what fine-tuning alone adds
 COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
+               (("default +fine-tuned student", 2), ("default", 2)),
+               (("default +fine-tuned student", 2), ("default +fine-tuned student", 1)),
                (("default +fine-tuned soft student", 1), ("default", 1)),
                (("default +fine-tuned soft student", 1), ("default +fine-tuned student", 1)),
                (("default +fine-tuned student +last epoch", 1), ("default", 1)),

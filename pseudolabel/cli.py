@@ -294,7 +294,7 @@ def run(
     finetune_layers: int = _opt(_D["finetune_layers"], "Fine-tuning: the top N encoder layers train (0: all, "
                                                        "embeddings too).", _STUDENT),
     finetune_epochs: int = _opt(_D["finetune_epochs"], "Fine-tuning: epochs (the best on a monitor slice of the "
-                                                       "training part is kept).", _STUDENT),
+                                                       "training part is kept; --finetune-monitor).", _STUDENT),
     finetune_lr: float = _opt(_D["finetune_lr"], "Fine-tuning: peak learning rate of AdamW (linear warm-up over "
                                                  "10% of the steps, then linear decay).", _STUDENT),
     finetune_precision: str = _opt(_D["finetune_precision"], "Fine-tuning: float32, mixed_float16 (GPUs) or "

@@ -100,7 +100,8 @@ def test_full_labels_with_a_pool_file_compares_the_student_seed_by_seed(tmp_path
     seed_dir = tmp_path / "work" / "seed0"
     replay = [sys.executable, str(REPO / "benchmarks" / "delivery_rules.py"), "--train",
               str(REPO / "data" / "train.labeled.csv")]
-    runs = {name: seed_dir / name.replace(" ", "_").replace("+", "_") for name in (variants[0], variants[1], variants[3])}
+    runs = {name: seed_dir / name.replace(" ", "_").replace("+", "_")
+            for name in (variants[0], variants[1], variants[3])}
     done = subprocess.run(replay + [str(p) for p in runs.values()], capture_output=True, text=True, timeout=300,
                           cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
