@@ -117,8 +117,7 @@ COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("fine-tuned round 0 + soft student", 1), ("fine-tuned round 0 + student", 0)))
 ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student",
                       "default +fine-tuned soft student", "default +fine-tuned student +last epoch",
-                      "fine-tuned round 0",
-                      "fine-tuned round 0 + student", "fine-tuned round 0 + soft student")
+                      "fine-tuned round 0", "fine-tuned round 0 + student", "fine-tuned round 0 + soft student")
 for _name, _options in VARIANTS.items():
     if _name not in ON_TODAYS_DEFAULTS:
         VARIANTS[_name] = {**BEFORE, **_options}
