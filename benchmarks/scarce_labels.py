@@ -52,6 +52,10 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     # a plain `pseudo run --rounds R`: co-teacher 0.5, class-balanced over all the pool the prior allows,
     # holdout 0.15, the delivered output chosen on the holdout (deliver auto)
     "default": dict(),
+    # the training budget's alternatives: every pseudo-labeled post in every epoch (before --pseudo-ratio), and
+    # the default with later rounds' head batches length-grouped and cut to their longest post
+    "default +full pass": dict(pseudo_ratio=None),
+    "default +dynamic later rounds": dict(student_dynamic_padding=True),
     # what a user got before: round 0 on all labeled rows, no holdout (the reference for "delivered - round 0")
     "round 0 alone (no holdout)": dict(rounds=0, holdout=0.0),
     "threshold 0.9 (reference)": dict(strategy="threshold", threshold=0.9),
@@ -115,7 +119,7 @@ COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("fine-tuned round 0", 0), ("default", 0)),
                (("fine-tuned round 0 + student", 1), ("fine-tuned round 0 + student", 0)),
                (("fine-tuned round 0 + soft student", 1), ("fine-tuned round 0 + student", 0)))
-ON_TODAYS_DEFAULTS = ("default", "round 0 alone (no holdout)", "default +fine-tuned student",
+ON_TODAYS_DEFAULTS = ("default", "default +full pass", "default +dynamic later rounds", "round 0 alone (no holdout)", "default +fine-tuned student",
                       "default +fine-tuned soft student", "default +fine-tuned student +last epoch",
                       "fine-tuned round 0", "fine-tuned round 0 + student", "fine-tuned round 0 + soft student")
 for _name, _options in VARIANTS.items():
@@ -213,7 +217,8 @@ def round_rows(folder: Path, rounds: list[dict], eval_labels: np.ndarray, pool_l
         test = load_npy(folder / f"round_{k}" / "test_preds.npy").mean(axis=0)
         row = {"round": k, "eval_f1": scores(eval_labels, test)["macro_f1"], "oof_f1": metrics["oof"]["macro_f1"],
                "collapsed": metrics["collapsed"], "delivered": final["round"] == k, "n_pseudo": metrics["n_pseudo"],
-               "mix": list(metrics["pseudo_per_class"].values()), "precision": None}
+               "mix": list(metrics["pseudo_per_class"].values()), "precision": None,
+               "seconds": metrics["seconds"]["total"]}
         if k >= 1 and pool_labels is not None:
             chosen = load_npy(folder / f"round_{k}" / "pseudo_labels.npy")  # (folds, pool), class index or -1
             hit = chosen != NOT_SELECTED
@@ -347,6 +352,17 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
         given = [e["delivered"][name]["eval_f1"] for e in results]
         print(f"| {name} | {stat(r0)} | {stat(best)} | {stat(np.subtract(best, r0))} | {stat(given)} | "
               f"{stat(np.subtract(given, r0))} |")
+    print("\nquality and time: each round's fold ensemble on the evaluation split and its wall time (training and "
+          "scoring its folds), mean ± std over seeds")
+    print("| variant | round | eval macro-F1 | seconds | × round 0 |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        for k in range(min(len(e["variants"][name]) for e in results)):
+            f1 = [e["variants"][name][k]["eval_f1"] for e in results]
+            sec = [e["variants"][name][k].get("seconds", np.nan) for e in results]
+            r0 = [e["variants"][name][0].get("seconds", np.nan) for e in results]
+            print(f"| {name} | {k} | {stat(f1)} | {np.mean(sec):.0f} ± {np.std(sec):.0f} | "
+                  f"{np.mean(np.divide(sec, r0)):.2f} |")
     blend = [e["teacher_blend"] for e in results]
     r0 = [e["variants"][names[0]][0]["eval_f1"] for e in results]
     print(f"| round 0 + TF-IDF + LR, even blend (a teacher, not delivered) | | | | {stat(blend)} | "

@@ -229,6 +229,18 @@ def _opt(default, help: str, panel: str, *names: str):
     return typer.Option(default, *names, help=help.replace("[", "\\["), rich_help_panel=panel)
 
 
+def _ratio(value) -> float | None:
+    """--pseudo-ratio: a number of pseudo-labeled posts per human one, or 'all'."""
+    if value is None or isinstance(value, float):
+        return value
+    if str(value).strip().lower() == "all":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number > 0 or 'all', got {value!r}") from None
+
+
 @app.command()
 def run(
     rounds: int = _opt(_D["rounds"], "Pseudo-label rounds after round 0 (2 -> rounds 0, 1, 2).", _CONTROL),
@@ -278,6 +290,10 @@ def run(
                                                "n-gram TF-IDF + logistic regression teacher trained on the same "
                                                "folds; its share (0: off, 0.5: an even blend).", _SELECT),
     pseudo_weight: float = _opt(_D["pseudo_weight"], "Sample weight of pseudo-labeled rows.", _SELECT),
+    pseudo_ratio: Optional[float] = typer.Option(
+        _D["pseudo_ratio"], parser=_ratio, metavar="R|all", rich_help_panel=_STUDENT,
+        help="Rounds >= 1: each epoch trains on every human-labeled post of the fold and a fresh sample of R "
+             "pseudo-labeled posts per human one ('all': every pseudo-labeled post, every epoch)."),
     pseudo_source: str = _opt(_D["pseudo_source"], "'fold': fold k learns from fold k's previous model only "
                                                    "(leak-free OOF); 'mean': all folds' average.", _SELECT),
     soft_targets: bool = _opt(_D["soft_targets"], "Train on the teacher's probabilities instead of hard labels.",
@@ -288,6 +304,8 @@ def run(
                                 _SELECT),
     student_token_dropout: float = _opt(_D["student_token_dropout"], "Rounds >= 1: share of token positions whose "
                                         "features the student loses while training (word dropout).", _SELECT),
+    student_dynamic_padding: bool = _opt(_D["student_dynamic_padding"], "Rounds >= 1: the head's batches "
+                                         "length-grouped and cut to their longest post.", _STUDENT),
     student: str = _opt(_D["student"], "Rounds >= 1: 'head' (the recipe's head on frozen features) or 'finetune' "
                                        "(each fold fine-tunes the encoder on its human + pseudo-labeled posts; the "
                                        "encoder runs again over every post).", _STUDENT),

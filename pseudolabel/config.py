@@ -33,7 +33,8 @@ NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never ch
 # options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
                 "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
-                "finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor")
+                "finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor",
+                "pseudo_ratio", "student_dynamic_padding")
 # round 0's too with --recipe finetune
 FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor")
 STUDENTS = ("head", "finetune")
@@ -41,7 +42,8 @@ FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encode
 # options added after run directories existed: left out of the options a run is hashed by while at these
 # values, so every earlier run keeps its hash, its default directory name and its shared round 0
 OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4,
-                      "finetune_precision": "float32", "finetune_monitor": 0.1}
+                      "finetune_precision": "float32", "finetune_monitor": 0.1,
+                      "pseudo_ratio": None, "student_dynamic_padding": False}
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies of a fine-tuned encoder
 
 
@@ -91,6 +93,7 @@ CONSTRAINTS: dict[str, tuple] = {
     "strategy": (OneOf(STRATEGIES),),
     "top_k": (None, Interval(0, None)),
     "pseudo_weight": (Interval(0, None, "neither"),),
+    "pseudo_ratio": (None, Interval(0, None, "neither")),
     "pseudo_source": (OneOf(PSEUDO_SOURCES),),
     "sharpen": (Interval(0, None, "neither"),),
     "student_noise": (Interval(0, None),),
@@ -155,11 +158,15 @@ class RunConfig:
     strategy: str = "class-balanced"  # the pseudo-label mix follows the labeled prior (no class drift)
     top_k: int | None = None
     pseudo_weight: float = 1.0
+    # rounds >= 1: each epoch passes over every human row of the fold and a fresh sample of this many pseudo
+    # rows per human row (None: every pseudo row, every epoch); benchmarks/results/training-budget.md
+    pseudo_ratio: float | None = 1.0
     pseudo_source: str = "fold"  # fold k learns from fold k's previous model: every round's OOF is leak-free
     soft_targets: bool = False  # train on the teacher's (sharpened) probabilities instead of hard labels
     sharpen: float = 1.0  # soft targets: temperature T of p^(1/T) (T < 1 sharpens)
     student_noise: float = 0.0  # rounds >= 1: std of Gaussian noise on the student's features while training
     student_token_dropout: float = 0.0  # rounds >= 1: share of the student's token positions dropped while training
+    student_dynamic_padding: bool = False  # rounds >= 1: the head's batches length-grouped, cut to their longest post
     co_teacher: float = 0.5  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
     holdout: float | None = None  # None: DEFAULT_HOLDOUT when rounds >= 1, else 0 (a continued run: its own)
     deliver: str = "auto"  # auto | head | blend: what the run hands over (see deliver.py); not in the hash

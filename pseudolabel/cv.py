@@ -118,6 +118,7 @@ class Pseudo:
     rows: list[np.ndarray]  # per fold: pool row indices
     targets: list[np.ndarray]  # per fold: (n, 3) target rows (one-hot or soft)
     weight: float = 1.0
+    ratio: float | None = None  # pseudo rows per human row in each epoch, a fresh sample (None: all of them)
 
 
 @dataclass
@@ -292,10 +293,29 @@ class FoldRows:
     targets: np.ndarray  # (n_human + n_pseudo, 3)
     weights: np.ndarray  # (n_human + n_pseudo,) sample weights
     lengths: np.ndarray | None  # token counts of the training rows, with dynamic padding
+    ratio: float | None = None  # pseudo rows per human row in each epoch (None: every pseudo row)
 
     @property
     def n_train(self) -> int:
         return len(self.targets)
+
+    @property
+    def n_epoch(self) -> int:
+        """Training rows one epoch passes over: every human row and the sampled pseudo rows."""
+        return len(self.human) + self.pseudo_per_epoch
+
+    @property
+    def pseudo_per_epoch(self) -> int:
+        n_h, n_p = len(self.human), len(self.pseudo)
+        return n_p if self.ratio is None else min(n_p, int(np.ceil(self.ratio * n_h)))
+
+    def epoch(self, rng: np.random.Generator) -> np.ndarray:
+        """Indices into the training rows (human, then pseudo) of one epoch: every human row and, under a
+        ratio, a fresh sample of the pseudo rows (the generator is not drawn from when all of them train)."""
+        n_h, take = len(self.human), self.pseudo_per_epoch
+        if take == len(self.pseudo):
+            return np.arange(self.n_train)
+        return np.concatenate([np.arange(n_h), n_h + np.sort(rng.choice(len(self.pseudo), take, replace=False))])
 
 
 def fold_rows(plan: RoundPlan, fold: int, seed: int) -> FoldRows:
@@ -316,7 +336,7 @@ def fold_rows(plan: RoundPlan, fold: int, seed: int) -> FoldRows:
                                   plan.pseudo.source.lengths(pseudo) if len(pseudo) else np.zeros(0, np.int64)])
     return FoldRows(human, np.flatnonzero(plan.folds == fold), monitor, pseudo,
                     np.concatenate([np.eye(N_CLASSES, dtype=np.float32)[plan.labels[human]], pseudo_targets]),
-                    weights, lengths)
+                    weights, lengths, plan.pseudo.ratio if plan.pseudo is not None else None)
 
 
 def _batch_inputs(plan: RoundPlan, rows: FoldRows, order: np.ndarray):
@@ -339,18 +359,19 @@ class Fit:
 def _fit(plan: RoundPlan, fold: int, rows: FoldRows, model, precise, rng, progress: Progress) -> Fit:
     """The recipe's epochs over the fold's rows (early stopping on the monitor slice if the recipe says)."""
     recipe, dynamic = plan.recipe, rows.lengths is not None
-    epochs, batch = recipe.epochs_for(rows.n_train), recipe.batch_size
-    steps_per_epoch = -(-rows.n_train // batch)
+    epochs, batch = recipe.epochs_for(rows.n_epoch), recipe.batch_size
+    steps_per_epoch = -(-rows.n_epoch // batch)
     task = f"round {plan.round} fold {fold} train"
     progress.start(task, epochs * steps_per_epoch)
     best_score, best_weights, best_epoch = -1.0, None, 0
     history = []
     for epoch in range(epochs):
+        rows_now = rows.epoch(rng)
         if dynamic:
-            batches = length_grouped(rows.lengths, batch, rng)
+            batches = [rows_now[part] for part in length_grouped(rows.lengths[rows_now], batch, rng)]
         else:
-            order = rng.permutation(rows.n_train)
-            batches = [order[start:start + batch] for start in range(0, rows.n_train, batch)]
+            order = rows_now[rng.permutation(len(rows_now))]
+            batches = [order[start:start + batch] for start in range(0, len(order), batch)]
         losses = []
         for part in batches:
             x, taken = _batch_inputs(plan, rows, part)
@@ -358,7 +379,8 @@ def _fit(plan: RoundPlan, fold: int, rows: FoldRows, model, precise, rng, progre
             progress.advance(task)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if precise is not None:
-            sample = np.sort(rng.choice(rows.n_train, size=min(rows.n_train, recipe.precise_bn), replace=False))
+            sample = rows_now[np.sort(rng.choice(len(rows_now), size=min(len(rows_now), recipe.precise_bn),
+                                                 replace=False))]
             if dynamic:  # chunks of similar length, as predictions run
                 sample = sample[np.argsort(rows.lengths[sample], kind="stable")]
             chunks = (sample[i:i + PREDICT_CHUNK] for i in range(0, len(sample), PREDICT_CHUNK))
@@ -413,6 +435,7 @@ def fold_record(plan: RoundPlan, fold: int, rows: FoldRows, fit: Fit, train_seco
     """fold.json of a trained fold (a head or a fine-tuned student), but its total seconds."""
     pseudo_targets = rows.targets[len(rows.human):]
     return {"fold": fold, "n_train_human": len(rows.human), "n_train_pseudo": len(rows.pseudo),
+            "n_pseudo_per_epoch": rows.pseudo_per_epoch,
             "pseudo_targets": "soft" if len(rows.pseudo) and not np.isin(pseudo_targets, (0.0, 1.0)).all() else "hard",
             "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(fit.history),
             "best_epoch": fit.best_epoch, "history": fit.history, "train_seconds": train_seconds,

@@ -215,14 +215,15 @@ def train_fold(plan, fold: int, progress: Progress) -> dict:
     n_h = len(rows.human)
     lengths = np.concatenate([labeled.lengths[rows.human],
                               pool.lengths[rows.pseudo] if len(rows.pseudo) else np.zeros(0, np.int32)])
-    steps_per_epoch = -(-rows.n_train // ft.batch_size)
+    steps_per_epoch = -(-rows.n_epoch // ft.batch_size)
     student = Student(plan.encoder_files, ft, ft.epochs * steps_per_epoch, seed)
     task = f"round {plan.round} fold {fold} fine-tune"
     progress.start(task, ft.epochs * steps_per_epoch)
     best_score, best_weights, best_epoch, history = -1.0, None, 0, []
     for epoch in range(ft.epochs):
         losses = []
-        for part in length_grouped(lengths, ft.batch_size, rng):
+        rows_now = rows.epoch(rng)
+        for part in (rows_now[b] for b in length_grouped(lengths[rows_now], ft.batch_size, rng)):
             from_h, from_p = part[part < n_h], part[part >= n_h] - n_h
             taken = np.concatenate([from_h, from_p + n_h])
             cut = padded_length(lengths[taken].max(), labeled.input_ids.shape[1])

@@ -227,7 +227,8 @@ class Run:
         teacher = teacher_probs(self.dir, k - 1) if self.config.soft_targets else None
         targets = [pseudo_targets(labels[f], rows[f], None if teacher is None else teacher[f], self.config.sharpen)
                    for f in range(len(labels))]
-        return Pseudo(self.pseudo_source(pool_source, np.concatenate(rows)), rows, targets, self.config.pseudo_weight)
+        return Pseudo(self.pseudo_source(pool_source, np.concatenate(rows)), rows, targets, self.config.pseudo_weight,
+                      self.config.pseudo_ratio)
 
     def record(self, k: int, metrics: dict, history: "History") -> None:
         """Write round k's record and mark it finished (DONE last)."""
@@ -306,7 +307,10 @@ def check_inputs(config: RunConfig, files: EncoderFiles, labels: np.ndarray) -> 
 
 
 def student_recipe(recipe, config: RunConfig, k: int):
-    """Round 0 trains the recipe; later rounds' students may be noised (features, token positions)."""
+    """Round 0 trains the recipe; later rounds' students may be noised (features, token positions) and cut
+    their batches to the longest post."""
+    if k >= 1 and config.student_dynamic_padding and not recipe.dynamic_padding:
+        recipe = replace(recipe, name=f"{recipe.name}+dynpad", dynamic_padding=True)
     if k >= 1 and config.student_noise > 0:
         recipe = replace(recipe, name=f"{recipe.name}+noise{config.student_noise}", feature_noise=config.student_noise)
     if k >= 1 and config.student_token_dropout > 0:
