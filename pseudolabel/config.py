@@ -12,6 +12,7 @@ No TensorFlow is imported here (the recipe is resolved on demand).
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
@@ -56,6 +57,8 @@ class Interval:
     closed: str = "both"  # both | left | right | neither
 
     def holds(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
         left = self.closed in ("both", "left")
         right = self.closed in ("both", "right")
         return ((self.low is None or (value >= self.low if left else value > self.low))
@@ -110,6 +113,10 @@ CONSTRAINTS: dict[str, tuple] = {
 }
 
 
+# how the CLI spells an option's unset value, where it has a word for it
+UNSET_SPELLING = {"pseudo_ratio": "'all'"}
+
+
 def option_name(field: str) -> str:
     """The CLI's spelling of an option (`co_teacher` -> `co-teacher`)."""
     return field.replace("_", "-")
@@ -124,7 +131,8 @@ def check(field: str, value) -> None:
     if value is not None and any(rule.holds(value) for rule in stated):
         return
     shown = repr(value) if isinstance(value, str) else value
-    raise PseudoError(f"{option_name(field)} must be {' or '.join(r.describe() for r in stated)}, got {shown}")
+    allowed = [r.describe() for r in stated] + ([UNSET_SPELLING[field]] if field in UNSET_SPELLING else [])
+    raise PseudoError(f"{option_name(field)} must be {' or '.join(allowed)}, got {shown}")
 
 
 @dataclass

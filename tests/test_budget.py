@@ -1,0 +1,83 @@
+"""The training budget of rounds >= 1 (--pseudo-ratio): every human row each epoch, a fresh sample of the
+pseudo rows, the full pass kept as 'all', and a run's identity across the option."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import run_args
+from test_rounds import SELECT, invoke
+from pseudolabel.config import RunConfig, check
+from pseudolabel.cv import FoldRows
+from pseudolabel.errors import PseudoError
+
+COMMON = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
+
+
+def _rows(n_human: int, n_pseudo: int, ratio) -> FoldRows:
+    n = n_human + n_pseudo
+    return FoldRows(np.arange(n_human) * 3, np.arange(5), np.zeros(0, np.int64), np.arange(n_pseudo) + 1000,
+                    np.zeros((n, 3), np.float32), np.ones(n, np.float32), None, ratio)
+
+
+def test_each_epoch_takes_every_human_row_and_a_fresh_sample_of_ratio_pseudo_rows_per_human_one():
+    rows = _rows(40, 300, 0.5)
+    assert rows.pseudo_per_epoch == 20 and rows.n_epoch == 60 and rows.n_train == 340
+    rng = np.random.default_rng(0)
+    epochs = [rows.epoch(rng) for _ in range(4)]
+    for order in epochs:
+        assert len(order) == 60 and len(set(order.tolist())) == 60
+        np.testing.assert_array_equal(order[:40], np.arange(40))  # every human row, every epoch
+        assert ((order[40:] >= 40) & (order[40:] < 340)).all()
+    samples = [set(order[40:].tolist()) for order in epochs]
+    assert len({frozenset(s) for s in samples}) == 4  # a fresh sample each epoch
+    assert len(set().union(*samples)) > 20
+    assert _rows(7, 300, 1.5).pseudo_per_epoch == math.ceil(1.5 * 7)
+
+
+def test_the_full_pass_and_a_ratio_above_the_pool_train_every_row_without_drawing_from_the_generator():
+    for rows in (_rows(40, 30, None), _rows(40, 30, 2.0)):
+        rng = np.random.default_rng(3)
+        before = rng.bit_generator.state
+        np.testing.assert_array_equal(rows.epoch(rng), np.arange(70))
+        assert rng.bit_generator.state == before and rows.n_epoch == 70
+    assert _rows(40, 0, 1.0).n_epoch == 40  # round 0: no pseudo rows
+
+
+def test_the_full_pass_keeps_the_hash_of_runs_made_before_the_option_and_round_0_is_shared():
+    full, default, half = (RunConfig(**COMMON, pseudo_ratio=r) for r in (None, 1.0, 0.5))
+    assert "pseudo_ratio" not in full.results_dict() and default.results_dict()["pseudo_ratio"] == 1.0
+    assert len({full.results_hash(), default.results_hash(), half.results_hash()}) == 3
+    assert len({c.round0_key("enc") for c in (full, default, half)}) == 1
+
+
+@pytest.mark.parametrize("value, message", [
+    (0.0, "pseudo-ratio must be > 0 or 'all', got 0.0"),
+    ("lots", "pseudo-ratio must be > 0 or 'all', got 'lots'"),
+])
+def test_a_bad_ratio_is_a_one_line_error(value, message, tiny_data, tiny_encoder, tmp_path):
+    with pytest.raises(PseudoError) as info:
+        check("pseudo_ratio", value)
+    assert str(info.value) == message
+    result = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "r", "--pseudo-ratio", str(value)))
+    assert result.exit_code == 1 and result.output.strip() == f"error: {message}", result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio", ["0.2", "all"])
+def test_a_later_round_records_the_pseudo_rows_it_trained_on_per_epoch(ratio, tiny_data, tiny_encoder, tmp_path):
+    run_dir = tmp_path / "r"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--pseudo-ratio", ratio, *SELECT))
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run_dir / "config.json").read_text())["config"]
+    assert saved.get("pseudo_ratio") == (0.2 if ratio == "0.2" else None)
+    for fold in range(3):
+        record = json.loads((run_dir / "round_1" / f"fold_{fold}" / "fold.json").read_text())
+        n_h, n_p = record["n_train_human"], record["n_train_pseudo"]
+        assert n_p == 20  # --top-k 20 per fold
+        assert record["n_pseudo_per_epoch"] == (math.ceil(0.2 * n_h) if ratio == "0.2" else n_p) < n_p + (ratio == "all")
+    round0 = json.loads((run_dir / "round_0" / "fold_0" / "fold.json").read_text())
+    assert round0["n_pseudo_per_epoch"] == 0
