@@ -1,6 +1,6 @@
 """pseudo: semi-supervised pseudo-labeling for Chinese Weibo sentiment."""
 
-__version__ = "0.1.0"
+from .constants import VERSION as __version__  # noqa: F401
 
 
 def load_model(path, round=None, encoder=None, progress=None):

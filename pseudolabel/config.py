@@ -19,6 +19,7 @@ from typing import Any
 
 from .deliver import DELIVER
 from .errors import PseudoError
+from .finetune import PRECISIONS, STUDENTS, FineTune
 from .select import STRATEGIES
 from .store import config_hash
 
@@ -38,14 +39,12 @@ LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_sourc
                 "pseudo_ratio", "student_dynamic_padding")
 # round 0's too with --recipe finetune
 FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor")
-STUDENTS = ("head", "finetune")
 FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
 # options added after run directories existed: left out of the options a run is hashed by while at these
 # values, so every earlier run keeps its hash, its default directory name and its shared round 0
 OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4,
                       "finetune_precision": "float32", "finetune_monitor": 0.1,
                       "pseudo_ratio": None, "student_dynamic_padding": False}
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies of a fine-tuned encoder
 
 
 @dataclass(frozen=True)
@@ -241,8 +240,6 @@ class RunConfig:
 
     def finetune(self, k: int):
         """The fine-tuned student's settings for round k (rounds >= 1 add the student's token dropout)."""
-        from .finetune import FineTune
-
         return FineTune(layers=self.finetune_layers, epochs=self.finetune_epochs, learning_rate=self.finetune_lr,
                         token_dropout=self.student_token_dropout if k >= 1 else 0.0,
                         precision=self.finetune_precision, monitor_share=self.finetune_monitor)

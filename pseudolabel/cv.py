@@ -25,7 +25,8 @@ from .metrics import scores
 from .model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, reset_optimizer,
                     reset_random_layers, save_head_weights, set_standardization)
 from .progress import Progress
-from .store import RoundFiles, atomic_write_json, atomic_write_npy, load_npy, read_json
+from .rows import Fit, FoldRows, finish_fold, fold_record, fold_rows  # noqa: F401  (FoldRows re-exported)
+from .store import RoundFiles, atomic_write_npy, load_npy, read_json
 
 PREDICT_CHUNK = 512
 _STAT_ROWS = 4096  # rows sampled for the standardisation statistics
@@ -282,63 +283,6 @@ def predict(heads, source, progress: Progress, task: str, idx: np.ndarray | None
     return out
 
 
-@dataclass
-class FoldRows:
-    """What one fold trains on: human rows (labeled indices), then pseudo rows (pool indices)."""
-
-    human: np.ndarray  # labeled rows of the training part (the monitor slice taken out)
-    valid: np.ndarray  # labeled rows of the fold's validation part
-    monitor: np.ndarray  # labeled rows that choose the best epoch (early stopping), else empty
-    pseudo: np.ndarray  # pool rows
-    targets: np.ndarray  # (n_human + n_pseudo, 3)
-    weights: np.ndarray  # (n_human + n_pseudo,) sample weights
-    lengths: np.ndarray | None  # token counts of the training rows, with dynamic padding
-    ratio: float | None = None  # pseudo rows per human row in each epoch (None: every pseudo row)
-
-    @property
-    def n_train(self) -> int:
-        return len(self.targets)
-
-    @property
-    def n_epoch(self) -> int:
-        """Training rows one epoch passes over: every human row and the sampled pseudo rows."""
-        return len(self.human) + self.pseudo_per_epoch
-
-    @property
-    def pseudo_per_epoch(self) -> int:
-        n_h, n_p = len(self.human), len(self.pseudo)
-        return n_p if self.ratio is None else min(n_p, int(np.ceil(self.ratio * n_h)))
-
-    def epoch(self, rng: np.random.Generator) -> np.ndarray:
-        """Indices into the training rows (human, then pseudo) of one epoch: every human row and, under a
-        ratio, a fresh sample of the pseudo rows (the generator is not drawn from when all of them train)."""
-        n_h, take = len(self.human), self.pseudo_per_epoch
-        if take == len(self.pseudo):
-            return np.arange(self.n_train)
-        return np.concatenate([np.arange(n_h), n_h + np.sort(rng.choice(len(self.pseudo), take, replace=False))])
-
-
-def fold_rows(plan: RoundPlan, fold: int, seed: int) -> FoldRows:
-    human = np.flatnonzero((plan.folds != fold) & (plan.folds != HOLDOUT))
-    monitor = np.zeros(0, np.int64)
-    if plan.recipe.early_stopping:  # a slice of the training part, never the validation part
-        human, monitor = train_test_split(human, test_size=plan.recipe.monitor_share,
-                                          stratify=plan.labels[human], random_state=seed)
-        human, monitor = np.sort(human), np.sort(monitor)
-    pseudo = plan.pseudo.rows[fold] if plan.pseudo is not None else np.zeros(0, np.int64)
-    pseudo_targets = (plan.pseudo.targets[fold].astype(np.float32) if plan.pseudo is not None
-                      else np.zeros((0, N_CLASSES), np.float32))
-    weights = np.concatenate([np.ones(len(human), np.float32),
-                              np.full(len(pseudo), plan.pseudo.weight if len(pseudo) else 1.0, np.float32)])
-    lengths = None
-    if plan.recipe.dynamic_padding:
-        lengths = np.concatenate([plan.labeled.lengths(human),
-                                  plan.pseudo.source.lengths(pseudo) if len(pseudo) else np.zeros(0, np.int64)])
-    return FoldRows(human, np.flatnonzero(plan.folds == fold), monitor, pseudo,
-                    np.concatenate([np.eye(N_CLASSES, dtype=np.float32)[plan.labels[human]], pseudo_targets]),
-                    weights, lengths, plan.pseudo.ratio if plan.pseudo is not None else None)
-
-
 def _batch_inputs(plan: RoundPlan, rows: FoldRows, order: np.ndarray):
     """Model inputs of training rows `order` (indices into human then pseudo), and their order."""
     n_h = len(rows.human)
@@ -348,12 +292,6 @@ def _batch_inputs(plan: RoundPlan, rows: FoldRows, order: np.ndarray):
     taken = np.concatenate([from_h, from_p + n_h])
     inputs = _concat(parts)
     return _unwrap(_trim(inputs, rows.lengths[taken]) if rows.lengths is not None else inputs), taken
-
-
-@dataclass
-class Fit:
-    history: list[dict]  # per epoch: loss, and the monitor's macro-F1 with early stopping
-    best_epoch: int  # the epoch whose weights the fold keeps (the last without early stopping)
 
 
 def _fit(plan: RoundPlan, fold: int, rows: FoldRows, model, precise, rng, progress: Progress) -> Fit:
@@ -430,28 +368,6 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     return record
 
 
-def fold_record(plan: RoundPlan, fold: int, rows: FoldRows, fit: Fit, train_seconds: float,
-                valid_probs: np.ndarray) -> dict:
-    """fold.json of a trained fold (a head or a fine-tuned student), but its total seconds."""
-    pseudo_targets = rows.targets[len(rows.human):]
-    return {"fold": fold, "n_train_human": len(rows.human), "n_train_pseudo": len(rows.pseudo),
-            "n_pseudo_per_epoch": rows.pseudo_per_epoch,
-            "pseudo_targets": "soft" if len(rows.pseudo) and not np.isin(pseudo_targets, (0.0, 1.0)).all() else "hard",
-            "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(fit.history),
-            "best_epoch": fit.best_epoch, "history": fit.history, "train_seconds": train_seconds,
-            "valid": scores(plan.labels[rows.valid], valid_probs)}
-
-
-def finish_fold(files, rows: FoldRows, valid_probs: np.ndarray, record: dict, started: float) -> None:
-    """Write a trained fold's validation predictions, rows and record, DONE last."""
-    atomic_write_npy(files.valid_preds, valid_probs)
-    atomic_write_npy(files.valid_idx, rows.valid)
-    atomic_write_npy(files.train_idx, rows.human)
-    record["seconds"] = time.time() - started
-    atomic_write_json(files.record, record)
-    files.mark_done()
-
-
 def fold_damage(plan: RoundPlan, fold: int) -> str | None:
     """What is wrong with a finished fold's files (missing, truncated, not of this round's folds), or None."""
     files = plan.files.fold(fold)
@@ -520,7 +436,7 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
         if reused:
             records.append(read_json(files.record))
         elif plan.student == "finetune":
-            from .finetune import train_fold as fine_tune_fold
+            from .student_fold import train_fold as fine_tune_fold
 
             records.append(fine_tune_fold(plan, fold, progress))
         else:

@@ -1,6 +1,6 @@
 """What a finished run delivers, described as a model that can score new posts, and its export.
 
-A `ModelSpec` says everything prediction needs, read from a run directory (`from_run`) or from an
+A `ModelSpec` (spec.py) says everything prediction needs, read from a run directory (`from_run`) or from an
 exported model folder (`from_export`): the encoder (folder and content hash), the round's fold
 heads (their weight files and recipe), how the run fed them (maximum length, feature precision,
 dynamic padding), and the share and files of the co-teacher blend when a blend was delivered.
@@ -21,55 +21,17 @@ Reading a run's spec resolves its head recipe (`model`, `loop`), which imports T
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
 from .config import RunConfig, migrate
-from .encoder import HF_NAMES, TOKENIZER_EXTRAS, EncoderFiles, find_encoder
+from .constants import VERSION
+from .encoder import HF_NAMES, TOKENIZER_EXTRAS
 from .errors import PseudoError
+from .spec import ModelSpec
 from .store import RunDir, atomic_write_json, atomic_write_text, mark_done, read_json, written_aside
 
 FORMAT = 1
 MODEL_FILE = "model.json"
-
-
-@dataclass
-class ModelSpec:
-    kind: str  # "run" (a run directory) or "export" (an exported folder)
-    source: Path  # the run directory or export folder it was read from
-    round: int
-    weight: float  # share of the co-teacher in the delivered blend (0: the heads alone)
-    recipe: dict  # the round's head recipe (model.Recipe fields)
-    max_len: int
-    hidden: int
-    dynamic_padding: bool  # the run scored in length-sorted chunks cut to their longest post
-    feature_dtype: str  # "float16": the heads saw cached features; "float32": streamed ones
-    heads: list[Path]  # the fold heads' (or fine-tuned fold models') weight files, fold order
-    encoder_folder: Path
-    encoder_sha256: str
-    card: dict = field(default_factory=dict)  # what the model card says: data, rounds, scores
-    student: str = "head"  # "finetune": `heads` are fold models that fine-tuned the encoder (finetune.py)
-    finetune: dict | None = None  # their finetune.FineTune settings, with student "finetune"
-
-    def text_model(self, progress=None):
-        """The co-teacher refit on every labeled row, which the delivered blend mixes in (weight > 0)."""
-        from .coteacher import TextModel, refit_model
-
-        if self.kind == "run":
-            return refit_model(RunDir(self.source), progress)
-        return TextModel.load(self.source / "co_teacher")
-
-    def encoder(self) -> EncoderFiles:
-        """The encoder's files, checked against the content hash the heads were trained on."""
-        if not Path(self.encoder_folder).is_dir():
-            raise PseudoError(f"{self.encoder_folder}: encoder folder not found (the model was trained with it); "
-                              f"pass --encoder with the folder it moved to")
-        files = find_encoder(self.encoder_folder)
-        if files.identity != self.encoder_sha256:
-            raise PseudoError(f"{self.encoder_folder}: not the encoder the model was trained with (content "
-                              f"{files.identity[:12]}, expected {self.encoder_sha256[:12]})")
-        return files
 
 
 def load_spec(path: str | Path, round: int | None = None, encoder: str | Path | None = None) -> ModelSpec:
@@ -199,7 +161,7 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, rou
             progress.note(f"writing the TensorFlow SavedModel of {len(spec.heads)} fold heads and the encoder")
         shutil.rmtree(out / "saved_model", ignore_errors=True)
         save_serving(spec, out / "saved_model")
-    record = {"format": FORMAT, "package": f"pseudolabel {__version__}", "round": spec.round, "weight": spec.weight,
+    record = {"format": FORMAT, "package": f"pseudolabel {VERSION}", "round": spec.round, "weight": spec.weight,
               "output": "blend" if spec.weight > 0 else "head", "recipe": spec.recipe, "max_len": spec.max_len,
               "hidden": spec.hidden, "dynamic_padding": spec.dynamic_padding, "feature_dtype": spec.feature_dtype,
               "heads": heads, "labels": ["-1", "0", "1"], "student": spec.student, "finetune": spec.finetune,

@@ -10,27 +10,24 @@ macro-F1 on a monitor slice of the training part is kept. The fold then scores i
 part, the holdout, the test file and the pool with its own encoder, so these rounds run the
 encoder again over every post (counted in the fold's record). Everything a round writes is what
 every round writes (`cv.run_folds` collects the folds' predictions), so selection, delivery and
-reports work unchanged.
+reports work unchanged. A round's fold of this student: student_fold.py.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
-from .batching import length_grouped, padded_length
-from .config import PRECISIONS
+from .batching import padded_length
 from .constants import N_CLASSES
 from .errors import PseudoError
-from .metrics import scores
 from .progress import Progress
-from .store import atomic_write_npy
 
 PREDICT_BATCH = 128
 STUDENTS = ("head", "finetune")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies of a fine-tuned encoder
 
 
 @dataclass(frozen=True)
@@ -196,74 +193,3 @@ def drop_tokens(ids: np.ndarray, mask: np.ndarray, share: float, mask_id: int, r
     steps = np.arange(ids.shape[1])[None, :]
     inner = (steps >= 1) & (steps < lengths[:, None] - 1)
     return np.where(inner & (rng.random(ids.shape) < share), mask_id, ids).astype(ids.dtype)
-
-
-def train_fold(plan, fold: int, progress: Progress) -> dict:
-    """Fine-tune fold `fold` of the round and score its validation part, holdout, test file and pool;
-    write its folder (DONE last) and return its record."""
-    from .constants import HOLDOUT
-    from .cv import Fit, finish_fold, fold_record, fold_rows
-    from .model import save_head_weights
-
-    started = time.time()
-    ft: FineTune = plan.finetune
-    files = plan.files.fold(fold)
-    seed = plan.seed * 1000 + plan.round * 10 + fold
-    rng = np.random.default_rng(seed)
-    rows = fold_rows(plan, fold, seed)  # the plan's recipe keeps a monitor slice (early stopping)
-    labeled, pool = plan.tokens["labeled"], plan.tokens.get("unlabeled")
-    n_h = len(rows.human)
-    lengths = np.concatenate([labeled.lengths[rows.human],
-                              pool.lengths[rows.pseudo] if len(rows.pseudo) else np.zeros(0, np.int32)])
-    steps_per_epoch = -(-rows.n_epoch // ft.batch_size)
-    student = Student(plan.encoder_files, ft, ft.epochs * steps_per_epoch, seed)
-    task = f"round {plan.round} fold {fold} fine-tune"
-    progress.start(task, ft.epochs * steps_per_epoch)
-    best_score, best_weights, best_epoch, history = -1.0, None, 0, []
-    for epoch in range(ft.epochs):
-        losses = []
-        rows_now = rows.epoch(rng)
-        for part in (rows_now[b] for b in length_grouped(lengths[rows_now], ft.batch_size, rng)):
-            from_h, from_p = part[part < n_h], part[part >= n_h] - n_h
-            taken = np.concatenate([from_h, from_p + n_h])
-            cut = padded_length(lengths[taken].max(), labeled.input_ids.shape[1])
-            parts = [(labeled, rows.human[from_h])] + ([(pool, rows.pseudo[from_p])] if len(from_p) else [])
-            ids = np.concatenate([tokens.input_ids[r, :cut] for tokens, r in parts])
-            mask = np.concatenate([tokens.attention_mask[r, :cut] for tokens, r in parts])
-            ids = drop_tokens(ids, mask, ft.token_dropout, plan.mask_id, rng)
-            losses.append(student.train_on(ids, mask, rows.targets[taken], rows.weights[taken]))
-            progress.advance(task)
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
-        history.append(entry)
-        if len(rows.monitor):
-            entry["monitor_macro_f1"] = scores(plan.labels[rows.monitor],
-                                               student.predict(labeled, rows.monitor))["macro_f1"]
-            if entry["monitor_macro_f1"] > best_score:
-                best_score, best_weights, best_epoch = entry["monitor_macro_f1"], student.model.get_weights(), epoch + 1
-            if epoch + 1 - best_epoch >= ft.patience:
-                progress.advance(task, (ft.epochs - epoch - 1) * steps_per_epoch)
-                break
-    progress.finish(task)
-    if best_weights is not None:
-        student.model.set_weights(best_weights)
-    train_seconds = time.time() - started
-
-    valid_probs = student.predict(labeled, rows.valid, progress, f"round {plan.round} fold {fold} validate")
-    scored = {"holdout": (labeled, np.flatnonzero(plan.folds == HOLDOUT)),
-              "test": (plan.tokens.get("test"), None), "unmask": (pool, None)}
-    files.path.mkdir(parents=True, exist_ok=True)
-    for name, (tokens, idx) in scored.items():
-        if tokens is None or (idx is not None and not len(idx)):
-            continue
-        shown = "pool" if name == "unmask" else name
-        probs = student.predict(tokens, np.arange(len(tokens)) if idx is None else idx, progress,
-                                f"round {plan.round} fold {fold} score {shown}")
-        atomic_write_npy(files.preds(name), probs)
-    save_head_weights(student.model, files.weights)
-    record = {**fold_record(plan, fold, rows, Fit(history, best_epoch or len(history)), train_seconds, valid_probs),
-              "student": ft.name, "encoder_rows": student.encoder_rows}
-    finish_fold(files, rows, valid_probs, record, started)
-    from ._tf import keras
-
-    keras.backend.clear_session()
-    return record

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .calibrate import calibration_report
 from .config import SCHEMA, RunConfig, migrate, round0_key  # noqa: F401  (RunConfig re-exported)
+from .constants import VERSION
 from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from .data import LABEL_VALUES, label_values, load_labeled, load_unlabeled
@@ -131,17 +131,6 @@ class Run:
 
     # ------------------------------------------------------------ rounds
 
-    def folds(self) -> np.ndarray:
-        path = self.dir.round(0).folds
-        if path.is_file():
-            folds = load_npy(path)
-            if len(folds) != len(self.labeled):
-                raise PseudoError(f"{path}: {len(folds)} rows, the train file has {len(self.labeled)}")
-            return folds
-        folds = make_folds(self.labeled.labels, self.config.folds, self.config.holdout, self.config.seed)
-        atomic_write_npy(path, folds)
-        return folds
-
     def execute(self) -> RunResult:
         try:
             return self._execute()
@@ -153,7 +142,7 @@ class Run:
         """Round 0, then per round: select -> train every fold -> record, until `stop_reason` says why not.
         A finished round (DONE) is read back instead of trained, so an interrupted run resumes."""
         atomic_write_json(self.dir.status_path, {"stop_reason": None, "running": True})
-        folds, sources = self.folds(), self.sources()
+        folds, sources = run_folds_of(self.dir.round(0).folds, self.labeled.labels, self.config), self.sources()
         self.progress.plan(self.config.rounds + 1, self.config.folds)
         history = History(first_selected=np.full(len(self.pool) if self.pool else 0, -1, np.int64))
         stop = None
@@ -212,13 +201,7 @@ class Run:
                 threshold=cfg.threshold, top_k=cfg.top_k, source=cfg.pseudo_source, calibrate=cfg.calibrate,
                 force=cfg.force)
             write_selection(self.dir, k, labels, confidence, info, self.pool)
-        prior = prev["labeled_prior"]
-        info["drift"] = mix_drift(info["per_class"], prior)
-        if info["drift"] > DRIFT_WARN:
-            mix = " / ".join(str(n) for n in info["per_class"])
-            self.progress.note(f"round {k}: the pseudo-label mix -1/0/1 ({mix}) drifts from the labeled prior "
-                               f"({' / '.join(f'{p:.2f}' for p in prior)}) by {info['drift']:.2f}; "
-                               f"--strategy class-balanced keeps it at the prior")
+        note_drift(k, info, prev["labeled_prior"], self.progress)
         return labels, info
 
     def pseudo(self, labels: np.ndarray, pool_source, k: int) -> Pseudo:
@@ -261,29 +244,61 @@ class Run:
                          test=sources["test"], unlabeled=sources["unlabeled"], seed=self.config.seed,
                          pseudo=pseudo, bert_factory=lambda: load_bert(self.files), heads=self.heads)
         if self.config.trainer(k) == "finetune":
-            finetune = self.config.finetune(k)
-            # a monitor slice of the fold's training part chooses the student's epoch (none: the last epoch is
-            # kept); the student cuts its own batches
-            recipe = replace(recipe, name=finetune.name, early_stopping=finetune.monitor_share > 0,
-                             monitor_share=finetune.monitor_share, dynamic_padding=False)
-            plan = replace(plan, recipe=recipe, student="finetune", finetune=finetune, tokens=self.all_tokens(),
-                           encoder_files=self.files, mask_id=self._tokenizer.mask_token_id)
+            plan = fine_tuned_plan(plan, self.config.finetune(k), self.all_tokens(), self.files,
+                                   self._tokenizer.mask_token_id)
+            recipe = plan.recipe
         out = run_folds(plan, self.progress)
         labels = self.labeled.labels
-        atomic_write_npy(files.oof_preds, out.oof)
-        if out.holdout is not None:
-            atomic_write_npy(files.holdout_preds, out.holdout)
-        if out.test is not None:
-            atomic_write_npy(files.test_preds, out.test)
-            atomic_write_csv(files.submission, ["id", "y"],
-                             zip(self.test.ids, label_values(out.test.mean(axis=0).argmax(axis=1)).tolist()))
-        if out.unmask is not None:
-            atomic_write_npy(files.unmask_preds, out.unmask)
+        write_round_predictions(files, out, self.test.ids if self.test else None)
         co_holdout = self.co_teacher()[0]["holdout"] if out.holdout is not None else None
         return round_metrics(k, out, labels, folds, pseudo, info, co_holdout, recipe=recipe.name,
                              student=plan.student, mode=self.config.mode,
                              leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
+
+
+def note_drift(k: int, info: dict, prior: list[float], progress: Progress) -> None:
+    """Record how far round k's pseudo-label mix drifts from the labeled prior, and say so when it is far."""
+    info["drift"] = mix_drift(info["per_class"], prior)
+    if info["drift"] > DRIFT_WARN:
+        mix = " / ".join(str(n) for n in info["per_class"])
+        progress.note(f"round {k}: the pseudo-label mix -1/0/1 ({mix}) drifts from the labeled prior "
+                      f"({' / '.join(f'{p:.2f}' for p in prior)}) by {info['drift']:.2f}; "
+                      f"--strategy class-balanced keeps it at the prior")
+
+
+def run_folds_of(path, labels: np.ndarray, config: RunConfig) -> np.ndarray:
+    """The run's fold id per labeled row: read back from round 0's folds.npy, else made and written there."""
+    if path.is_file():
+        folds = load_npy(path)
+        if len(folds) != len(labels):
+            raise PseudoError(f"{path}: {len(folds)} rows, the train file has {len(labels)}")
+        return folds
+    folds = make_folds(labels, config.folds, config.holdout, config.seed)
+    atomic_write_npy(path, folds)
+    return folds
+
+
+def fine_tuned_plan(plan: RoundPlan, finetune, tokens: dict, encoder_files: EncoderFiles, mask_id: int) -> RoundPlan:
+    """A round's plan whose folds fine-tune the encoder: a monitor slice of the fold's training part chooses
+    the student's epoch (none: the last epoch is kept); the student cuts its own batches."""
+    recipe = replace(plan.recipe, name=finetune.name, early_stopping=finetune.monitor_share > 0,
+                     monitor_share=finetune.monitor_share, dynamic_padding=False)
+    return replace(plan, recipe=recipe, student="finetune", finetune=finetune, tokens=tokens,
+                   encoder_files=encoder_files, mask_id=mask_id)
+
+
+def write_round_predictions(files, out, test_ids) -> None:
+    """A round's predictions: OOF, holdout, test (and its submission.csv), pool."""
+    atomic_write_npy(files.oof_preds, out.oof)
+    if out.holdout is not None:
+        atomic_write_npy(files.holdout_preds, out.holdout)
+    if out.test is not None:
+        atomic_write_npy(files.test_preds, out.test)
+        atomic_write_csv(files.submission, ["id", "y"],
+                         zip(test_ids, label_values(out.test.mean(axis=0).argmax(axis=1)).tolist()))
+    if out.unmask is not None:
+        atomic_write_npy(files.unmask_preds, out.unmask)
 
 
 def check_inputs(config: RunConfig, files: EncoderFiles, labels: np.ndarray) -> None:
@@ -419,7 +434,7 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
     recipe_dict = recipe.to_dict()
     record = {"schema": SCHEMA, "config": resolved, "hash": config.results_hash(),
               "invocation": config.invocation(),
-              "package": f"pseudolabel {__version__}",
+              "package": f"pseudolabel {VERSION}",
               "encoder": {"folder": str(files.folder), "sha256": files.identity,
                           "config": files.config_dict()},
               "recipe": recipe_dict, "data": rows}

@@ -24,7 +24,8 @@ from .batching import padded_length
 from .constants import LABEL_VALUES, N_CLASSES
 from .cv import PREDICT_CHUNK  # the run's scoring chunks: the cuts of dynamic padding follow from them
 from .data import EMPTY_TEXT, iter_posts
-from .delivered import ModelSpec, load_spec
+from .delivered import load_spec
+from .spec import ModelSpec
 from .errors import PseudoError
 from .features import ENCODE_BATCH
 from .progress import Progress

@@ -405,6 +405,23 @@ def _steps(lm, batches, config: PretrainConfig, record: dict, start_step: int, s
     return step
 
 
+def _settings(config: PretrainConfig, corpus: list[str], init_files, vocab_path: Path) -> dict:
+    """What decides a pretraining run's weights (a resume needs the same)."""
+    return {"config": asdict(config), "corpus": [str(p) for p in corpus],
+            "init": str(init_files.folder) if init_files else None,
+            "init_identity": init_files.identity if init_files else None,
+            "vocab_sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest()}
+
+
+def _held_out_loss(lm, batches) -> float:
+    """The masked-language-model loss over the held-out posts, per masked batch row."""
+    total, count = 0.0, 0
+    for batch in batches.held_out():
+        total += lm.run(lm.eval_step, batch) * len(batch["labels"])
+        count += len(batch["labels"])
+    return total / count
+
+
 def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, vocab: str | None = None,
              init: str | None = None, restart: bool = False, progress: Progress | None = None,
              stop_after: int | None = None) -> dict:
@@ -418,10 +435,7 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
     out = Path(out)
     init_files = find_encoder(init) if init else None
     vocab_path = _resolve_vocab(vocab, init_files)
-    settings = {"config": asdict(config), "corpus": [str(p) for p in corpus],
-                "init": str(init_files.folder) if init_files else None,
-                "init_identity": init_files.identity if init_files else None,
-                "vocab_sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest()}
+    settings = _settings(config, corpus, init_files, vocab_path)
     record_path = out / RECORD_NAME
     previous = _previous_record(out, settings, restart)
 
@@ -451,13 +465,7 @@ def pretrain(corpus: list[str], out: str | Path, config: PretrainConfig, *, voca
     batches = Batches(ids, lengths, train_rows, eval_rows, config, special, mask_id, vocab_size)
 
     def evaluate() -> float | None:
-        if not len(eval_rows):
-            return None
-        total, count = 0.0, 0
-        for batch in batches.held_out():
-            total += lm.run(lm.eval_step, batch) * len(batch["labels"])
-            count += len(batch["labels"])
-        return total / count
+        return _held_out_loss(lm, batches) if len(eval_rows) else None
 
     if start_step == 0 and not record["eval_loss"]:
         record["eval_loss"].append({"step": 0, "loss": evaluate()})

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .delivered import ModelSpec
+from .spec import ModelSpec
 from .errors import PseudoError
 
 SIGNATURE = "serving_default"
