@@ -332,10 +332,13 @@ def run(
                            "their features on disk.", _CONTROL),
     force: bool = _opt(_D["force"], "Select pseudo-labels even from a collapsed round.", _CONTROL),
     restart: bool = _opt(False, "Start the run directory over (the feature cache is kept).", _CONTROL),
+    plan: bool = _opt(False, "Print the rows, disk and estimated time of each stage (measured on a few warm "
+                             "batches of this machine), then exit without training or writing.", _CONTROL),
 ):
     """Round 0 of the recipe, then pseudo-label rounds; resumes an interrupted run in the same run directory."""
     options = dict(locals())  # the parameters above, named as RunConfig's fields
     options.pop("restart")
+    options.pop("plan")
     from .loop import Run
 
     options.update(test=test or None, unlabeled=unlabeled or None, run_dir="",
@@ -345,6 +348,10 @@ def run(
         config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
     except PseudoError as exc:
         _fail(str(exc))
+    if plan:
+        with one_line_errors("interrupted"):
+            _print_plan(config)
+        return
     with one_line_errors(f"interrupted; finished folds are kept: run the same command to resume ({config.run_dir})"):
         with ConsoleProgress(console) as progress:
             job = Run(config, progress, restart=restart)
@@ -352,6 +359,28 @@ def run(
                           f"recipe {job.recipe.name} · mode {config.mode}")
             result = job.execute()
     _render_rounds(result.rounds, result.stop_reason, f"run {result.run_dir}", result.final)
+
+
+def _print_plan(config: RunConfig) -> None:
+    from .plan import plan_run
+
+    with ConsoleProgress(console) as progress:
+        n_rows, stages, costs = plan_run(config, progress)
+    table = Table(title=f"plan of {config.run_dir} (nothing trained or written)")
+    for column in ("stage", "rows", "disk", "estimated time"):
+        table.add_column(column, justify="left" if column in ("stage", "rows") else "right")
+    known = [s["seconds"] for s in stages if s["seconds"] is not None]
+    for s in stages:
+        table.add_row(s["stage"], s["rows"], s["disk"], "-" if s["seconds"] is None else _duration(s["seconds"]))
+    table.add_row("total", "", "", ("≤ " if known else "") + _duration(sum(known)))
+    console.print(table)
+    console.print(f"measured here per post: encoder {costs.encode * 1e3:.2f} ms, head training "
+                  f"{costs.train * 1e3:.3f} ms, head scoring {costs.score * 1e3:.3f} ms; epochs are the recipe's "
+                  f"most (early stopping may end a fold sooner), so round times are upper bounds")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 @app.command("select")

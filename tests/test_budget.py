@@ -81,3 +81,39 @@ def test_a_later_round_records_the_pseudo_rows_it_trained_on_per_epoch(ratio, ti
         assert record["n_pseudo_per_epoch"] == (math.ceil(0.2 * n_h) if ratio == "0.2" else n_p) < n_p + (ratio == "all")
     round0 = json.loads((run_dir / "round_0" / "fold_0" / "fold.json").read_text())
     assert round0["n_pseudo_per_epoch"] == 0
+    if ratio == "0.2":  # what --plan said each fold trains per epoch is what the run trained
+        planned = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "p", "--rounds", "1", "--pseudo-ratio", ratio,
+                                   *SELECT, "--plan"))
+        line = next(x for x in planned.output.splitlines() if x.startswith("│ round 1"))
+        said = [int(n) for n in line.split("×")[2].split("rows")[0].strip().split("–")]
+        trained = [json.loads((run_dir / "round_1" / f"fold_{f}" / "fold.json").read_text()) for f in range(3)]
+        trained = sorted({r["n_train_human"] + r["n_pseudo_per_epoch"] for r in trained})
+        assert said == [trained[0], trained[-1]] if len(trained) > 1 else said == trained
+
+
+def test_plan_prints_each_stage_from_measured_costs_and_writes_nothing(tiny_data, tiny_encoder, tmp_path):
+    run_dir = tmp_path / "r"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--pseudo-ratio", "0.5", "--plan"))
+    assert result.exit_code == 0, result.output
+    assert not run_dir.exists() and not (tmp_path / ".stages").exists()
+    out = result.output
+    assert "nothing trained or written" in out and "measured here per post: encoder" in out
+    for stage in ("features: labeled", "features: test", "features: unlabeled", "round 0", "round 1", "total"):
+        assert stage in out, stage
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 5}
+    assert rows["features: labeled"] == "90" and rows["features: unlabeled"] == "60"
+    # 90 labeled rows, 15% holdout, 3 folds, a monitor slice: round 1 adds ceil(0.5 x human) rows per epoch
+    def per_epoch(stage):
+        return [int(n) for n in rows[stage].split("×")[2].split("rows")[0].strip().split("–")]
+
+    assert per_epoch("round 1") == [h + math.ceil(0.5 * h) for h in per_epoch("round 0")]
+    assert rows["round 1"].endswith("selection ≤ 60 per fold")
+
+
+def test_plan_checks_the_inputs_as_a_run_does(tiny_data, tiny_encoder, tmp_path):
+    bad = tmp_path / "train.csv"
+    bad.write_text("微博id,微博中文内容\n1,x\n", encoding="utf-8")
+    args = run_args(tiny_data, tiny_encoder, tmp_path / "r", "--plan")
+    args[args.index("--train") + 1] = str(bad)
+    result = invoke(*args)
+    assert result.exit_code == 1 and result.output.strip().startswith(f"error: {bad}"), result.output
