@@ -29,11 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pseudolabel.constants import HOLDOUT  # noqa: E402
-from pseudolabel.data import load_labeled, load_unlabeled  # noqa: E402
-from pseudolabel.deliver import BLEND_WEIGHTS, choose  # noqa: E402
-from pseudolabel.metrics import scores  # noqa: E402
-from pseudolabel.store import RunDir, load_npy, read_json  # noqa: E402
+from pseudolabel.core.constants import HOLDOUT  # noqa: E402
+from pseudolabel.data.posts import load_labeled, load_unlabeled  # noqa: E402
+from pseudolabel.rounds.deliver import BLEND_WEIGHTS, choose  # noqa: E402
+from pseudolabel.data.metrics import scores  # noqa: E402
+from pseudolabel.core.store import RunDir, load_npy, read_json  # noqa: E402
 
 WEIGHTS = (0.0, *BLEND_WEIGHTS)
 RULES = ("holdout (today's rule)", "holdout + OOF", "last round, even blend", "rounds' mean, even blend",

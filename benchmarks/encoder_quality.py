@@ -21,17 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pseudolabel.cv import FeatureSource, RoundPlan, make_folds, run_folds  # noqa: E402
-from pseudolabel.store import RoundFiles  # noqa: E402
-from pseudolabel.data import load_labeled  # noqa: E402
-from pseudolabel.encoder import (FrozenEncoder, find_encoder, load_tokenizer, quiet_transformers,  # noqa: E402
+from pseudolabel.rounds.cv import FeatureSource, RoundPlan, make_folds, run_folds  # noqa: E402
+from pseudolabel.core.store import RoundFiles  # noqa: E402
+from pseudolabel.data.posts import load_labeled  # noqa: E402
+from pseudolabel.encoding.encoder import (FrozenEncoder, find_encoder, load_tokenizer, quiet_transformers,  # noqa: E402
                                  save_random_encoder)
-from pseudolabel.features import features_for  # noqa: E402
-from pseudolabel.metrics import scores  # noqa: E402
-from pseudolabel.model import RECIPES  # noqa: E402
-from pseudolabel.probe import linear_probe  # noqa: E402
-from pseudolabel.progress import Progress  # noqa: E402
-from pseudolabel.tokenize import tokenize  # noqa: E402
+from pseudolabel.encoding.features import features_for  # noqa: E402
+from pseudolabel.data.metrics import scores  # noqa: E402
+from pseudolabel.heads.model import RECIPES  # noqa: E402
+from pseudolabel.encoding.probe import linear_probe  # noqa: E402
+from pseudolabel.core.progress import Progress  # noqa: E402
+from pseudolabel.data.tokenize import tokenize  # noqa: E402
 
 
 def evaluate(folder: Path, texts, labels, folds, args) -> dict:

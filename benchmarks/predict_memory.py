@@ -35,7 +35,7 @@ WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdo
 
 def posts_file(source: Path, rows: int, out: Path) -> Path:
     """The first `rows` posts of `source` (cycled if it has fewer) as a two-column CSV: 微博id, 微博中文内容."""
-    from pseudolabel.data import iter_posts
+    from pseudolabel.data.posts import iter_posts
 
     with open(out, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -52,7 +52,7 @@ def posts_file(source: Path, rows: int, out: Path) -> Path:
 
 
 def tiny_run(folder: Path, max_len: int) -> Path:
-    from pseudolabel.encoder import save_random_encoder
+    from pseudolabel.encoding.encoder import save_random_encoder
 
     encoder = folder / "encoder"
     save_random_encoder(encoder, ROOT / "models" / "bert-mini-random" / "vocab.txt", layers=2, hidden=64, heads=2,

@@ -67,7 +67,7 @@ def rss_mib() -> float:
 
 
 def write_csv(path: Path, ids, texts, labels=None) -> Path:
-    from pseudolabel.store import atomic_write_csv
+    from pseudolabel.core.store import atomic_write_csv
 
     header = ["微博id", "微博发布时间", "发布人账号", "微博中文内容", "微博图片", "微博视频"]
     rows = [[i, "", "", t, "", ""] for i, t in zip(ids, texts)]
@@ -80,10 +80,10 @@ def write_csv(path: Path, ids, texts, labels=None) -> Path:
 
 def score_child(folder: str, heads_dir: str, rows: int, hidden: int, max_len: int, queue) -> None:
     """In a fresh process: score `rows` cached pool rows with every fold head; report time and peak RSS."""
-    from pseudolabel.cv import FeatureSource, FoldHeads, predict
-    from pseudolabel.features import CachedFeatures
-    from pseudolabel.model import RECIPES, build_head
-    from pseudolabel.progress import Progress
+    from pseudolabel.rounds.cv import FeatureSource, FoldHeads, predict
+    from pseudolabel.encoding.features import CachedFeatures
+    from pseudolabel.heads.model import RECIPES, build_head
+    from pseudolabel.core.progress import Progress
 
     reset = reset_peak_rss()
     feats = CachedFeatures(Path(folder))
@@ -134,12 +134,12 @@ def main() -> None:
                         help="also time (a1), the reference protocol's own pseudo-label round")
     args = parser.parse_args()
 
-    from pseudolabel.data import load_labeled, load_unlabeled
-    from pseudolabel.encoder import find_encoder, load_tokenizer, quiet_transformers, save_random_encoder
-    from pseudolabel.loop import Run, RunConfig
-    from pseudolabel.model import faithful_encoder_rows
-    from pseudolabel.progress import Progress
-    from pseudolabel.tokenize import tokenize
+    from pseudolabel.data.posts import load_labeled, load_unlabeled
+    from pseudolabel.encoding.encoder import find_encoder, load_tokenizer, quiet_transformers, save_random_encoder
+    from pseudolabel.rounds.loop import Run, RunConfig
+    from pseudolabel.heads.model import faithful_encoder_rows
+    from pseudolabel.core.progress import Progress
+    from pseudolabel.data.tokenize import tokenize
 
     quiet_transformers()
     work = Path(tempfile.mkdtemp(prefix="round-speed-"))

@@ -38,12 +38,12 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pseudolabel.data import ID_COLUMN, LABEL_COLUMN, LABEL_VALUES, TEXT_COLUMN, load_labeled, load_unlabeled  # noqa: E402
-from pseudolabel.loop import Run, RunConfig  # noqa: E402
-from pseudolabel.metrics import scores  # noqa: E402
-from pseudolabel.progress import Progress  # noqa: E402
-from pseudolabel.select import NOT_SELECTED  # noqa: E402
-from pseudolabel.store import load_npy, read_json  # noqa: E402
+from pseudolabel.data.posts import ID_COLUMN, LABEL_COLUMN, LABEL_VALUES, TEXT_COLUMN, load_labeled, load_unlabeled  # noqa: E402
+from pseudolabel.rounds.loop import Run, RunConfig  # noqa: E402
+from pseudolabel.data.metrics import scores  # noqa: E402
+from pseudolabel.core.progress import Progress  # noqa: E402
+from pseudolabel.rounds.select import NOT_SELECTED  # noqa: E402
+from pseudolabel.core.store import load_npy, read_json  # noqa: E402
 
 # the defaults before the co-teacher and the holdout became defaults: no co-teacher, no holdout (round 0
 # delivered), class-balanced selection capped at the rows over 0.9
@@ -258,7 +258,7 @@ def main() -> None:
                         help="CPU threads for TensorFlow (0: all); two calls with 1 thread each share a 2-core machine")
     args = parser.parse_args()
     if args.threads:
-        from pseudolabel._tf import tf
+        from pseudolabel.core._tf import tf
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
 

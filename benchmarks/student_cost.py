@@ -23,12 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pseudolabel.batching import length_grouped, padded_length  # noqa: E402
-from pseudolabel.constants import N_CLASSES  # noqa: E402
-from pseudolabel.data import load_labeled  # noqa: E402
-from pseudolabel.encoder import FrozenEncoder, find_encoder, load_tokenizer  # noqa: E402
-from pseudolabel.finetune import PRECISIONS, FineTune, Student  # noqa: E402
-from pseudolabel.tokenize import tokenize  # noqa: E402
+from pseudolabel.data.batching import length_grouped, padded_length  # noqa: E402
+from pseudolabel.core.constants import N_CLASSES  # noqa: E402
+from pseudolabel.data.posts import load_labeled  # noqa: E402
+from pseudolabel.encoding.encoder import FrozenEncoder, find_encoder, load_tokenizer  # noqa: E402
+from pseudolabel.heads.finetune import PRECISIONS, FineTune, Student  # noqa: E402
+from pseudolabel.data.tokenize import tokenize  # noqa: E402
 
 BATCH = 32
 

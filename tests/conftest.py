@@ -40,7 +40,7 @@ def write_rows(path: Path, rows: list[list[str]], encoding: str = "utf-8") -> Pa
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     """A 2-layer, hidden-64 BERT with the real vocabulary, saved as a Hugging Face folder."""
-    from pseudolabel.encoder import save_random_encoder
+    from pseudolabel.encoding.encoder import save_random_encoder
 
     folder = tmp_path_factory.mktemp("enc") / "tiny-bert"
     save_random_encoder(folder, VOCAB, layers=2, hidden=64, heads=2, intermediate=128, max_positions=64, seed=1)
@@ -86,7 +86,7 @@ class ArrayFeatures:
         return self.x[idx]
 
 
-HOLD = "import sys, time; from pseudolabel.store import RunLock; lock = RunLock(sys.argv[1]).acquire('pseudo run'); " \
+HOLD = "import sys, time; from pseudolabel.core.store import RunLock; lock = RunLock(sys.argv[1]).acquire('pseudo run'); " \
        "print('held', flush=True); time.sleep(600)"
 
 

@@ -1,5 +1,6 @@
-"""The package's imports follow docs/architecture.md: every module in one stage, no import from a higher
-stage, no circle (imports inside functions count)."""
+"""The package's layout and imports follow docs/architecture.md: one folder per stage, every module in the
+stage the page names, no import from a higher stage, no circle between modules (imports inside functions
+count)."""
 
 import ast
 import re
@@ -10,35 +11,47 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pseudolabel"
 
 
-def documented_stages() -> dict[str, int]:
-    """module -> stage index, lowest first, from the table of docs/architecture.md."""
+def documented_stages() -> dict[str, list[str]]:
+    """stage -> its modules, lowest stage first, from the table of docs/architecture.md."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    stage_of = {}
-    rows = [line for line in text.splitlines() if re.match(r"\| \w+ \| [\w ]+ \|", line)]
-    for index, row in enumerate(rows[1:]):  # the header row first
-        for module in row.split("|")[2].split():
-            assert module not in stage_of, f"{module} is in two stages"
-            stage_of[module] = index
-    return stage_of
+    rows = [line for line in text.splitlines() if re.match(r"\| `?\w+/?`? \| [\w ]+ \|", line)]
+    return {row.split("|")[1].strip(" `/"): row.split("|")[2].split() for row in rows}
+
+
+def modules_of(package: Path) -> dict[str, Path]:
+    """'stage.module' (or 'module' at the top) -> its file, for every module of the package."""
+    out = {}
+    for path in package.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        parts = path.relative_to(package).with_suffix("").parts
+        out[".".join(parts)] = path
+    return out
 
 
 def import_graph(package: Path) -> dict[str, set[str]]:
-    """module -> the package's modules it imports (relative imports, anywhere in the file)."""
-    modules = {p.stem for p in package.glob("*.py")}
+    """'stage.module' -> the package's modules it imports (relative imports, anywhere in the file)."""
+    modules = modules_of(package)
     graph = {}
-    for path in package.glob("*.py"):
+    for name, path in modules.items():
+        here = name.split(".")[:-1]  # the folder the module is in, as a dotted path (empty at the top)
         targets = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom):
-                assert node.level <= 1 and not (node.module or "").startswith("pseudolabel"), \
-                    f"{path.name}: import the package's modules relatively (from .x import y)"
-                if node.level == 1:
-                    if node.module:
-                        targets.add(node.module.split(".")[0])
-                    else:  # from . import x: module x, or a name of the package's __init__
-                        targets.update(a.name if a.name in modules else "__init__" for a in node.names)
-        targets.discard(path.stem)
-        graph[path.stem] = targets
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            assert not (node.module or "").startswith("pseudolabel"), \
+                f"{path}: import the package's modules relatively (from .x import y)"
+            if node.level == 0:
+                continue
+            base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+            candidates = ([".".join(base + node.module.split("."))] if node.module
+                          else [".".join(base + [a.name]) for a in node.names])
+            for target in candidates:
+                if target not in modules:  # a package: its __init__
+                    target = ".".join([*target.split("."), "__init__"]) if target else "__init__"
+                if target in modules and target != name:
+                    targets.add(target)
+        graph[name] = targets
     return graph
 
 
@@ -73,28 +86,44 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_every_module_is_in_exactly_one_documented_stage():
+def stage_rank() -> dict[str, int]:
+    """module ('stage.module', or a top-level module) -> the rank of its stage, lowest first."""
     stages = documented_stages()
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    assert modules - set(stages) == set(), "add these modules to docs/architecture.md"
-    assert set(stages) - modules == set(), "docs/architecture.md names modules that do not exist"
+    rank = {}
+    for i, (stage, modules) in enumerate(stages.items()):
+        for module in modules:
+            rank[module if stage == "pseudolabel" else f"{stage}.{module}"] = i
+        if stage != "pseudolabel":
+            rank[f"{stage}.__init__"] = i
+    return rank
+
+
+def test_every_module_is_in_the_folder_of_its_documented_stage():
+    rank = stage_rank()
+    modules = set(modules_of(PACKAGE))
+    assert modules - set(rank) == set(), "add these modules to docs/architecture.md"
+    assert set(rank) - modules == set(), "docs/architecture.md names modules that are not where it says"
 
 
 def test_no_import_circle_and_no_import_from_a_higher_stage():
-    stages = documented_stages()
+    rank = stage_rank()
     graph = import_graph(PACKAGE)
     assert circles(graph) == []
-    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if stages[b] > stages[a])
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if rank[b] > rank[a])
     assert upward == []
 
 
 def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path):
-    (tmp_path / "low.py").write_text("def f():\n    from .high import g\n")
-    (tmp_path / "high.py").write_text("from .low import f\n")
-    (tmp_path / "alone.py").write_text("from . import low\n")
+    (tmp_path / "low").mkdir()
+    (tmp_path / "high").mkdir()
+    (tmp_path / "low" / "a.py").write_text("def f():\n    from ..high.b import g\n")
+    (tmp_path / "high" / "b.py").write_text("from ..low.a import f\nfrom .c import h\n")
+    (tmp_path / "high" / "c.py").write_text("from .. import low\n")
+    (tmp_path / "low" / "__init__.py").write_text("")
     graph = import_graph(tmp_path)
-    assert graph == {"low": {"high"}, "high": {"low"}, "alone": {"low"}}
-    assert circles(graph) == [["high", "low"]]
+    assert graph["low.a"] == {"high.b"} and graph["high.b"] == {"low.a", "high.c"}
+    assert graph["high.c"] == {"low.__init__"}
+    assert circles(graph) == [["high.b", "low.a"]]
 
 
 def test_the_package_version_is_the_one_pyproject_states():
@@ -102,4 +131,3 @@ def test_the_package_version_is_the_one_pyproject_states():
 
     with open(ROOT / "pyproject.toml", "rb") as f:
         assert pseudolabel.__version__ == tomllib.load(f)["project"]["version"]
-

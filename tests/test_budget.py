@@ -9,9 +9,9 @@ import pytest
 
 from conftest import run_args
 from test_rounds import SELECT, invoke
-from pseudolabel.config import RunConfig, check
-from pseudolabel.cv import FoldRows
-from pseudolabel.errors import PseudoError
+from pseudolabel.rounds.config import RunConfig, check
+from pseudolabel.rounds.cv import FoldRows
+from pseudolabel.core.errors import PseudoError
 
 COMMON = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import read_rows, run_args, write_rows
-from pseudolabel.cli import app
-from pseudolabel.cv import FOLD_SEED
+from pseudolabel.cli.commands import app
+from pseudolabel.rounds.cv import FOLD_SEED
 
 runner = CliRunner()
 
@@ -30,7 +30,7 @@ def cached_run(tiny_data, tiny_encoder, tmp_path_factory):
 def test_round0_layout_and_metrics(cached_run, tiny_data):
     from sklearn.model_selection import StratifiedKFold
 
-    from pseudolabel.data import load_labeled
+    from pseudolabel.data.posts import load_labeled
 
     run_dir, result = cached_run
     r0 = run_dir / "round_0"
@@ -63,10 +63,10 @@ def test_saved_heads_reproduce_the_round_and_hold_no_optimizer_state(cached_run)
     """Each fold's head file loads back (all heads behind one model) to the round's test predictions."""
     import h5py
 
-    from pseudolabel.cv import FeatureSource, FoldHeads, predict
-    from pseudolabel.features import CachedFeatures
-    from pseudolabel.model import Recipe, build_head
-    from pseudolabel.progress import Progress
+    from pseudolabel.rounds.cv import FeatureSource, FoldHeads, predict
+    from pseudolabel.encoding.features import CachedFeatures
+    from pseudolabel.heads.model import Recipe, build_head
+    from pseudolabel.core.progress import Progress
 
     run_dir, _ = cached_run
     saved = json.loads((run_dir / "config.json").read_text())
@@ -127,8 +127,8 @@ def test_damaged_folds_and_features_of_an_unfinished_round_are_recomputed(cached
 @pytest.mark.slow
 def test_features_reused_by_a_new_round0(cached_run, tiny_data, tiny_encoder):
     """A restart keeps the feature cache: the encoder is not run again."""
-    from pseudolabel.loop import Run, RunConfig
-    from pseudolabel.progress import Recorder
+    from pseudolabel.rounds.loop import Run, RunConfig
+    from pseudolabel.core.progress import Recorder
 
     run_dir, _ = cached_run
     config = RunConfig(train=str(tiny_data["train"]), test=str(tiny_data["test"]),
@@ -142,7 +142,7 @@ def test_features_reused_by_a_new_round0(cached_run, tiny_data, tiny_encoder):
 
 @pytest.mark.slow
 def test_faithful_mode_end_to_end(tiny_data, tiny_encoder, tmp_path):
-    from pseudolabel.model import faithful_encoder_rows
+    from pseudolabel.heads.model import faithful_encoder_rows
 
     run_dir = tmp_path / "faithful"
     before = faithful_encoder_rows()

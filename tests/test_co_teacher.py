@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import run_args
-from pseudolabel.cli import app
-from pseudolabel.coteacher import tfidf_teacher
-from pseudolabel.cv import HOLDOUT
-from pseudolabel.data import load_labeled, load_unlabeled
-from pseudolabel.select import select
-from pseudolabel.store import load_npy
+from pseudolabel.cli.commands import app
+from pseudolabel.rounds.coteacher import tfidf_teacher
+from pseudolabel.rounds.cv import HOLDOUT
+from pseudolabel.data.posts import load_labeled, load_unlabeled
+from pseudolabel.rounds.select import select
+from pseudolabel.core.store import load_npy
 
 
 def test_each_fold_model_learns_from_its_training_part_only(tiny_data):

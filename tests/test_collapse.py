@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import run_args
-from pseudolabel import cv
-from pseudolabel._tf import keras
-from pseudolabel.cli import app
-from pseudolabel.metrics import collapse_reason, majority_macro_f1, scores
+from pseudolabel.rounds import cv
+from pseudolabel.core._tf import keras
+from pseudolabel.cli.commands import app
+from pseudolabel.data.metrics import collapse_reason, majority_macro_f1, scores
 
 runner = CliRunner()
 

@@ -6,9 +6,9 @@ import json
 import pytest
 import typer.main
 
-from pseudolabel.cli import app
-from pseudolabel.config import CONSTRAINTS, SCHEMA, RunConfig, check, migrate
-from pseudolabel.errors import PseudoError
+from pseudolabel.cli.commands import app
+from pseudolabel.rounds.config import CONSTRAINTS, SCHEMA, RunConfig, check, migrate
+from pseudolabel.core.errors import PseudoError
 
 COMMON = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA, SHARED, write_rows
-from pseudolabel.data import EMPTY_TEXT, load_labeled, load_unlabeled
-from pseudolabel.errors import PseudoError
+from pseudolabel.data.posts import EMPTY_TEXT, load_labeled, load_unlabeled
+from pseudolabel.core.errors import PseudoError
 
 HEADER = ["微博id", "微博发布时间", "发布人账号", "微博中文内容", "微博图片", "微博视频", "情感倾向"]
 

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import read_rows, run_args, write_rows
-from pseudolabel.cli import app
-from pseudolabel.deliver import blend_scores, choose, delivered_probs
-from pseudolabel.errors import PseudoError
-from pseudolabel.metrics import scores
+from pseudolabel.cli.commands import app
+from pseudolabel.rounds.deliver import blend_scores, choose, delivered_probs
+from pseudolabel.core.errors import PseudoError
+from pseudolabel.data.metrics import scores
 
 
 def _round(k, oof=0.6, holdout=None, blend=None, collapsed=False, leak_free=True):

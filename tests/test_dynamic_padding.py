@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ArrayFeatures, run_args
-from pseudolabel.batching import padded_length
-from pseudolabel.cli import app
-from pseudolabel.cv import FeatureSource, predict
-from pseudolabel.model import RECIPES, build_head
-from pseudolabel.progress import Progress
+from pseudolabel.data.batching import padded_length
+from pseudolabel.cli.commands import app
+from pseudolabel.rounds.cv import FeatureSource, predict
+from pseudolabel.heads.model import RECIPES, build_head
+from pseudolabel.core.progress import Progress
 
 
 def test_padded_length_rounds_up_and_caps():
@@ -23,7 +23,7 @@ def test_padded_length_rounds_up_and_caps():
 
 
 def test_dynamic_predictions_come_back_in_row_order(monkeypatch):
-    import pseudolabel.cv as cv
+    import pseudolabel.rounds.cv as cv
 
     monkeypatch.setattr(cv, "PREDICT_CHUNK", 8)
     rng = np.random.default_rng(0)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import DATA, REPO, VOCAB
-from pseudolabel.data import load_labeled, load_unlabeled
-from pseudolabel.encoder import FrozenEncoder, find_encoder, load_tokenizer, save_random_encoder
-from pseudolabel.errors import PseudoError
-from pseudolabel.features import CachedFeatures, features_for
-from pseudolabel.progress import Recorder
-from pseudolabel.tokenize import tokenize
+from pseudolabel.data.posts import load_labeled, load_unlabeled
+from pseudolabel.encoding.encoder import FrozenEncoder, find_encoder, load_tokenizer, save_random_encoder
+from pseudolabel.core.errors import PseudoError
+from pseudolabel.encoding.features import CachedFeatures, features_for
+from pseudolabel.core.progress import Recorder
+from pseudolabel.data.tokenize import tokenize
 
 TEXTS = load_unlabeled(DATA / "unlabeled.csv", limit=37).texts
 
@@ -162,7 +162,7 @@ class FailOnRead:
 
 
 def test_interrupted_encoding_resumes(tiny_encoder, tmp_path, monkeypatch):
-    from pseudolabel import features as features_mod
+    from pseudolabel.encoding import features as features_mod
 
     files = find_encoder(tiny_encoder)
     texts = [f"{i} {t}" for i, t in enumerate(TEXTS * 3)]  # 111 distinct texts: two batches of 64

@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import run_args
-from pseudolabel.cli import app
-from pseudolabel.constants import HOLDOUT
-from pseudolabel.encoder import find_encoder
-from pseudolabel.finetune import FineTune, Student, drop_tokens
-from pseudolabel.metrics import scores
+from pseudolabel.cli.commands import app
+from pseudolabel.core.constants import HOLDOUT
+from pseudolabel.encoding.encoder import find_encoder
+from pseudolabel.heads.finetune import FineTune, Student, drop_tokens
+from pseudolabel.data.metrics import scores
 
 runner = CliRunner()
 STUDENT = ["--student", "finetune", "--finetune-epochs", "2", "--finetune-lr", "1e-4", "--folds", "2",
@@ -74,13 +74,13 @@ def test_the_student_fine_tunes_its_own_encoder_on_its_folds_training_part(stude
     assert report[1]["seconds_per_fold"] == pytest.approx(np.mean([f["seconds"] for f in metrics["folds"]]))
     from rich.console import Console
 
-    from pseudolabel.report import load_rounds, rounds_table
+    from pseudolabel.cli.report import load_rounds, rounds_table
 
     console = Console(width=300, record=True)
     console.print(rounds_table(load_rounds(run_dir)[0]))
     assert f"fine-tuned, {metrics['encoder_rows']:,} posts encoded" in console.export_text()
     # a collapsed student is detected as any round: from its own out-of-fold predictions
-    from pseudolabel.data import load_labeled
+    from pseudolabel.data.posts import load_labeled
 
     oof = np.load(run_dir / "round_1" / "oof_preds.npy")
     evaluated = folds != HOLDOUT
@@ -109,8 +109,8 @@ def test_a_student_round_interrupted_after_a_fold_resumes_to_the_same_numbers(st
 
 
 def test_soft_targets_reach_the_students_loss_linearly(tiny_encoder):
-    from pseudolabel.encoder import load_tokenizer
-    from pseudolabel.tokenize import tokenize
+    from pseudolabel.encoding.encoder import load_tokenizer
+    from pseudolabel.data.tokenize import tokenize
 
     files = find_encoder(tiny_encoder)
     student = Student(files, FineTune(dropout=0.0), steps=4, seed=0)
@@ -136,9 +136,9 @@ def test_a_mixed_precision_student_learns_and_keeps_float32_weights_and_outputs(
     """Mixed precision computes in 16 bits (mixed_float16 with a scaled loss) and keeps float32 variables,
     probabilities and saved weights; it fits a small batch like the float32 student. (Its speed is a
     GPU matter and is not measured here.)"""
-    from pseudolabel._tf import keras
-    from pseudolabel.encoder import load_tokenizer
-    from pseudolabel.tokenize import tokenize
+    from pseudolabel.core._tf import keras
+    from pseudolabel.encoding.encoder import load_tokenizer
+    from pseudolabel.data.tokenize import tokenize
 
     files = find_encoder(tiny_encoder)
     tokens = tokenize(["今天很开心", "太难了，不想说话", "一般般吧", "好想哭"], load_tokenizer(files), 16)
@@ -215,7 +215,7 @@ def test_a_fine_tuned_round_predicts_and_exports_as_it_scored_its_test_file(stud
     """`load_model`, `pseudo export` and `pseudo predict --model` on a student round: its fold models (each
     its own encoder) averaged give the round's own test predictions."""
     from pseudolabel import load_model
-    from pseudolabel.data import load_unlabeled
+    from pseudolabel.data.posts import load_unlabeled
 
     run_dir, _ = student_run
     expected = np.load(run_dir / "round_1" / "test_preds.npy").mean(axis=0)

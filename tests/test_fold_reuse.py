@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import ArrayFeatures
-from pseudolabel._tf import keras
-from pseudolabel.store import RoundFiles
-from pseudolabel.cv import FeatureSource, FoldHeads, RoundPlan, TrainingHeads, load_heads, make_folds, predict, train_fold
-from pseudolabel.model import RECIPES, build_head, reset_random_layers
-from pseudolabel.progress import Progress
+from pseudolabel.core._tf import keras
+from pseudolabel.core.store import RoundFiles
+from pseudolabel.rounds.cv import FeatureSource, FoldHeads, RoundPlan, TrainingHeads, load_heads, make_folds, predict, train_fold
+from pseudolabel.heads.model import RECIPES, build_head, reset_random_layers
+from pseudolabel.core.progress import Progress
 
 # every random layer of the head switched on: feature noise, token dropout, SpatialDropout1D, Dropout
 RECIPE = replace(RECIPES["default"], gru_units=8, dense_units=(16, 8), epochs=2, min_steps=0, batch_size=16,

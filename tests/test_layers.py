@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pseudolabel._tf import keras, tf
-from pseudolabel.layers import EPSILON, Capsule, Standardize
-from pseudolabel.losses import FocalLoss
+from pseudolabel.core._tf import keras, tf
+from pseudolabel.heads.layers import EPSILON, Capsule, Standardize
+from pseudolabel.heads.losses import FocalLoss
 
 
 def numpy_capsule(x, W, n_caps, d_caps, routings):
@@ -49,7 +49,7 @@ def test_capsule_config_round_trip():
 
 
 def test_head_save_load_predictions(tmp_path):
-    from pseudolabel.model import RECIPES, build_head, set_standardization
+    from pseudolabel.heads.model import RECIPES, build_head, set_standardization
 
     model = build_head(10, 16, RECIPES["default"])
     set_standardization(model, np.full(16, 0.5), np.full(16, 2.0))
@@ -102,9 +102,9 @@ def test_focal_loss_is_the_recipes_on_hard_labels_and_linear_in_soft_targets():
 
 def test_the_seed_recipe_is_the_reference_scripts():
     """Every setting of the reference script, read off the built model, not off the Recipe fields alone."""
-    from pseudolabel.constants import FOLD_SEED
-    from pseudolabel.loop import RunConfig
-    from pseudolabel.model import RECIPES, build_head
+    from pseudolabel.core.constants import FOLD_SEED
+    from pseudolabel.rounds.loop import RunConfig
+    from pseudolabel.heads.model import RECIPES, build_head
 
     seed = RECIPES["seed"]
     assert (seed.learning_rate, seed.batch_size, seed.epochs, seed.focal_alpha, seed.focal_gamma, seed.loss) == \
@@ -135,7 +135,7 @@ def test_the_seed_recipe_is_the_reference_scripts():
 def test_precise_batchnorm_sets_the_inference_statistics_of_the_training_rows():
     from dataclasses import replace
 
-    from pseudolabel.model import RECIPES, PreciseBatchNorm, build_head
+    from pseudolabel.heads.model import RECIPES, PreciseBatchNorm, build_head
 
     recipe = replace(RECIPES["default"], gru_units=8, dense_units=(16, 8))
     model = build_head(12, 6, recipe)

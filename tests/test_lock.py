@@ -6,8 +6,8 @@ import signal
 import pytest
 
 from conftest import hold_in_another_process
-from pseudolabel.errors import PseudoError
-from pseudolabel.store import RunLock, atomic_write_json
+from pseudolabel.core.errors import PseudoError
+from pseudolabel.core.store import RunLock, atomic_write_json
 
 
 def test_a_second_holder_is_refused_with_the_holders_pid_and_a_killed_holder_frees_it(tmp_path):
@@ -39,7 +39,7 @@ def test_run_files_are_readable_by_the_group_as_open_would_make_them(tmp_path):
 def test_a_full_disk_while_writing_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
     import errno
 
-    from pseudolabel.cli import _os_error
+    from pseudolabel.cli.commands import _os_error
 
     target = tmp_path / "metrics.json"
     atomic_write_json(target, {"round": 0})
@@ -60,7 +60,7 @@ def test_a_full_disk_while_writing_names_the_file_and_leaves_the_old_one(tmp_pat
 def test_a_damaged_array_of_the_run_is_a_one_line_error_naming_it(tmp_path):
     import numpy as np
 
-    from pseudolabel.store import atomic_write_npy, load_npy
+    from pseudolabel.core.store import atomic_write_npy, load_npy
 
     path = tmp_path / "unmask_preds.npy"
     atomic_write_npy(path, np.zeros((4, 3), np.float32))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import read_rows, write_rows
-from pseudolabel.data import load_labeled, load_unlabeled
-from pseudolabel.loop import Run, RunConfig
-from pseudolabel.progress import Recorder
+from pseudolabel.data.posts import load_labeled, load_unlabeled
+from pseudolabel.rounds.loop import Run, RunConfig
+from pseudolabel.core.progress import Recorder
 
 
 def config(tiny_data, tiny_encoder, run_dir, **kw):

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from conftest import read_rows, run_args, write_rows
 from pseudolabel import load_model
-from pseudolabel.cli import app
-from pseudolabel.data import load_unlabeled
+from pseudolabel.cli.commands import app
+from pseudolabel.data.posts import load_unlabeled
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
 
     # the SavedModel's signature: the fold heads' mean on ids padded to the model's length (the graph and the
     # eager encoder may round a feature to the other float16 neighbour: a few 1e-5 apart at most)
-    from pseudolabel._tf import tf
+    from pseudolabel.core._tf import tf
 
     serve = tf.saved_model.load(str(tmp_path / "model-True" / "saved_model")).signatures["serving_default"]
     tokens = model.tokens(texts)
@@ -133,7 +133,7 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
     assert result.exit_code == 0, result.output
     other = tiny_encoder.parent.parent / "other-encoder"
     if not other.exists():
-        from pseudolabel.encoder import save_random_encoder
+        from pseudolabel.encoding.encoder import save_random_encoder
         from conftest import VOCAB
 
         save_random_encoder(other, VOCAB, layers=2, hidden=64, heads=2, intermediate=128, max_positions=64, seed=7)

@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 from conftest import VOCAB
 
-from pseudolabel.cli import app
-from pseudolabel.encoder import FrozenEncoder, find_encoder, load_tokenizer, read_card
-from pseudolabel.pretrain import (MaskedLM, PretrainConfig, epoch_batches, keras_schedule, learning_rate_at,
+from pseudolabel.cli.commands import app
+from pseudolabel.encoding.encoder import FrozenEncoder, find_encoder, load_tokenizer, read_card
+from pseudolabel.encoding.pretrain import (MaskedLM, PretrainConfig, epoch_batches, keras_schedule, learning_rate_at,
                                   mask_batch, pretrain, token_lists)
-from pseudolabel.tokenize import tokenize
+from pseudolabel.data.tokenize import tokenize
 
 TINY = dict(layers=2, hidden=64, heads=2, intermediate=128, max_len=32, batch_size=8, eval_rows=10,
             checkpoint_every=4)
@@ -23,7 +23,7 @@ TINY_ARGS = ["--layers", "2", "--hidden", "64", "--heads", "2", "--intermediate"
 
 
 def _tokenizer():
-    from pseudolabel.encoder import EncoderFiles
+    from pseudolabel.encoding.encoder import EncoderFiles
 
     return load_tokenizer(EncoderFiles(VOCAB.parent, VOCAB, VOCAB, VOCAB, ""))
 

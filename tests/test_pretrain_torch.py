@@ -48,8 +48,8 @@ def test_shards_split_large_tensors_and_merge_back_exactly(script, tmp_path, mon
 
 
 def test_prepared_tokens_equal_pseudo_pretrain_tokens(script, tmp_path):
-    from pseudolabel.encoder import EncoderFiles, load_tokenizer
-    from pseudolabel.pretrain import load_corpus, token_lists
+    from pseudolabel.encoding.encoder import EncoderFiles, load_tokenizer
+    from pseudolabel.encoding.pretrain import load_corpus, token_lists
 
     corpus = str(DATA / "unlabeled.csv")
     out = tmp_path / "corpus.npz"

@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import run_args
-from pseudolabel.cli import app
-from pseudolabel.loop import RunConfig
-from pseudolabel.selection import mix_drift, pseudo_targets
-from pseudolabel.deliver import choose
-from pseudolabel.select import counts_per_class, select
+from pseudolabel.cli.commands import app
+from pseudolabel.rounds.loop import RunConfig
+from pseudolabel.rounds.selection import mix_drift, pseudo_targets
+from pseudolabel.rounds.deliver import choose
+from pseudolabel.rounds.select import counts_per_class, select
 
 
 def _skewed_pool(n=3000, seed=0):

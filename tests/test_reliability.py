@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import FAST, hold_in_another_process, run_args
-from pseudolabel.cli import app
-from pseudolabel.config import round0_key
-from pseudolabel.store import RunLock, computing
+from pseudolabel.cli.commands import app
+from pseudolabel.rounds.config import round0_key
+from pseudolabel.core.store import RunLock, computing
 
 runner = CliRunner()
 SMALL = ["--folds", "2", "--epochs", "1"]  # after FAST: the last value of an option wins
@@ -70,7 +70,7 @@ def test_relative_and_absolute_paths_to_the_same_files_are_the_same_run(relative
     # a run recorded before paths were made absolute (relative paths, their hash, round 0 under their key)
     # continues from the folder it was started in, and keeps its round 0
     relative = {**config["config"], "train": "train.csv", "test": "test.csv", "unlabeled": "unlabeled.csv"}
-    from pseudolabel.config import results_hash
+    from pseudolabel.rounds.config import results_hash
 
     old_key = round0_key(relative, config["recipe"], config["encoder"]["sha256"])
     stage = (relative_run / "round_0").resolve()

@@ -14,7 +14,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from conftest import REPO, run_args
-from pseudolabel.cli import app
+from pseudolabel.cli.commands import app
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import read_rows, run_args
 from test_lock import hold_in_another_process
 from test_rounds import SELECT, invoke, load
-from pseudolabel.select import NOT_SELECTED, select
+from pseudolabel.rounds.select import NOT_SELECTED, select
 
 pytestmark = pytest.mark.slow  # every test here is a CLI run or reads one
 

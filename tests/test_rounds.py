@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import read_rows, run_args
-from pseudolabel.cli import app
-from pseudolabel.data import load_labeled, load_unlabeled
-from pseudolabel.select import NOT_SELECTED, select
+from pseudolabel.cli.commands import app
+from pseudolabel.data.posts import load_labeled, load_unlabeled
+from pseudolabel.rounds.select import NOT_SELECTED, select
 
 pytestmark = pytest.mark.slow  # every test here is a CLI run or reads one
 
@@ -194,7 +194,7 @@ def test_changed_recipe_refuses_to_continue(two_rounds, tiny_data, tiny_encoder,
     """A run made under other recipe settings (e.g. an older default) does not silently continue."""
     from dataclasses import replace
 
-    from pseudolabel import model
+    from pseudolabel.heads import model
 
     run_dir, _ = two_rounds
     monkeypatch.setitem(model.RECIPES, "default", replace(model.RECIPES["default"], learning_rate=0.01))

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 
-import pseudolabel.cv as cv
+import pseudolabel.rounds.cv as cv
 from conftest import ArrayFeatures
-from pseudolabel.cv import FeatureSource, FoldHeads, predict
-from pseudolabel.model import RECIPES, build_head
-from pseudolabel.progress import Progress
+from pseudolabel.rounds.cv import FeatureSource, FoldHeads, predict
+from pseudolabel.heads.model import RECIPES, build_head
+from pseudolabel.core.progress import Progress
 
 
 def test_fold_heads_behind_one_model_predict_as_each_head_alone(monkeypatch):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pseudolabel.calibrate import apply_temperature, expected_calibration_error, fit_temperature
-from pseudolabel.errors import PseudoError
-from pseudolabel.select import (NOT_SELECTED, class_balanced_mask, counts_per_class, per_class_mask, select,
+from pseudolabel.rounds.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+from pseudolabel.core.errors import PseudoError
+from pseudolabel.rounds.select import (NOT_SELECTED, class_balanced_mask, counts_per_class, per_class_mask, select,
                                 sweep, threshold_mask, top_k_mask)
 
 P = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.05, 0.05, 0.9], [0.34, 0.33, 0.33]])

@@ -3,7 +3,7 @@
 `pseudo pretrain` trains with TensorFlow; this script is for a machine with a GPU and PyTorch but no
 TensorFlow. It keeps `pseudo pretrain`'s recipe exactly (same tokenizer, corpus de-duplication,
 held-out split, length-grouped batch order, masks and learning-rate schedule, all from
-`pseudolabel.pretrain`), and only the framework doing the steps differs. Three steps:
+`pseudolabel.encoding.pretrain`), and only the framework doing the steps differs. Three steps:
 
     # 1. here (pseudo's venv): tokenize the corpus once into a compact array file
     python tools/pretrain_torch.py prepare ../shared/data/covid_weibo_200k.unlabeled.csv \
@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pseudolabel.pretrain import Batches, PretrainConfig, learning_rate_at, split_corpus  # noqa: E402
+from pseudolabel.encoding.pretrain import Batches, PretrainConfig, learning_rate_at, split_corpus  # noqa: E402
 
 SHARD_BYTES = 14 * 2**20
 
@@ -44,8 +44,8 @@ SHARD_BYTES = 14 * 2**20
 
 
 def prepare(args) -> None:
-    from pseudolabel.encoder import find_encoder, load_tokenizer
-    from pseudolabel.pretrain import load_corpus, token_lists
+    from pseudolabel.encoding.encoder import find_encoder, load_tokenizer
+    from pseudolabel.encoding.pretrain import load_corpus, token_lists
 
     files = find_encoder(args.vocab)
     tokenizer = load_tokenizer(files)
@@ -285,7 +285,7 @@ def assemble(args) -> None:
     from safetensors.numpy import load_file, save_file
     from transformers import BertConfig
 
-    from pseudolabel.encoder import CARD_NAME, FrozenEncoder, find_encoder
+    from pseudolabel.encoding.encoder import CARD_NAME, FrozenEncoder, find_encoder
 
     shards = Path(args.shards)
     state = merge_shards(shards)

@@ -1,0 +1,1 @@
+"""Errors, shared names, progress, the TensorFlow shim and the run directory's files."""

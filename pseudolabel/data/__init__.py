@@ -1,0 +1,1 @@
+"""Reading posts, tokenizing, batching and scores."""

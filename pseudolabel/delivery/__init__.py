@@ -1,0 +1,1 @@
+"""What a run delivered, export, the SavedModel, predicting new posts."""

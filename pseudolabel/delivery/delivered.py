@@ -1,0 +1,243 @@
+"""What a finished run delivers, described as a model that can score new posts, and its export.
+
+A `ModelSpec` (spec.py) says everything prediction needs, read from a run directory (`from_run`) or from an
+exported model folder (`from_export`): the encoder (folder and content hash), the round's fold
+heads (their weight files and recipe), how the run fed them (maximum length, feature precision,
+dynamic padding), and the share and files of the co-teacher blend when a blend was delivered.
+
+`export` writes a self-contained folder::
+
+    <out>/model.json            what predicts (format, round, blend weight, recipe, lengths, encoder hash)
+    <out>/heads/fold_<i>.weights.h5
+    <out>/co_teacher/           the TF-IDF + LR refit (vocabulary.json, idf/coef/intercept/classes .npy)
+    <out>/encoder/              with --copy-encoder: the encoder's config, weights and vocabulary
+    <out>/vocab.txt             the tokenizer's vocabulary
+    <out>/saved_model/          with --saved-model: a TensorFlow SavedModel of the fold heads (serving.py)
+    <out>/README.md             the model card: data, rounds, scores, what was delivered
+
+Reading a run's spec resolves its head recipe (`model`, `loop`), which imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..rounds.config import RunConfig, migrate
+from ..core.constants import VERSION
+from ..encoding.encoder import HF_NAMES, TOKENIZER_EXTRAS
+from ..core.errors import PseudoError
+from .spec import ModelSpec
+from ..core.store import RunDir, atomic_write_json, atomic_write_text, mark_done, read_json, written_aside
+
+FORMAT = 1
+MODEL_FILE = "model.json"
+
+
+def load_spec(path: str | Path, round: int | None = None, encoder: str | Path | None = None) -> ModelSpec:
+    """The spec of a run directory (its delivered output, or round `round`'s heads) or of an export."""
+    path = Path(path)
+    if (path / MODEL_FILE).is_file():
+        if round is not None:
+            raise PseudoError(f"{path}: an exported model holds one round; --round needs a run directory")
+        spec = from_export(path)
+    elif (path / "config.json").is_file():
+        spec = from_run(path, round)
+    elif path.is_dir():
+        raise PseudoError(f"{path}: neither a run directory (config.json) nor an exported model ({MODEL_FILE})")
+    else:
+        raise PseudoError(f"{path}: not found")
+    if encoder is not None:
+        spec.encoder_folder = Path(encoder)
+    return spec
+
+
+def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
+    """What run `root` delivered (final.json), or round `round`'s fold heads alone."""
+    from ..rounds.loop import student_recipe
+    from ..heads.model import Recipe
+
+    run_dir = RunDir(root)
+    saved = migrate(run_dir.saved_config())  # paths recorded relative: as the working folder now sees them
+    options = saved["config"]
+    if options.get("mode") == "faithful":
+        raise PseudoError(f"{run_dir.root}: made with --mode faithful, whose fold models hold the encoder inside; "
+                          f"predict and export use runs made with --mode cached (the default)")
+    finished = run_dir.finished_rounds()
+    if round is None:
+        if not run_dir.final_path.is_file():
+            raise PseudoError(f"{run_dir.root}: the run has not finished (no {run_dir.final_path.name}); resume it "
+                              f"with the command `pseudo report --run-dir {run_dir.root}` prints, or pass --round N "
+                              f"of a finished round (finished: {', '.join(map(str, finished)) or 'none'})")
+        final = read_json(run_dir.final_path)
+        round, weight = int(final["round"]), float(final["weight"])
+    else:
+        final, weight = None, 0.0
+    if round not in finished:
+        raise PseudoError(f"round must be a finished round of {run_dir.root} "
+                          f"({', '.join(map(str, finished)) or 'none finished'}), got {round}")
+    metrics = read_json(run_dir.round(round).metrics)
+    config = RunConfig(**{**options, "run_dir": str(run_dir.root), "stream": tuple(options.get("stream", ()))})
+    recipe = student_recipe(Recipe.from_dict(saved["recipe"]), config, round)
+    folds = sorted(p.parent for p in run_dir.round(round).trained_folds())
+    card = {"run": str(run_dir.root.resolve()), "data": saved.get("data", {}), "options": options,
+            "round": round, "delivered": final, "round_metrics": _scores(metrics),
+            "rounds": [_scores(read_json(run_dir.round(k).metrics)) for k in finished],
+            "package": saved.get("package")}
+    return ModelSpec(
+        kind="run", source=run_dir.root, round=round, weight=weight, recipe=recipe.to_dict(),
+        max_len=int(options["max_len"]),
+        hidden=int(saved["encoder"]["config"]["hidden_size"]),
+        # fine-tuned fold models cut their own batches: no cuts to reproduce, no first pass over a file
+        dynamic_padding=bool(recipe.dynamic_padding) and config.trainer(round) != "finetune",
+        feature_dtype="float32" if "test" in options.get("stream", []) else "float16",
+        heads=[run_dir.fold(round, int(p.name.split("_")[1])).weights for p in folds],
+        encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card,
+        **_student(config, round))
+
+
+def _student(config: RunConfig, round: int) -> dict:
+    """What round `round` trained per fold: heads on the frozen encoder, or fine-tuned fold models."""
+    if config.trainer(round) != "finetune":
+        return {}
+    return {"student": "finetune", "finetune": config.finetune(round).to_dict()}
+
+
+def _scores(metrics: dict) -> dict:
+    """A round's headline scores for the model card."""
+    holdout = metrics.get("holdout") or {}
+    return {"round": metrics["round"], "oof_macro_f1": metrics["oof"]["macro_f1"],
+            "holdout_macro_f1": holdout.get("macro_f1"), "holdout_blend": metrics.get("holdout_blend"),
+            "n_pseudo": metrics.get("n_pseudo", 0), "collapsed": metrics.get("collapsed", False)}
+
+
+def from_export(folder: str | Path) -> ModelSpec:
+    folder = Path(folder)
+    record = read_json(folder / MODEL_FILE)
+    if record.get("format") != FORMAT:
+        raise PseudoError(f"{folder / MODEL_FILE}: model format {record.get('format')!r}, this package reads "
+                          f"{FORMAT}")
+    enc = record["encoder"]
+    copied = folder / "encoder"
+    return ModelSpec(
+        kind="export", source=folder, round=record["round"], weight=record["weight"], recipe=record["recipe"],
+        max_len=record["max_len"], hidden=record["hidden"], dynamic_padding=record["dynamic_padding"],
+        feature_dtype=record["feature_dtype"], heads=[folder / p for p in record["heads"]],
+        encoder_folder=copied if enc.get("copied") else Path(enc["folder"]), encoder_sha256=enc["sha256"],
+        card=record.get("card", {}), student=record.get("student", "head"), finetune=record.get("finetune"))
+
+
+def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, round: int | None = None,
+           saved_model: bool = False, progress=None) -> Path:
+    """Write the delivered model of `run_dir` (or round `round`'s heads) to the folder `out`; with
+    `saved_model`, also a TensorFlow SavedModel of the fold heads in `<out>/saved_model` (serving.py)."""
+    spec = from_run(run_dir, round)
+    if saved_model and spec.student == "finetune":
+        raise PseudoError(f"--saved-model: round {spec.round} of {run_dir} fine-tuned the encoder per fold; the "
+                          f"SavedModel holds fold heads on one frozen encoder (export without --saved-model)")
+    files = spec.encoder()  # the encoder must be there, and the one the heads were trained on
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MODEL_FILE).is_file():
+            raise PseudoError(f"{out}: exists and is not an exported model; choose an empty or new folder")
+        (out / MODEL_FILE).unlink()  # an export in progress is not a model until model.json is written last
+    out.mkdir(parents=True, exist_ok=True)
+    heads = []
+    for i, path in enumerate(spec.heads):
+        heads.append(f"heads/fold_{i}.weights.h5")
+        _copy(path, out / heads[-1])
+    if spec.weight > 0:
+        spec.text_model(progress).save(out / "co_teacher")
+    _copy(files.vocab, out / "vocab.txt")
+    if copy_encoder:
+        for path in (files.config, files.weights, files.vocab,
+                     *[files.folder / n for n in TOKENIZER_EXTRAS if (files.folder / n).is_file()]):
+            _copy(path, out / "encoder" / HF_NAMES.get(path.name, path.name))
+        mark_done(out / "encoder")
+    if saved_model:
+        from .serving import save_serving
+
+        if progress is not None:
+            progress.note(f"writing the TensorFlow SavedModel of {len(spec.heads)} fold heads and the encoder")
+        shutil.rmtree(out / "saved_model", ignore_errors=True)
+        save_serving(spec, out / "saved_model")
+    record = {"format": FORMAT, "package": f"pseudolabel {VERSION}", "round": spec.round, "weight": spec.weight,
+              "output": "blend" if spec.weight > 0 else "head", "recipe": spec.recipe, "max_len": spec.max_len,
+              "hidden": spec.hidden, "dynamic_padding": spec.dynamic_padding, "feature_dtype": spec.feature_dtype,
+              "heads": heads, "labels": ["-1", "0", "1"], "student": spec.student, "finetune": spec.finetune,
+              "saved_model": {"path": "saved_model", "signature": "serving_default", "inputs": ["input_ids",
+                                                                                              "attention_mask"],
+                              "output": "probabilities", "blend": False} if saved_model else None,
+              "encoder": {"sha256": spec.encoder_sha256, "folder": str(Path(files.folder).resolve()),
+                          "copied": copy_encoder, "config": files.config_dict()},
+              "card": spec.card}
+    atomic_write_text(out / "README.md", model_card(record))
+    atomic_write_json(out / MODEL_FILE, record)  # last: a folder without it is not a model
+    return out
+
+
+def _copy(source: Path, target: Path) -> None:
+    with written_aside(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def model_card(record: dict) -> str:
+    """The exported folder's README: what the model is, what it was trained on, how well it scores."""
+    card = record["card"]
+    delivered = card.get("delivered") or {}
+    data = card.get("data", {})
+    options = card.get("options", {})
+    enc = record["encoder"]
+    tuned = record.get("student") == "finetune"
+    what = (f"round {record['round']}'s {len(record['heads'])} fold "
+            + ("models (each its own fine-tuned copy of the encoder with a classifier)" if tuned else "heads")
+            + (f", blended with a char TF-IDF + logistic regression model at {record['weight']:.2f}"
+               if record["weight"] > 0 else ""))
+    lines = [
+        "# Model card", "",
+        f"3-class sentiment (-1 negative, 0 neutral, 1 positive) of Chinese Weibo posts, exported by "
+        f"{record['package']} from the run `{card.get('run')}`.", "",
+        "## What predicts",
+        f"- {what}; the probabilities are the mean of the fold {'models' if tuned else 'heads'}"
+        + (" blended with the text model" if record["weight"] > 0 else "") + ".",
+        f"- Encoder: {enc['config'].get('num_hidden_layers')} layers, hidden {enc['config'].get('hidden_size')}, "
+        f"content sha256 {enc['sha256'][:16]}… ({'copied into encoder/' if enc['copied'] else 'at ' + enc['folder']}"
+        f"); " + ("each fold fine-tuned it from these weights." if tuned else "frozen, features = hidden_states[-2]."),
+        f"- {'Fine-tuned' if tuned else 'Head recipe'} `{record['recipe'].get('name')}`"
+        + f"; {record['max_len']} tokens per post"
+        + ("; length-sorted chunks cut to their longest post, as the run scored" if record["dynamic_padding"] else "")
+        + ".", "",
+        "## Data",
+        f"- Labeled: {data.get('train_rows', '?')} posts (`{options.get('train')}`), "
+        f"{options.get('folds')} folds, holdout share {options.get('holdout')}.",
+        f"- Unlabeled pool: {data.get('unlabeled_rows', 0)} posts; test file: {data.get('test_rows', 0)} posts.", "",
+        "## Scores (macro-F1)", "",
+        "| round | OOF (fold heads) | holdout (fold ensemble) | pseudo-labels per fold | |",
+        "|---|---|---|---|---|",
+    ]
+    for m in card.get("rounds", []):
+        held = "–" if m["holdout_macro_f1"] is None else f"{m['holdout_macro_f1']:.4f}"
+        mark = "collapsed" if m["collapsed"] else ("exported" if m["round"] == record["round"] else "")
+        lines.append(f"| {m['round']} | {m['oof_macro_f1']:.4f} | {held} | {m['n_pseudo']} | {mark} |")
+    lines.append("")
+    if delivered:
+        value = delivered.get("value")
+        lines += ["## What was delivered",
+                  f"{delivered.get('reason') or 'round 0 (no holdout to choose on)'}"
+                  + (f"; holdout macro-F1 {value:.4f}" if value is not None else "")
+                  + (f", round 0 on the same posts {delivered['round0']:.4f}" if delivered.get("round0") else "")
+                  + ".", ""]
+    if record.get("saved_model"):
+        lines += ["## TensorFlow Serving",
+                  "`saved_model/` has the signature `serving_default(input_ids, attention_mask)` (int32, [batch, "
+                  f"steps], steps <= {record['max_len']}, WordPiece ids of `vocab.txt`) -> `probabilities` [batch, 3] "
+                  "(-1, 0, 1): the mean of the fold heads"
+                  + ("; the text model of the blend is not inside (`pseudo predict` applies it)"
+                     if record["weight"] > 0 else "") + ".", ""]
+    lines += ["## Use", "```bash", "pseudo predict posts.csv --model <this folder> --out predictions.csv", "```",
+              "```python", "from pseudolabel import load_model",
+              "model = load_model('<this folder>')",
+              "probs = model.predict_proba(['今天很开心'])  # (N, 3): -1, 0, 1",
+              "```", ""]
+    return "\n".join(lines)
+

@@ -1,0 +1,220 @@
+"""Scoring new posts with what a run delivered: `load_model(path).predict_proba(texts)` and
+`predict_files`, which streams CSV files of any size through it.
+
+A round that fine-tuned the encoder (`--student finetune`, `--recipe finetune`) predicts with its fold
+models, each its own encoder and classifier, averaged.
+
+The model reproduces how the run scored its own test file: the encoder's features (rounded to
+float16 where the run cached them), every fold head of the delivered round, their mean, and the
+blend with the co-teacher's refit text model when a blend was delivered. A run made with
+`--dynamic-padding` scored a file in chunks of PREDICT_CHUNK posts sorted by length, each cut to
+its longest post; that cut changes a post's prediction (padding runs through the BiGRU), so each
+file's lengths are read first and every post gets the cut the run would have given it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..data.batching import padded_length
+from ..core.constants import LABEL_VALUES, N_CLASSES
+from ..rounds.cv import PREDICT_CHUNK  # the run's scoring chunks: the cuts of dynamic padding follow from them
+from ..data.posts import EMPTY_TEXT, iter_posts
+from .delivered import load_spec
+from .spec import ModelSpec
+from ..core.errors import PseudoError
+from ..encoding.features import ENCODE_BATCH
+from ..core.progress import Progress
+from ..core.store import naming, written_aside
+
+FILE_CHUNK = 4096  # rows read, tokenized and scored at a time
+FORMATS = ("csv", "jsonl")
+COLUMNS = ["id", "y", "p_-1", "p_0", "p_1"]
+
+
+def cuts(lengths: np.ndarray, max_len: int, dynamic: bool) -> np.ndarray:
+    """The time steps each post is scored with: `max_len`, or with dynamic padding the cut of its
+    chunk when the file's posts are sorted by length (stable) and taken PREDICT_CHUNK at a time."""
+    lengths = np.asarray(lengths)
+    if not dynamic:
+        return np.full(len(lengths), max_len, np.int64)
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty(len(lengths), np.int64)
+    for start in range(0, len(order), PREDICT_CHUNK):
+        part = order[start:start + PREDICT_CHUNK]
+        out[part] = padded_length(lengths[part].max(), max_len)
+    return out
+
+
+class DeliveredModel:
+    """A run's delivered output (or one round's fold heads) as a model of texts."""
+
+    def __init__(self, spec: ModelSpec, progress: Progress | None = None):
+        from ..rounds.cv import FoldHeads
+        from ..encoding.encoder import FrozenEncoder, load_tokenizer, quiet_transformers
+        from ..heads.model import Recipe, build_head
+
+        quiet_transformers()
+        self.spec = spec
+        self.progress = progress or Progress()
+        files = spec.encoder()
+        missing = [str(p) for p in spec.heads if not Path(p).is_file()]
+        if missing or not spec.heads:
+            raise PseudoError(f"{missing[0] if missing else spec.source}: fold head weights not found")
+        self.tokenizer = load_tokenizer(files)
+        self.text_model = spec.text_model(self.progress) if spec.weight > 0 else None
+        if spec.student == "finetune":  # fold models with their own encoders: no frozen features, no heads
+            from ..heads.finetune import FineTune, FoldStudents
+
+            self.students = FoldStudents(files, FineTune(**spec.finetune), spec.heads)
+            return
+        self.students = None
+        self.encoder = FrozenEncoder(files)
+        if self.encoder.hidden_size != spec.hidden:
+            raise PseudoError(f"{files.folder}: hidden size {self.encoder.hidden_size}, the heads expect {spec.hidden}")
+        # built with free time steps: the weights are those of any length, each chunk is cut as the run cut it
+        self.recipe = replace(Recipe.from_dict(spec.recipe), dynamic_padding=True)
+        model = build_head(spec.max_len, spec.hidden, self.recipe, compile=False)
+        with naming(Path(spec.heads[0])):
+            self.heads = FoldHeads.load(model, spec.heads)
+
+    @property
+    def info(self) -> dict:
+        """What predicts: round, blend weight, folds, encoder hash, and the model card's scores."""
+        s = self.spec
+        return {"source": str(s.source), "round": s.round, "weight": s.weight, "folds": len(s.heads),
+                "student": s.student,
+                "output": "blend" if s.weight > 0 else "head", "max_len": s.max_len,
+                "dynamic_padding": s.dynamic_padding, "encoder_sha256": s.encoder_sha256, "card": s.card}
+
+    # ---------------------------------------------------------------- texts
+
+    def tokens(self, texts: list[str]):
+        from ..data.tokenize import forget_segments, tokenize
+
+        tokens = tokenize([t if t.strip() else EMPTY_TEXT for t in texts], self.tokenizer, self.spec.max_len)
+        forget_segments(self.tokenizer)  # what the tokenizer remembers stays bounded over a long file
+        return tokens
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """(N, 3) probabilities of -1, 0, 1 for `texts`, scored as the run scored a file of them."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, N_CLASSES), np.float32)
+        tokens = self.tokens(texts)
+        return self.blend(texts, self.head_probs(tokens, cuts(tokens.lengths, self.spec.max_len,
+                                                              self.spec.dynamic_padding)))
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        """Labels -1, 0, 1 for `texts`."""
+        return self.predict_proba(texts).argmax(axis=1) - 1
+
+    def head_probs(self, tokens, steps: np.ndarray) -> np.ndarray:
+        """(N, 3): the mean of the fold heads, each post cut to `steps[i]` time steps (fine-tuned fold
+        models: batches cut to their longest post, as the round scored)."""
+        if self.students is not None:
+            return self.students.predict(tokens)
+        out = np.zeros((len(self.heads), len(tokens), N_CLASSES), np.float32)
+        for cut in np.unique(steps):
+            rows = np.flatnonzero(steps == cut)
+            for start in range(0, len(rows), PREDICT_CHUNK):
+                part = rows[start:start + PREDICT_CHUNK]
+                x = self._inputs(tokens, part, int(cut))
+                for m in range(len(self.heads)):
+                    out[m, part] = self.heads.predict_on_batch(m, x)
+        return out.mean(axis=0)
+
+    def _inputs(self, tokens, rows: np.ndarray, cut: int):
+        ids, mask = tokens.input_ids[rows, :cut], tokens.attention_mask[rows, :cut]
+        feats = np.concatenate([self.encoder(ids[s:s + ENCODE_BATCH], mask[s:s + ENCODE_BATCH])
+                                for s in range(0, len(rows), ENCODE_BATCH)])
+        if self.spec.feature_dtype == "float16":  # the heads saw features cached as float16
+            feats = feats.astype(np.float16).astype(np.float32)
+        if not self.recipe.zero_padding:
+            return feats
+        return [feats, mask.astype(np.float32)[:, :, None]]
+
+    def blend(self, texts: list[str], head: np.ndarray) -> np.ndarray:
+        """The delivered output: the heads' mean, blended with the text model as the run delivered it."""
+        if self.text_model is None:
+            return head
+        w = self.spec.weight
+        return ((1.0 - w) * head + w * self.text_model.predict_proba(texts)).astype(np.float32)
+
+    # ---------------------------------------------------------------- files
+
+    def predict_files(self, paths: list[str | Path], out: str | Path, fmt: str = "csv",
+                      chunk_rows: int = FILE_CHUNK) -> dict:
+        """Score every post of `paths` into `out` (id, y, p_-1, p_0, p_1), streaming: `chunk_rows`
+        posts are read, tokenized and scored at a time. The file appears whole or not at all."""
+        if fmt not in FORMATS:
+            raise PseudoError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        paths = [Path(p) for p in paths]
+        plans = [self._plan(path, chunk_rows) for path in paths]
+        total = sum(len(steps) for steps in plans)
+        task = "predict"
+        self.progress.start(task, total)
+        counts = np.zeros(N_CLASSES, np.int64)
+        out = Path(out)
+        with written_aside(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = _writer(fh, fmt)
+            for path, steps in zip(paths, plans):
+                done = 0
+                for posts in iter_posts(path, chunk_rows):
+                    tokens = self.tokens(posts.texts)
+                    probs = self.blend(posts.texts, self.head_probs(tokens, steps[done:done + len(posts)]))
+                    writer(posts.ids, probs)
+                    counts += np.bincount(probs.argmax(axis=1), minlength=N_CLASSES)
+                    done += len(posts)
+                    self.progress.advance(task, len(posts))
+            fh.flush()
+        self.progress.finish(task)
+        return {"rows": int(total), "out": str(out), "per_class": dict(zip(LABEL_VALUES, counts.tolist())),
+                "files": [str(p) for p in paths], **self.info}
+
+    def _plan(self, path: Path, chunk_rows: int) -> np.ndarray:
+        """A first pass over a file: its posts' cuts (their lengths, with dynamic padding), its notes."""
+        lengths = []
+        replaced = empty = 0
+        for posts in iter_posts(path, chunk_rows):
+            replaced += posts.n_replaced
+            empty += posts.n_empty_text
+            if self.spec.dynamic_padding:
+                lengths.append(self.tokens(posts.texts).lengths.astype(np.int16))
+            else:
+                lengths.append(np.zeros(len(posts), np.int16))
+        if replaced:
+            self.progress.note(f"{path.name}: {replaced} undecodable byte sequence(s) replaced")
+        if empty:
+            self.progress.note(f"{path.name}: {empty} empty text(s) scored as {EMPTY_TEXT!r}")
+        return cuts(np.concatenate(lengths), self.spec.max_len, self.spec.dynamic_padding)
+
+
+def _writer(fh, fmt: str):
+    import csv
+
+    if fmt == "csv":
+        rows = csv.writer(fh, lineterminator="\n")
+        rows.writerow(COLUMNS)
+
+        def write(ids, probs):
+            labels = probs.argmax(axis=1) - 1
+            rows.writerows([i, int(y), *(f"{p:.8f}" for p in row)] for i, y, row in zip(ids, labels, probs))
+        return write
+
+    def write_jsonl(ids, probs):
+        labels = probs.argmax(axis=1) - 1
+        fh.writelines(json.dumps(dict(zip(COLUMNS, [i, int(y), *(round(float(p), 8) for p in row)])),
+                                 ensure_ascii=False) + "\n" for i, y, row in zip(ids, labels, probs))
+    return write_jsonl
+
+
+def load_model(path: str | Path, round: int | None = None, encoder: str | Path | None = None,
+               progress: Progress | None = None) -> DeliveredModel:
+    """The model a run delivered (a run directory), one of its rounds (`round`), or an exported
+    model folder (`pseudo export`); `encoder`: the encoder's folder if it moved."""
+    return DeliveredModel(load_spec(path, round, encoder), progress)

@@ -1,0 +1,52 @@
+"""What prediction needs to know of a delivered model (`ModelSpec`): the encoder (folder and content hash),
+the round's fold heads (their weight files and recipe), how the run fed them (maximum length, feature
+precision, dynamic padding), and the share and files of the co-teacher blend when a blend was delivered.
+Read from a run directory or an exported folder by delivered.py; used by predict.py and serving.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..encoding.encoder import EncoderFiles, find_encoder
+from ..core.errors import PseudoError
+from ..core.store import RunDir
+
+
+@dataclass
+class ModelSpec:
+    kind: str  # "run" (a run directory) or "export" (an exported folder)
+    source: Path  # the run directory or export folder it was read from
+    round: int
+    weight: float  # share of the co-teacher in the delivered blend (0: the heads alone)
+    recipe: dict  # the round's head recipe (model.Recipe fields)
+    max_len: int
+    hidden: int
+    dynamic_padding: bool  # the run scored in length-sorted chunks cut to their longest post
+    feature_dtype: str  # "float16": the heads saw cached features; "float32": streamed ones
+    heads: list[Path]  # the fold heads' (or fine-tuned fold models') weight files, fold order
+    encoder_folder: Path
+    encoder_sha256: str
+    card: dict = field(default_factory=dict)  # what the model card says: data, rounds, scores
+    student: str = "head"  # "finetune": `heads` are fold models that fine-tuned the encoder (finetune.py)
+    finetune: dict | None = None  # their finetune.FineTune settings, with student "finetune"
+
+    def text_model(self, progress=None):
+        """The co-teacher refit on every labeled row, which the delivered blend mixes in (weight > 0)."""
+        from ..rounds.coteacher import TextModel, refit_model
+
+        if self.kind == "run":
+            return refit_model(RunDir(self.source), progress)
+        return TextModel.load(self.source / "co_teacher")
+
+    def encoder(self) -> EncoderFiles:
+        """The encoder's files, checked against the content hash the heads were trained on."""
+        if not Path(self.encoder_folder).is_dir():
+            raise PseudoError(f"{self.encoder_folder}: encoder folder not found (the model was trained with it); "
+                              f"pass --encoder with the folder it moved to")
+        files = find_encoder(self.encoder_folder)
+        if files.identity != self.encoder_sha256:
+            raise PseudoError(f"{self.encoder_folder}: not the encoder the model was trained with (content "
+                              f"{files.identity[:12]}, expected {self.encoder_sha256[:12]})")
+        return files

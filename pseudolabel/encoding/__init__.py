@@ -1,0 +1,1 @@
+"""Encoder folders, the frozen feature pass and its cache, pretraining, the linear probe."""

@@ -1,0 +1,1 @@
+"""A run's options, its folds and rounds, selection, the co-teacher, the delivery rule."""

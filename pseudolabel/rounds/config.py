@@ -1,0 +1,310 @@
+"""The options of a run, stated once: their defaults, their constraints, and what they decide.
+
+`RunConfig` holds a run's options; `CONSTRAINTS` states, per option, the values it may take (in the
+manner of scikit-learn's parameter constraints) and `validate` checks them all, with one message
+format. The CLI's `pseudo run` takes its defaults from here (a test checks that every option is
+there with the same default). A run directory records its options with a schema version;
+`migrate` brings a record of an older schema up to date, so a run made before an option existed
+continues under the value it was made with.
+
+No TensorFlow is imported here (the recipe is resolved on demand).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any
+
+from .deliver import DELIVER
+from ..core.errors import PseudoError
+from ..heads.finetune import PRECISIONS, STUDENTS, FineTune
+from .select import STRATEGIES
+from ..core.store import config_hash
+
+SCHEMA = 2  # 1: before --student-token-dropout and --co-teacher were recorded
+MODES = ("cached", "faithful")
+PSEUDO_SOURCES = ("mean", "fold")
+STREAMABLE = ("test", "unlabeled")
+RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial_dropout", "bn_momentum",
+                    "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
+DEFAULT_HOLDOUT = 0.15  # share of labeled rows held out when --rounds >= 1 and --holdout is not given
+PATHS = ("train", "test", "unlabeled", "encoder")  # input files and folders: hashed as absolute paths
+NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never change a round's numbers
+# options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
+LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
+                "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
+                "finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor",
+                "pseudo_ratio", "student_dynamic_padding")
+# round 0's too with --recipe finetune
+FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor")
+FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
+# options added after run directories existed: left out of the options a run is hashed by while at these
+# values, so every earlier run keeps its hash, its default directory name and its shared round 0
+OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4,
+                      "finetune_precision": "float32", "finetune_monitor": 0.1,
+                      "pseudo_ratio": None, "student_dynamic_padding": False}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """low < / <= value < / <= high; None: unbounded on that side."""
+
+    low: float | None
+    high: float | None
+    closed: str = "both"  # both | left | right | neither
+
+    def holds(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        left = self.closed in ("both", "left")
+        right = self.closed in ("both", "right")
+        return ((self.low is None or (value >= self.low if left else value > self.low))
+                and (self.high is None or (value <= self.high if right else value < self.high)))
+
+    def describe(self) -> str:
+        left = self.closed in ("both", "left")
+        right = self.closed in ("both", "right")
+        if self.high is None:
+            return f"{'>=' if left else '>'} {self.low:g}"
+        if self.low is None:
+            return f"{'<=' if right else '<'} {self.high:g}"
+        return f"in {'[' if left else '('}{self.low:g}, {self.high:g}{']' if right else ')'}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    values: tuple
+
+    def holds(self, value) -> bool:
+        return value in self.values
+
+    def describe(self) -> str:
+        return f"one of {', '.join(self.values)}"
+
+
+# option -> the values it may take (None: the option may be left unset)
+CONSTRAINTS: dict[str, tuple] = {
+    "rounds": (Interval(0, None),),
+    "folds": (Interval(2, None),),
+    "mode": (OneOf(MODES),),
+    "max_len": (Interval(8, None),),
+    "unlabeled_limit": (None, Interval(1, None)),
+    "threshold": (None, Interval(0, 1, "right")),
+    "strategy": (OneOf(STRATEGIES),),
+    "top_k": (None, Interval(0, None)),
+    "pseudo_weight": (Interval(0, None, "neither"),),
+    "pseudo_ratio": (None, Interval(0, None, "neither")),
+    "pseudo_source": (OneOf(PSEUDO_SOURCES),),
+    "sharpen": (Interval(0, None, "neither"),),
+    "student_noise": (Interval(0, None),),
+    "student_token_dropout": (Interval(0, 1, "left"),),
+    "co_teacher": (Interval(0, 1),),
+    "holdout": (None, Interval(0, 0.5, "left")),
+    "deliver": (OneOf(DELIVER),),
+    "student": (OneOf(STUDENTS),),
+    "finetune_layers": (Interval(0, None),),
+    "finetune_epochs": (Interval(1, None),),
+    "finetune_lr": (Interval(0, 1, "right"),),
+    "finetune_precision": (OneOf(PRECISIONS),),
+    "finetune_monitor": (Interval(0, 0.5, "left"),),
+}
+
+
+# how the CLI spells an option's unset value, where it has a word for it
+UNSET_SPELLING = {"pseudo_ratio": "'all'"}
+
+
+def option_name(field: str) -> str:
+    """The CLI's spelling of an option (`co_teacher` -> `co-teacher`)."""
+    return field.replace("_", "-")
+
+
+def check(field: str, value) -> None:
+    """Raise a one-line PseudoError unless `value` satisfies the option's constraints."""
+    rules = CONSTRAINTS[field]
+    if value is None and None in rules:
+        return
+    stated = [rule for rule in rules if rule is not None]
+    if value is not None and any(rule.holds(value) for rule in stated):
+        return
+    shown = repr(value) if isinstance(value, str) else value
+    allowed = [r.describe() for r in stated] + ([UNSET_SPELLING[field]] if field in UNSET_SPELLING else [])
+    raise PseudoError(f"{option_name(field)} must be {' or '.join(allowed)}, got {shown}")
+
+
+@dataclass
+class RunConfig:
+    train: str
+    test: str | None
+    unlabeled: str | None
+    encoder: str
+    run_dir: str
+    rounds: int = 0
+    folds: int = 5
+    recipe: str = "default"
+    # overrides of the recipe's fields (None: the recipe's own value)
+    epochs: int | None = None
+    batch_size: int | None = None
+    min_steps: int | None = None
+    standardize: bool | None = None
+    spatial_dropout: float | None = None
+    bn_momentum: float | None = None
+    precise_bn: int | None = None
+    zero_padding: bool | None = None
+    early_stopping: bool | None = None
+    dynamic_padding: bool | None = None
+    max_len: int = 140
+    seed: int = 0
+    unlabeled_limit: int | None = 500_000
+    mode: str = "cached"
+    stream: tuple[str, ...] = ()  # splits recomputed each round instead of cached
+    # class-balanced: no cap by default (every pool row the prior allows); threshold/per-class: 0.9
+    threshold: float | None = None
+    strategy: str = "class-balanced"  # the pseudo-label mix follows the labeled prior (no class drift)
+    top_k: int | None = None
+    pseudo_weight: float = 1.0
+    # rounds >= 1: each epoch passes over every human row of the fold and a fresh sample of this many pseudo
+    # rows per human row (None: every pseudo row, every epoch); benchmarks/results/training-budget.md
+    pseudo_ratio: float | None = 1.0
+    pseudo_source: str = "fold"  # fold k learns from fold k's previous model: every round's OOF is leak-free
+    soft_targets: bool = False  # train on the teacher's (sharpened) probabilities instead of hard labels
+    sharpen: float = 1.0  # soft targets: temperature T of p^(1/T) (T < 1 sharpens)
+    student_noise: float = 0.0  # rounds >= 1: std of Gaussian noise on the student's features while training
+    student_token_dropout: float = 0.0  # rounds >= 1: share of the student's token positions dropped while training
+    student_dynamic_padding: bool = False  # rounds >= 1: the head's batches length-grouped, cut to their longest post
+    co_teacher: float = 0.5  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
+    holdout: float | None = None  # None: DEFAULT_HOLDOUT when rounds >= 1, else 0 (a continued run: its own)
+    deliver: str = "auto"  # auto | head | blend: what the run hands over (see deliver.py); not in the hash
+    calibrate: bool = False  # fit a temperature on OOF predictions before selecting
+    force: bool = False  # select from a collapsed round anyway
+    student: str = "head"  # rounds >= 1: "head" (the recipe's head on frozen features) or "finetune" (finetune.py)
+    finetune_layers: int = 0  # fine-tuned students: the top N encoder layers train (0: all)
+    finetune_epochs: int = 3
+    finetune_lr: float = 2e-4  # peak learning rate of AdamW (linear warm-up and decay); benchmarks/README.md
+    finetune_precision: str = "float32"  # or mixed precision (docs/gpu.md)
+    finetune_monitor: float = 0.1  # share of a fold's training part that picks the epoch (0: the last is kept)
+
+    def __post_init__(self):
+        for name in PATHS:  # the same file given as a relative or an absolute path is the same option
+            setattr(self, name, absolute(getattr(self, name)))
+        self.holdout_given = self.holdout is not None  # not a field: a run continues with its own holdout
+        if self.holdout is None:
+            self.holdout = DEFAULT_HOLDOUT if self.rounds > 0 else 0.0
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every option with a default, and that default."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+    def validate(self) -> None:
+        for name in CONSTRAINTS:
+            check(name, getattr(self, name))
+        for split in self.stream:
+            if split not in STREAMABLE:
+                raise PseudoError(f"stream must name {' or '.join(STREAMABLE)}, got {split!r}")
+        if self.deliver == "blend" and not self.holdout:
+            raise PseudoError("deliver blend chooses its weight on the labeled holdout: give --holdout (e.g. 0.15)")
+        if self.rounds > 0 and not self.unlabeled:
+            raise PseudoError("rounds >= 1 need an unlabeled pool (--unlabeled)")
+        if self.mode == "faithful" and "finetune" in (self.student, self.recipe):
+            raise PseudoError("fine-tuning the encoder (--student finetune, --recipe finetune) works in --mode cached")
+        self._validate_recipe(self.resolved_recipe())
+
+    def _validate_recipe(self, recipe) -> None:
+        if self.mode == "faithful" and recipe.dynamic_padding:
+            raise PseudoError("dynamic-padding works on cached features: use --mode cached")
+        if self.mode == "faithful" and recipe.standardize:
+            raise PseudoError("mode faithful keeps the encoder in the graph and cannot standardise its features: "
+                              "use --recipe seed (or --no-standardize)")
+        if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.min_steps < 0:
+            raise PseudoError(f"epochs and batch-size must be >= 1 and min-steps >= 0, got {recipe.epochs}, "
+                              f"{recipe.batch_size}, {recipe.min_steps}")
+        if recipe.precise_bn < 0:
+            raise PseudoError(f"precise-bn must be >= 0 (rows; 0: off), got {recipe.precise_bn}")
+        if not 0 <= recipe.spatial_dropout < 1 or not 0 < recipe.bn_momentum < 1:
+            raise PseudoError(f"spatial-dropout must be in [0, 1) and bn-momentum in (0, 1), got "
+                              f"{recipe.spatial_dropout}, {recipe.bn_momentum}")
+
+    def resolved_recipe(self):
+        """The head recipe of the rounds a head trains (with --recipe finetune: the default recipe's)."""
+        from ..heads.model import recipe as make_recipe
+
+        base = "default" if self.recipe == FINETUNE_RECIPE else self.recipe
+        return make_recipe(base, **{name: getattr(self, name) for name in RECIPE_OVERRIDES})
+
+    def trainer(self, k: int) -> str:
+        """What round k trains: "finetune" (the encoder with a light classifier) or "head"."""
+        return "finetune" if (self.recipe == FINETUNE_RECIPE if k == 0 else self.student == "finetune") else "head"
+
+    def finetune(self, k: int):
+        """The fine-tuned student's settings for round k (rounds >= 1 add the student's token dropout)."""
+        return FineTune(layers=self.finetune_layers, epochs=self.finetune_epochs, learning_rate=self.finetune_lr,
+                        token_dropout=self.student_token_dropout if k >= 1 else 0.0,
+                        precision=self.finetune_precision, monitor_share=self.finetune_monitor)
+
+    def results_dict(self) -> dict:
+        """The options that decide a run's numbers (a run continues only with the same ones)."""
+        out = asdict(self)
+        for key in NOT_RESULTS:
+            out.pop(key)
+        for key, default in OMITTED_AT_DEFAULT.items():
+            if out[key] == default:
+                del out[key]
+        out["stream"] = sorted(out["stream"])
+        return out
+
+    def invocation(self) -> dict:
+        """Every option of the run as given (the results' options and those that are not: rounds,
+        run directory, delivery, --force), for the command that resumes it (`pseudo report`)."""
+        out = asdict(self)
+        out["stream"] = list(out["stream"])
+        return out
+
+    def results_hash(self) -> str:
+        """Hash of everything that decides the run's numbers: the options and the resolved recipe."""
+        return results_hash(self.results_dict(), self.resolved_recipe().to_dict())
+
+    def round0_key(self, encoder_identity: str) -> str:
+        """What round 0's numbers depend on, hashed (see `round0_key`)."""
+        return round0_key(self.results_dict(), self.resolved_recipe().to_dict(), encoder_identity)
+
+
+def absolute(path: str | None) -> str | None:
+    """`path` as an absolute, normalised path (links are not followed); None and '' stay as they are."""
+    return os.path.abspath(path) if path else path
+
+
+def results_hash(options: dict, recipe: dict) -> str:
+    return config_hash({"schema": SCHEMA, "config": options, "recipe": recipe})
+
+
+def round0_key(options: dict, recipe: dict, encoder_identity: str) -> str:
+    """What round 0's numbers depend on, hashed: the options but those of later rounds, the resolved
+    recipe and the encoder's content (the files by path, as the run's own hash)."""
+    later = [k for k in LATER_ROUNDS if not (options.get("recipe") == FINETUNE_RECIPE and k in FINETUNE_OPTIONS)]
+    options = {k: v for k, v in options.items() if k not in later}
+    return config_hash({"schema": SCHEMA, "config": options, "recipe": recipe, "encoder": encoder_identity})
+
+
+# schema 1 recorded neither option: runs made then used these values
+_ADDED_IN_2 = {"student_token_dropout": 0.0, "co_teacher": 0.0}
+
+
+def migrate(record: dict, absolute_paths: bool = True) -> dict:
+    """A run directory's config.json record brought to the current schema (its hash recomputed).
+
+    With `absolute_paths`, input paths recorded relative (before they were made absolute) are taken
+    as relative to the working folder now, as the command that continues the run gives them."""
+    schema = record.get("schema", 1)
+    if schema > SCHEMA:
+        raise PseudoError(f"config.json of schema {schema}, this package reads up to {SCHEMA}: upgrade pseudolabel")
+    options = record.get("config", {})
+    if schema < 2:
+        options = {**_ADDED_IN_2, **options}
+    if absolute_paths:
+        options = {k: absolute(v) if k in PATHS else v for k, v in options.items()}
+    if schema == SCHEMA and options == record.get("config", {}):
+        return record
+    return {**record, "schema": SCHEMA, "config": options, "hash": results_hash(options, record.get("recipe", {}))}

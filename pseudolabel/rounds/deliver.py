@@ -1,0 +1,114 @@
+"""What a run hands the user: the round, and the blend with the co-teacher, that score best on the holdout.
+
+The submission is the fold ensemble's mean prediction (optionally blended with the co-teacher), so
+candidates are compared on what scores exactly that on labeled posts no fold model trained on: the
+labeled holdout carved out before round 0 (`--holdout`, on by default when --rounds >= 1). A
+round's OOF macro-F1 scores single fold heads, and its gains need not carry over to the ensemble
+(benchmarks/scarce_labels.py), so without a holdout round 0's head is delivered.
+
+Candidates: every non-collapsed round's head ensemble (weight 0) and, for `blend`/`auto`, its
+blend (1 - w) * head + w * co-teacher for w in BLEND_WEIGHTS. The best holdout macro-F1 wins; ties
+go to the earlier round, then to the weight nearer an even blend. The delivered blend scores the
+test file with the co-teacher refit on every labeled row (the holdout scores its fold models).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.errors import PseudoError
+from ..data.metrics import scores
+from ..core.store import RunDir, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy
+
+DELIVER = ("auto", "head", "blend")
+BLEND_WEIGHTS = (0.25, 0.5, 0.75)
+
+NO_HOLDOUT = ("no labeled holdout to score the fold ensemble on (OOF scores single fold heads, and their gains "
+              "need not carry over); --holdout 0.15 lets later rounds and the blend compete")
+
+
+def check_deliver(deliver: str) -> str:
+    if deliver not in DELIVER:
+        raise PseudoError(f"deliver must be one of {', '.join(DELIVER)}, got {deliver!r}")
+    return deliver
+
+
+def blend_scores(labels: np.ndarray, head: np.ndarray, co_teacher: np.ndarray,
+                 weights=BLEND_WEIGHTS) -> dict[str, float]:
+    """Macro-F1 of (1 - w) * head + w * co-teacher per weight; both (folds, rows, 3), averaged over folds."""
+    head, co_teacher = np.asarray(head).mean(axis=0), np.asarray(co_teacher).mean(axis=0)
+    if head.shape != co_teacher.shape or len(head) != len(labels):
+        raise PseudoError(f"blend scores need predictions of one shape for {len(labels)} rows, got {head.shape} "
+                          f"and {co_teacher.shape}")
+    return {str(w): scores(labels, (1.0 - w) * head + w * co_teacher)["macro_f1"] for w in weights}
+
+
+def candidates(rounds: list[dict], deliver: str = "auto") -> list[dict]:
+    """(round, weight, holdout macro-F1) of every output the rule may deliver."""
+    check_deliver(deliver)
+    usable = [m for m in rounds if not m["collapsed"]] or rounds
+    out = []
+    for m in usable:
+        if not m.get("holdout"):
+            continue
+        if deliver in ("auto", "head"):
+            out.append({"round": m["round"], "weight": 0.0, "value": m["holdout"]["macro_f1"]})
+        if deliver in ("auto", "blend"):
+            out += [{"round": m["round"], "weight": float(w), "value": v}
+                    for w, v in (m.get("holdout_blend") or {}).items()]
+    return out
+
+
+def choose(rounds: list[dict], deliver: str = "auto") -> dict:
+    """Which output a run delivers, its holdout score, round 0's head on the same rows, and why."""
+    if not rounds:
+        raise PseudoError("no finished round to deliver")
+    oof = [m["oof"]["macro_f1"] for m in rounds]
+    oof_gain = (max(oof[1:]) - oof[0]) if len(rounds) > 1 and all(m["leak_free"]["oof"] for m in rounds) else None
+    pool = candidates(rounds, deliver)
+    if not pool:
+        reason = NO_HOLDOUT if (len(rounds) > 1 or deliver == "blend") else None
+        return {"round": 0, "weight": 0.0, "output": "head", "deliver": deliver, "metric": None, "value": None,
+                "round0": None, "gain": None, "oof_gain": oof_gain, "candidates": [], "reason": reason}
+    best = max(pool, key=lambda c: (c["value"], -c["round"], -abs(c["weight"] - 0.5)))
+    round0 = rounds[0]["holdout"]["macro_f1"] if rounds[0].get("holdout") else None
+    if best["weight"] > 0:
+        why = (f"round {best['round']} blended with the co-teacher at {best['weight']:.2f} scores best on the "
+               f"holdout among {len(pool)} candidates")
+    else:
+        why = f"round {best['round']}'s head scores best on the holdout among {len(pool)} candidates"
+    return {"round": best["round"], "weight": best["weight"], "output": "blend" if best["weight"] > 0 else "head",
+            "deliver": deliver, "metric": "holdout", "value": best["value"], "round0": round0,
+            "gain": None if round0 is None else best["value"] - round0, "oof_gain": oof_gain, "candidates": pool,
+            "reason": why + " (chosen on the same rows: the estimate is optimistic by that choice)"}
+
+
+def delivered_probs(choice: dict, head_test: np.ndarray, co_teacher_test: np.ndarray | None) -> np.ndarray:
+    """(N_test, 3): the chosen round's fold-mean test predictions, blended as chosen."""
+    head = np.asarray(head_test).mean(axis=0)
+    if choice["weight"] <= 0:
+        return head
+    if co_teacher_test is None or co_teacher_test.shape != head.shape:
+        raise PseudoError("the delivered blend needs the co-teacher's test predictions of the head's shape")
+    return ((1.0 - choice["weight"]) * head + choice["weight"] * co_teacher_test).astype(np.float32)
+
+
+def submission_rows(ids: list[str], probs: np.ndarray):
+    """(id, label -1/0/1) rows of a submission file."""
+    return zip(ids, (np.asarray(probs).argmax(axis=1) - 1).tolist())
+
+
+def write_final(run_dir: RunDir, choice: dict, test_ids: list[str] | None,
+                co_teacher_test: np.ndarray | None) -> dict:
+    """Write what the run delivers: final.json, and with a test file the top submission.csv and its
+    probabilities (final_test_preds.npy); a delivered blend also goes to round_k/submission_blend.csv."""
+    chosen = run_dir.round(choice["round"])
+    if test_ids is not None and chosen.test_preds.is_file():
+        probs = delivered_probs(choice, load_npy(chosen.test_preds), co_teacher_test)
+        if choice["weight"] > 0:
+            atomic_write_csv(chosen.submission_blend, ["id", "y"], submission_rows(test_ids, probs))
+        atomic_write_npy(run_dir.final_test_preds, probs)
+        atomic_write_csv(run_dir.submission, ["id", "y"], submission_rows(test_ids, probs))
+        choice["submission"] = str(run_dir.submission)
+    atomic_write_json(run_dir.final_path, choice)
+    return choice
