@@ -20,7 +20,8 @@ from ..core.constants import HOLDOUT
 from ..data.posts import load_labeled, load_unlabeled
 from ..encoding.encoder import find_encoder, load_tokenizer, quiet_transformers
 from ..encoding.features import human_bytes
-from .loop import check_inputs, make_folds, student_recipe
+from .cv import make_folds
+from .loop import check_inputs, student_recipe
 from ..data.tokenize import tokenize
 
 WARM_ROWS = 32  # rows per timed batch
