@@ -79,6 +79,8 @@ def test_a_later_round_records_the_pseudo_rows_it_trained_on_per_epoch(ratio, ti
         n_h, n_p = record["n_train_human"], record["n_train_pseudo"]
         assert n_p == 20  # --top-k 20 per fold
         assert record["n_pseudo_per_epoch"] == (math.ceil(0.2 * n_h) if ratio == "0.2" else n_p) < n_p + (ratio == "all")
+    sampled = [line for line in result.output.splitlines() if "pseudo-labeled per epoch" in line]
+    assert len(sampled) == (3 if ratio == "0.2" else 0), result.output  # each round-1 fold's line says so
     round0 = json.loads((run_dir / "round_0" / "fold_0" / "fold.json").read_text())
     assert round0["n_pseudo_per_epoch"] == 0
     if ratio == "0.2":  # what --plan said each fold trains per epoch is what the run trained

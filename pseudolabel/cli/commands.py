@@ -82,10 +82,12 @@ def fold_line(round: int, fold: int, n_folds: int, record: dict, reused: bool) -
     best = record.get("best_epoch") or record.get("epochs")
     monitor = [e.get("monitor_macro_f1") for e in record.get("history", [])]
     shown = f", monitor macro-F1 {monitor[best - 1]:.4f}" if best and monitor and monitor[best - 1] is not None else ""
+    per_epoch = record.get("n_pseudo_per_epoch", record["n_train_pseudo"])
+    sampled = f" ({per_epoch} pseudo-labeled per epoch)" if per_epoch < record["n_train_pseudo"] else ""
     student = (f" ({record['student']}, the encoder over {record['encoder_rows']:,} posts)"
                if record.get("student") else "")
     return (f"round {round} fold {fold}{student}: {record['epochs']} epochs (best {best}){shown}, validation macro-F1 "
-            f"{record['valid']['macro_f1']:.4f}, {record['n_train_human']}+{record['n_train_pseudo']} rows, "
+            f"{record['valid']['macro_f1']:.4f}, {record['n_train_human']}+{record['n_train_pseudo']} rows{sampled}, "
             f"{record['seconds']:.0f} s")
 
 
@@ -365,7 +367,7 @@ def _print_plan(config: RunConfig) -> None:
     from ..rounds.plan import plan_run
 
     with ConsoleProgress(console) as progress:
-        n_rows, stages, costs = plan_run(config, progress)
+        stages, costs = plan_run(config, progress)
     table = Table(title=f"plan of {config.run_dir} (nothing trained or written)")
     for column in ("stage", "rows", "disk", "estimated time"):
         table.add_column(column, justify="left" if column in ("stage", "rows") else "right")

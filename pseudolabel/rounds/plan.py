@@ -114,7 +114,7 @@ def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, h
     return out
 
 
-def plan_run(config: RunConfig, progress) -> tuple[dict, list[dict], Costs]:
+def plan_run(config: RunConfig, progress) -> tuple[list[dict], Costs]:
     """Read the run's inputs (checked as a run checks them), measure this machine and estimate each stage."""
     config.validate()
     quiet_transformers()
@@ -131,4 +131,4 @@ def plan_run(config: RunConfig, progress) -> tuple[dict, list[dict], Costs]:
     sample = (pool or labeled).texts
     costs = measure_costs(config, files, list(sample), config.resolved_recipe())
     hidden = int(files.config_dict().get("hidden_size", 0))
-    return n_rows, estimate(config, costs, n_rows, folds, hidden), costs
+    return estimate(config, costs, n_rows, folds, hidden), costs
