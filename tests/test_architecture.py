@@ -131,3 +131,28 @@ def test_the_package_version_is_the_one_pyproject_states():
 
     with open(ROOT / "pyproject.toml", "rb") as f:
         assert pseudolabel.__version__ == tomllib.load(f)["project"]["version"]
+
+
+FUNCTION_LINES, CLASS_LINES = 70, 200
+
+
+def oversized(package: Path) -> list[str]:
+    """Functions whose body (after the signature and docstring, so typer option lists aside) runs over
+    FUNCTION_LINES lines, and classes over CLASS_LINES lines."""
+    out = []
+    for name, path in modules_of(package).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body[1:] if ast.get_docstring(node) and len(node.body) > 1 else node.body
+                if node.end_lineno - body[0].lineno + 1 > FUNCTION_LINES:
+                    out.append(f"{name}.{node.name}")
+            elif isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > CLASS_LINES:
+                out.append(f"{name}.{node.name}")
+    return out
+
+
+def test_no_function_or_class_outgrows_the_house_limits(tmp_path):
+    assert oversized(PACKAGE) == []
+    long_body = "\n".join(f"    x{i} = {i}" for i in range(FUNCTION_LINES + 1))
+    (tmp_path / "m.py").write_text(f"def f(\n    a=1,\n):\n    '''doc'''\n{long_body}\n\ndef g():\n    pass\n")
+    assert oversized(tmp_path) == ["m.f"]

@@ -121,14 +121,6 @@ class Run:
                 out[split] = FeatureSource(feats, with_mask=self.recipe.zero_padding)
         return out
 
-    def pseudo_source(self, pool_source, rows: np.ndarray):
-        """The pool source for training on selected rows: a streamed pool caches just those rows."""
-        if not isinstance(getattr(pool_source, "features", None), StreamedFeatures):
-            return pool_source
-        subset = cache_rows(pool_source.features, rows, self.dir.features, "unlabeled", self.files.identity,
-                            self.progress)
-        return FeatureSource(subset, with_mask=pool_source.with_mask)
-
     # ------------------------------------------------------------ rounds
 
     def execute(self) -> RunResult:
@@ -167,8 +159,7 @@ class Run:
             self.progress.round_finished(history.rounds)
         stop = stop or stop_reason(self.config, history) or "max_rounds"
         final = self.deliver(history.rounds) if history.rounds else None
-        atomic_write_json(self.dir.status_path, {"stop_reason": stop,
-                                                          "rounds_finished": len(history.rounds)})
+        atomic_write_json(self.dir.status_path, {"stop_reason": stop, "rounds_finished": len(history.rounds)})
         return RunResult(self.dir.root, history.rounds, stop, final=final,
                          encoder_rows=self._encoder.rows if self._encoder is not None else 0)
 
@@ -210,8 +201,8 @@ class Run:
         teacher = teacher_probs(self.dir, k - 1) if self.config.soft_targets else None
         targets = [pseudo_targets(labels[f], rows[f], None if teacher is None else teacher[f], self.config.sharpen)
                    for f in range(len(labels))]
-        return Pseudo(self.pseudo_source(pool_source, np.concatenate(rows)), rows, targets, self.config.pseudo_weight,
-                      self.config.pseudo_ratio)
+        source = selected_source(pool_source, np.concatenate(rows), self.dir, self.files.identity, self.progress)
+        return Pseudo(source, rows, targets, self.config.pseudo_weight, self.config.pseudo_ratio)
 
     def record(self, k: int, metrics: dict, history: "History") -> None:
         """Write round k's record and mark it finished (DONE last)."""
@@ -255,6 +246,14 @@ class Run:
                              student=plan.student, mode=self.config.mode,
                              leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
+
+
+def selected_source(pool_source, rows: np.ndarray, run_dir: RunDir, identity: str, progress: Progress):
+    """The pool source for training on selected rows: a streamed pool caches just those rows."""
+    if not isinstance(getattr(pool_source, "features", None), StreamedFeatures):
+        return pool_source
+    subset = cache_rows(pool_source.features, rows, run_dir.features, "unlabeled", identity, progress)
+    return FeatureSource(subset, with_mask=pool_source.with_mask)
 
 
 def note_drift(k: int, info: dict, prior: list[float], progress: Progress) -> None:
