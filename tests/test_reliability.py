@@ -164,3 +164,21 @@ def test_a_really_full_or_read_only_disk_is_one_line_naming_the_file_and_the_sam
                                timeout=600)
     assert read_only.returncode == 1 and read_only.stderr.strip() == f"error: {mnt}/r: Read-only file system", \
         read_only.stderr
+
+
+def test_a_fatal_error_exits_1_even_where_a_finalizer_would_crash(tmp_path):
+    """After a failed HDF5 write the interpreter's finalizers can crash (exit 139): the console script leaves
+    with the error's exit code without running them. A finalizer that crashes stands in for HDF5's here."""
+    script = ("import atexit, faulthandler, sys; atexit.register(faulthandler._sigsegv); "
+              "sys.argv = ['pseudo', 'run', '--folds', '1', '--run-dir', sys.argv[1]]; "
+              "from pseudolabel.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.strip() == "error: folds must be >= 2, got 1", done.stderr
+    assert not (tmp_path / "r").exists()
+    # a success still runs the finalizers (and so the crashing one): only fatal errors skip them
+    ok = subprocess.run([sys.executable, "-c", script.replace("'run', '--folds', '1', '--run-dir', sys.argv[1]",
+                                                              "'--help'")],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == -11, ok.returncode

@@ -613,5 +613,17 @@ def pretrain(
     console.print(f"use it: pseudo run --encoder {out}")
 
 
-def main():  # pragma: no cover - the console script
-    app()
+def main():
+    """The console script and `python -m pseudolabel`. A fatal error leaves with its exit code at once,
+    without the interpreter's finalizers: after a failed HDF5 write (a full disk) they can crash, which
+    would turn exit 1 into a segmentation fault. Every file was already written whole or not at all, and
+    the run directory's lock goes with the process."""
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(code)
+        raise
