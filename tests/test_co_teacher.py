@@ -60,6 +60,12 @@ def test_run_selects_from_the_blend_and_select_uses_it_too(tiny_data, tiny_encod
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "co-teacher: OOF macro-F1" in result.output
+    # the note names the rows each fold's model fits on: neither its own fold nor the holdout
+    folds = load_npy(run_dir / "round_0" / "folds.npy")
+    fits = sorted({int(((folds >= 0) & (folds != f)).sum()) for f in range(int(folds.max()) + 1)})
+    shown = f"{fits[0]}" if len(fits) == 1 else f"{fits[0]}–{fits[-1]}"
+    assert f"co-teacher: fitting TF-IDF + logistic regression per fold on {shown} of the {len(folds)} labeled" \
+        in result.output
     head = load_npy(run_dir / "round_0" / "unmask_preds.npy")
     co = load_npy(run_dir / "co_teacher" / "pool_preds.npy")
     assert co.shape == head.shape and not np.allclose(co, head, atol=1e-2)

@@ -202,3 +202,25 @@ def test_changed_recipe_refuses_to_continue(two_rounds, tiny_data, tiny_encoder,
                               "--pseudo-source", "mean", *SELECT))
     assert result.exit_code == 1
     assert "learning_rate (saved 0.0003, now 0.01)" in result.output
+
+def test_the_round_table_is_printed_once_and_no_cell_is_cut_at_100_columns(two_rounds):
+    from rich.console import Console
+
+    from pseudolabel.cli.report import load_rounds, round_cells, rounds_table
+
+    run_dir, result = two_rounds
+    assert result.output.count("labeled prior -1 / 0 / 1") == 1  # the run's table, once; a line per round
+    for k in range(3):
+        assert sum(line.startswith(f"round {k} finished: OOF macro-F1 0.") for line in result.output.splitlines()) == 1
+    rounds = load_rounds(run_dir)[0]
+    many = rounds + [{**m, "round": m["round"] + 3} for m in rounds]  # six rounds: more than fit side by side
+    for shown, width in ((rounds, 100), (rounds, 130), (many, 100), (rounds, 400)):
+        console = Console(width=width, record=True)
+        console.print(rounds_table(shown, "run", width=width))
+        text = console.export_text()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= width, text
+        lines = text.splitlines()
+        for m in shown:
+            for cell in round_cells(m):  # every cell whole on one line
+                assert any(str(cell) in line for line in lines), (str(cell), text)
+        assert sum("human+pseudo" in line for line in lines) == (1 if width == 400 else 2 if shown is many else 1)

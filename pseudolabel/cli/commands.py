@@ -91,6 +91,18 @@ def fold_line(round: int, fold: int, n_folds: int, record: dict, reused: bool) -
             f"{record['seconds']:.0f} s")
 
 
+def round_line(m: dict) -> str:
+    """A finished round in words: its OOF and holdout macro-F1, best co-teacher blend, pseudo-labels, time."""
+    from .report import best_blend
+
+    holdout = f", holdout {m['holdout']['macro_f1']:.4f}" if m.get("holdout") else ""
+    if (best := best_blend(m.get("holdout_blend"))) is not None:
+        holdout += f" (with the co-teacher at {best[0]:.2f}: {best[1]:.4f})"
+    pseudo = f", {m['n_pseudo']:,} pseudo-labeled per fold" if m["round"] else ""
+    return (f"round {m['round']} finished: OOF macro-F1 {m['oof']['macro_f1']:.4f}{holdout}{pseudo}, "
+            f"{m['seconds']['total']:.0f} s")
+
+
 class ConsoleProgress(Progress):
     """The library's progress for a person. In a terminal: live bars, and an overall line (round r/R,
     folds done, elapsed, estimated time left). Elsewhere (a log file, a pipe, CI): no bars, one plain
@@ -179,11 +191,8 @@ class ConsoleProgress(Progress):
         self._overall(round + 1)
 
     def round_finished(self, rounds):
-        from .report import rounds_table
-
-        self.console.print(rounds_table(rounds, f"after round {rounds[-1]['round']}"))
-        if not self.live:
-            self.console.file.flush()
+        """One line per finished round; the round table itself is printed once, when the run ends."""
+        self._line(round_line(rounds[-1]), style="bold")
 
 
 def _os_error(exc: OSError) -> str:
@@ -216,7 +225,7 @@ def one_line_errors(interrupted: str):
 def _render_rounds(rounds, stop, title, choice, state=None):
     from .report import footer_lines, rounds_table
 
-    console.print(rounds_table(rounds, title))
+    console.print(rounds_table(rounds, title, width=console.width))
     for line in footer_lines(rounds, stop, choice, state):
         console.print(line)
 

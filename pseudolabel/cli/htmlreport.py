@@ -161,15 +161,18 @@ def confusion_chart(m: dict) -> tuple[str, str]:
 
 
 def _table(rounds: list[dict]) -> str:
-    head = ("round", "human + pseudo", "OOF macro-F1", "holdout macro-F1", "best blend", "pseudo -1/0/1", "seconds")
+    head = ("round", "human + pseudo", "OOF macro-F1", "OOF accuracy", "holdout macro-F1", "best blend",
+            "pseudo -1/0/1", "changed", "trainer", "seconds")
     rows = []
     for m in rounds:
         blend = max(m["holdout_blend"].values()) if m.get("holdout_blend") else None
+        trainer = (f"fine-tuned, {m.get('encoder_rows', 0):,} posts encoded" if m.get("student") == "finetune"
+                   else "head")
         cells = (m["round"], f"{m['rows_human']:,} + {m['n_pseudo']:,}", f"{m['oof']['macro_f1']:.4f}",
-                 f"{m['holdout']['macro_f1']:.4f}" if m.get("holdout") else "–",
+                 f"{m['oof']['accuracy']:.4f}", f"{m['holdout']['macro_f1']:.4f}" if m.get("holdout") else "–",
                  f"{blend:.4f}" if blend is not None else "–",
                  " / ".join(str(m["pseudo_per_class"][v]) for v in LABEL_VALUES) if m["round"] else "–",
-                 f"{m['seconds']['total']:.0f}")
+                 f"{m['n_changed']:,}" if m["round"] else "–", trainer, f"{m['seconds']['total']:.0f}")
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -116,38 +117,85 @@ def _f1(value: float | None, leak_free: bool) -> Text:
     return Text(f"{value:.4f}" + ("" if leak_free else " *"), style="bold" if leak_free else "yellow")
 
 
-def rounds_table(rounds: list[dict], title: str = "rounds") -> Table:
+FIELDS = ("human+pseudo", "pseudo -1/0/1", "OOF mF1", "OOF F1 -1/0/1", "holdout mF1", "holdout blend (w)",
+          "trainer", "time (per fold)")  # the table's; accuracy, changed labels, posts encoded: --json, --html
+
+
+def round_cells(m: dict) -> list:
+    """One round's cells, in the order of FIELDS."""
+    s = round_summary(m)
+    mix = "/".join(str(n) for n in s["pseudo_per_class"].values()) if m["round"] else "–"
+    per_class = "/".join(f"{v:.3f}" for v in s["oof_f1_per_class"].values())
+    trainer = Text("fine-tuned" if s["student"] == "finetune" else "head")
+    if s["collapsed"]:
+        trainer.append(", collapsed", style="bold red")
+    return [f"{s['rows_human']}+{s['n_pseudo']}", mix, _f1(s["oof_macro_f1"], s["leak_free"]["oof"]), per_class,
+            _f1(s["holdout_macro_f1"], True), _best_blend(s["holdout_blend_macro_f1"]), trainer,
+            f"{s['seconds']:.0f}s" + (f" ({s['seconds_per_fold']:.0f}s)" if s["seconds_per_fold"] else "")]
+
+
+def _table_width(columns: list[list]) -> int:
+    """What rich needs for these columns (each a header and its cells) unwrapped: cells, a space either
+    side, and a rule between and around them."""
+    return sum(max(Text(str(c)).cell_len if not isinstance(c, Text) else c.cell_len for c in col) + 3
+               for col in columns) + 1
+
+
+def rounds_table(rounds: list[dict], title: str = "rounds", width: int | None = None):
+    """One row per round; where that would not fit `width` columns (a log, a laptop terminal), one column
+    per round instead, as many rounds side by side as fit. No cell is ever cut or wrapped."""
     prior = " / ".join(f"{p:.2f}" for p in rounds[0]["labeled_prior"]) if rounds else "–"
-    table = Table(title=title, title_justify="left", caption=f"labeled prior -1 / 0 / 1: {prior}",
-                  caption_justify="left")
-    for column in ("round", "human+pseudo", "pseudo -1/0/1", "changed", "OOF mF1", "OOF F1 -1/0/1", "OOF acc",
-                   "holdout mF1", "holdout blend (w)", "student", "status", "time (per fold)"):
-        table.add_column(column, justify="left" if column == "status" else "right")
-    for m in rounds:
-        s = round_summary(m)
-        mix = "/".join(str(n) for n in s["pseudo_per_class"].values()) if m["round"] else "–"
-        per_class = "/".join(f"{v:.3f}" for v in s["oof_f1_per_class"].values())
-        status = Text("collapsed", style="bold red") if s["collapsed"] else Text("ok", style="green")
-        table.add_row(str(m["round"]), f"{s['rows_human']}+{s['n_pseudo']}", mix,
-                      str(s["n_changed"]) if m["round"] else "–", _f1(s["oof_macro_f1"], s["leak_free"]["oof"]),
-                      per_class, f"{s['oof_accuracy']:.4f}", _f1(s["holdout_macro_f1"], True),
-                      _best_blend(s["holdout_blend_macro_f1"]), _student(s), status,
-                      f"{s['seconds']:.0f}s" + (f" ({s['seconds_per_fold']:.0f}s)" if s["seconds_per_fold"] else ""))
+    caption = f"labeled prior -1 / 0 / 1: {prior}"
+    cells = [round_cells(m) for m in rounds]
+    by_column = [["round", *(str(m["round"]) for m in rounds)]] + [[f, *(c[i] for c in cells)]
+                                                                 for i, f in enumerate(FIELDS)]
+    if width is None or _table_width(by_column) <= width:
+        table = _table(title, caption, ["round", *FIELDS])
+        for m, row in zip(rounds, cells):
+            table.add_row(str(m["round"]), *row)
+        return table
+    label = max(len(f) for f in FIELDS) + 3
+    widths = [_table_width([[f"round {m['round']}", *c]]) - 1 for m, c in zip(rounds, cells)]
+    chunks, chunk, used = [], [], label + 1
+    for i, w in enumerate(widths):
+        if chunk and used + w > width:
+            chunks.append(chunk)
+            chunk, used = [], label + 1
+        chunk.append(i)
+        used += w
+    chunks.append(chunk)
+    tables = []
+    for n, chunk in enumerate(chunks):
+        table = _table(title if n == 0 else None, caption if n == len(chunks) - 1 else None,
+                       ["", *(f"round {rounds[i]['round']}" for i in chunk)])
+        for j, field in enumerate(FIELDS):
+            table.add_row(field, *(cells[i][j] for i in chunk))
+        tables.append(table)
+    return Group(*tables)
+
+
+def _table(title: str | None, caption: str | None, columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for n, column in enumerate(columns):
+        table.add_column(column, justify="left" if n == 0 and not column or column == "trainer" else "right",
+                         no_wrap=True)
     return table
 
 
-def _student(s: dict) -> str:
-    """What trained the round's folds; a fine-tuned one ran the encoder again over this many posts."""
-    if s["student"] != "finetune":
-        return "head"
-    return f"fine-tuned, {s['encoder_rows']:,} posts encoded"
+def best_blend(by_weight: dict | None) -> tuple[float, float] | None:
+    """The co-teacher share that scores best on the holdout (ties: the one nearest an even blend), and
+    its score."""
+    if not by_weight:
+        return None
+    weight, value = max(by_weight.items(), key=lambda item: (item[1], -abs(float(item[0]) - 0.5)))
+    return float(weight), value
 
 
 def _best_blend(by_weight: dict | None) -> Text:
-    if not by_weight:
+    best = best_blend(by_weight)
+    if best is None:
         return Text("–", style="dim")
-    weight, value = max(by_weight.items(), key=lambda item: (item[1], -abs(float(item[0]) - 0.5)))
-    return Text(f"{value:.4f} ({float(weight):.2f})", style="bold")
+    return Text(f"{best[1]:.4f} ({best[0]:.2f})", style="bold")
 
 
 def final_line(choice: dict | None, rounds: list[dict]) -> Text:

@@ -154,6 +154,14 @@ def _cached(files: CoTeacherFiles, folds: np.ndarray, rows: dict) -> bool:
     return info.get("version") == VERSION and info.get("rows") == rows
 
 
+def _fit_rows(folds: np.ndarray) -> str:
+    """How many labeled posts each fold's model fits on (every fold's but its own, the holdout never),
+    in words: `570` or `569–571`."""
+    trained = folds != HOLDOUT
+    sizes = sorted({int((trained & (folds != f)).sum()) for f in set(folds[trained].tolist())})
+    return f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,}–{sizes[-1]:,}"
+
+
 def co_teacher_outputs(run_dir: RunDir, labeled=None, pool=None, test=None, progress=None) -> tuple[dict, dict]:
     """The run's co-teacher predictions (see `tfidf_teacher`) and info, computed on first use.
 
@@ -173,8 +181,8 @@ def co_teacher_outputs(run_dir: RunDir, labeled=None, pool=None, test=None, prog
         arrays = {name: load_npy(files.preds(name)) if files.preds(name).is_file() else None for name in ARRAYS}
         return arrays, read_json(files.record)
     if progress is not None:
-        progress.note(f"co-teacher: fitting TF-IDF + logistic regression on {rows['labeled']:,} labeled posts per "
-                      f"fold, scoring {rows['pool']:,} pool and {rows['test']:,} test posts")
+        progress.note(f"co-teacher: fitting TF-IDF + logistic regression per fold on {_fit_rows(folds)} of the "
+                      f"{rows['labeled']:,} labeled posts, scoring {rows['pool']:,} pool and {rows['test']:,} test posts")
     arrays, info, whole = tfidf_views(labeled.texts, labeled.labels, folds, pool.texts if pool else None,
                                       test.texts if test else None)
     files.path.mkdir(exist_ok=True)
