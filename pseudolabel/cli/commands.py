@@ -339,6 +339,9 @@ def run(
     deliver: str = _opt(_D["deliver"], "What submission.csv holds: 'auto' (the round and co-teacher blend best on "
                                        "the holdout), 'head' (the best round's fold heads), 'blend' (the best "
                                        "blend).", _DELIVER),
+    raw: bool = _opt(_D["raw"], "CSV files (submission.csv, pseudo_labels.csv) with ids and texts as they came "
+                                "in; by default a cell a spreadsheet would run as a formula (= + - @, a tab "
+                                "first) gets a leading '.", _DELIVER),
     stream: str = _opt("", "Comma-separated splits (test, unlabeled) to recompute each round instead of caching "
                            "their features on disk.", _CONTROL),
     force: bool = _opt(_D["force"], "Select pseudo-labels even from a collapsed round.", _CONTROL),
@@ -407,6 +410,8 @@ def select_cmd(
     source: Optional[str] = typer.Option(None, help="mean | fold [default: the run's]."),
     calibrate: bool = typer.Option(False, help="Temperature-scale on OOF rows before selecting."),
     force: bool = typer.Option(False, help="Select even from a collapsed round."),
+    raw: bool = typer.Option(False, "--raw", help="pseudo_labels.csv with ids and texts as they came in "
+                                                  "[default: the run's; else spreadsheet-safe]."),
 ):
     """Re-select pseudo-labels from a finished round without training; the next `pseudo run` uses them."""
     from ..rounds.selection import reselect
@@ -414,7 +419,7 @@ def select_cmd(
 
     try:
         shown = reselect(run_dir or latest_run(), round=round, strategy=strategy, threshold=threshold, top_k=top_k,
-                         source=source, calibrate=calibrate, force=force)
+                         source=source, calibrate=calibrate, force=force, raw=raw)
     except PseudoError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -500,6 +505,8 @@ def predict(
     format: str = typer.Option("csv", "--format", help="csv | jsonl."),
     chunk_rows: int = typer.Option(4096, min=1, help="Posts read, tokenized and scored at a time (memory stays "
                                                      "flat however long the file)."),
+    raw: bool = typer.Option(False, "--raw", help="Write ids as they came in; by default an id a spreadsheet "
+                                                  "would run as a formula (= + - @ first) gets a leading '."),
 ):
     """Score new posts with what a run delivered (or an exported model); streams files of any size."""
     from ..delivery.predict import load_model
@@ -510,7 +517,7 @@ def predict(
             raise PseudoError("give --model or --run-dir (with --round), not both")
         with ConsoleProgress(console) as progress:
             loaded = load_model(model or run_dir or latest_run(), round=round, encoder=encoder, progress=progress)
-            done = loaded.predict_files(files, out, format, chunk_rows)
+            done = loaded.predict_files(files, out, format, chunk_rows, raw=raw)
     what = (f"round {done['round']}'s {done['folds']} fold {'models' if done['student'] == 'finetune' else 'heads'}"
             + (f" blended with the co-teacher at {done['weight']:.2f}" if done["weight"] > 0 else ""))
     mix = " / ".join(str(n) for n in done["per_class"].values())

@@ -97,11 +97,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_csv(path: Path, header: list[str], rows) -> None:
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+
+
+def spreadsheet_safe(cell):
+    """A text cell that a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage
+    return) with a `'` in front, as OWASP advises against CSV injection; numbers (`-1`, `+3.5`) and
+    everything else stay as they are."""
+    if not isinstance(cell, str) or not cell.startswith(FORMULA_START):
+        return cell
+    try:
+        float(cell)
+        return cell
+    except ValueError:
+        return "'" + cell
+
+
+def atomic_write_csv(path: Path, header: list[str], rows, raw: bool = False) -> None:
+    """A CSV file written whole; its text cells spreadsheet-safe (`spreadsheet_safe`) unless `raw`."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows(rows if raw else ([spreadsheet_safe(cell) for cell in row] for row in rows))
     _atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 

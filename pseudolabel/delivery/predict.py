@@ -29,7 +29,7 @@ from .spec import ModelSpec
 from ..core.errors import PseudoError
 from ..encoding.features import ENCODE_BATCH
 from ..core.progress import Progress
-from ..core.store import naming, written_aside
+from ..core.store import naming, spreadsheet_safe, written_aside
 
 FILE_CHUNK = 4096  # rows read, tokenized and scored at a time
 FORMATS = ("csv", "jsonl")
@@ -148,9 +148,10 @@ class DeliveredModel:
     # ---------------------------------------------------------------- files
 
     def predict_files(self, paths: list[str | Path], out: str | Path, fmt: str = "csv",
-                      chunk_rows: int = FILE_CHUNK) -> dict:
+                      chunk_rows: int = FILE_CHUNK, raw: bool = False) -> dict:
         """Score every post of `paths` into `out` (id, y, p_-1, p_0, p_1), streaming: `chunk_rows`
-        posts are read, tokenized and scored at a time. The file appears whole or not at all."""
+        posts are read, tokenized and scored at a time. The file appears whole or not at all. CSV ids
+        are made spreadsheet-safe (`spreadsheet_safe`) unless `raw`."""
         if fmt not in FORMATS:
             raise PseudoError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         paths = [Path(p) for p in paths]
@@ -161,7 +162,7 @@ class DeliveredModel:
         counts = np.zeros(N_CLASSES, np.int64)
         out = Path(out)
         with written_aside(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-            writer = _writer(fh, fmt)
+            writer = _writer(fh, fmt, raw)
             for path, steps in zip(paths, plans):
                 done = 0
                 for posts in iter_posts(path, chunk_rows):
@@ -194,16 +195,17 @@ class DeliveredModel:
         return cuts(np.concatenate(lengths), self.spec.max_len, self.spec.dynamic_padding)
 
 
-def _writer(fh, fmt: str):
+def _writer(fh, fmt: str, raw: bool = False):
     import csv
 
     if fmt == "csv":
         rows = csv.writer(fh, lineterminator="\n")
         rows.writerow(COLUMNS)
+        cell = (lambda i: i) if raw else spreadsheet_safe
 
         def write(ids, probs):
             labels = probs.argmax(axis=1) - 1
-            rows.writerows([i, int(y), *(f"{p:.8f}" for p in row)] for i, y, row in zip(ids, labels, probs))
+            rows.writerows([cell(i), int(y), *(f"{p:.8f}" for p in row)] for i, y, row in zip(ids, labels, probs))
         return write
 
     def write_jsonl(ids, probs):

@@ -31,7 +31,7 @@ RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial
                     "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
 DEFAULT_HOLDOUT = 0.15  # share of labeled rows held out when --rounds >= 1 and --holdout is not given
 PATHS = ("train", "test", "unlabeled", "encoder")  # input files and folders: hashed as absolute paths
-NOT_RESULTS = ("run_dir", "rounds", "force", "deliver")  # options that never change a round's numbers
+NOT_RESULTS = ("run_dir", "rounds", "force", "deliver", "raw")  # options that never change a round's numbers
 # options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
                 "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
@@ -177,6 +177,7 @@ class RunConfig:
     co_teacher: float = 0.5  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
     holdout: float | None = None  # None: DEFAULT_HOLDOUT when rounds >= 1, else 0 (a continued run: its own)
     deliver: str = "auto"  # auto | head | blend: what the run hands over (see deliver.py); not in the hash
+    raw: bool = False  # CSV text cells as they came in, not made spreadsheet-safe (store.spreadsheet_safe)
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway
     student: str = "head"  # rounds >= 1: "head" (the recipe's head on frozen features) or "finetune" (finetune.py)

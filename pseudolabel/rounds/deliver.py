@@ -99,16 +99,16 @@ def submission_rows(ids: list[str], probs: np.ndarray):
 
 
 def write_final(run_dir: RunDir, choice: dict, test_ids: list[str] | None,
-                co_teacher_test: np.ndarray | None) -> dict:
+                co_teacher_test: np.ndarray | None, raw: bool = False) -> dict:
     """Write what the run delivers: final.json, and with a test file the top submission.csv and its
     probabilities (final_test_preds.npy); a delivered blend also goes to round_k/submission_blend.csv."""
     chosen = run_dir.round(choice["round"])
     if test_ids is not None and chosen.test_preds.is_file():
         probs = delivered_probs(choice, load_npy(chosen.test_preds), co_teacher_test)
         if choice["weight"] > 0:
-            atomic_write_csv(chosen.submission_blend, ["id", "y"], submission_rows(test_ids, probs))
+            atomic_write_csv(chosen.submission_blend, ["id", "y"], submission_rows(test_ids, probs), raw=raw)
         atomic_write_npy(run_dir.final_test_preds, probs)
-        atomic_write_csv(run_dir.submission, ["id", "y"], submission_rows(test_ids, probs))
+        atomic_write_csv(run_dir.submission, ["id", "y"], submission_rows(test_ids, probs), raw=raw)
         choice["submission"] = str(run_dir.submission)
     atomic_write_json(run_dir.final_path, choice)
     return choice

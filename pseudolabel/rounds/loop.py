@@ -191,7 +191,7 @@ class Run:
                 self.dir, k - 1, prior=np.array(prev["labeled_prior"]), strategy=cfg.strategy,
                 threshold=cfg.threshold, top_k=cfg.top_k, source=cfg.pseudo_source, calibrate=cfg.calibrate,
                 force=cfg.force)
-            write_selection(self.dir, k, labels, confidence, info, self.pool)
+            write_selection(self.dir, k, labels, confidence, info, self.pool, raw=self.config.raw)
         note_drift(k, info, prev["labeled_prior"], self.progress)
         return labels, info
 
@@ -222,7 +222,7 @@ class Run:
         """The run's final output (deliver.py): the round and blend that score best on the holdout."""
         choice = choose(rounds, self.config.deliver)
         co_test = self.co_teacher()[0]["test"] if choice["weight"] > 0 else None
-        return write_final(self.dir, choice, self.test.ids if self.test else None, co_test)
+        return write_final(self.dir, choice, self.test.ids if self.test else None, co_test, raw=self.config.raw)
 
     def train_round(self, k, folds, sources, pseudo, info) -> dict:
         """Train (or resume) every fold of round k, write the round's predictions, return its metrics."""
@@ -240,7 +240,7 @@ class Run:
             recipe = plan.recipe
         out = run_folds(plan, self.progress)
         labels = self.labeled.labels
-        write_round_predictions(files, out, self.test.ids if self.test else None)
+        write_round_predictions(files, out, self.test.ids if self.test else None, raw=self.config.raw)
         co_holdout = self.co_teacher()[0]["holdout"] if out.holdout is not None else None
         return round_metrics(k, out, labels, folds, pseudo, info, co_holdout, recipe=recipe.name,
                              student=plan.student, mode=self.config.mode,
@@ -287,7 +287,7 @@ def fine_tuned_plan(plan: RoundPlan, finetune, tokens: dict, encoder_files: Enco
                    encoder_files=encoder_files, mask_id=mask_id)
 
 
-def write_round_predictions(files, out, test_ids) -> None:
+def write_round_predictions(files, out, test_ids, raw: bool = False) -> None:
     """A round's predictions: OOF, holdout, test (and its submission.csv), pool."""
     atomic_write_npy(files.oof_preds, out.oof)
     if out.holdout is not None:
@@ -295,7 +295,7 @@ def write_round_predictions(files, out, test_ids) -> None:
     if out.test is not None:
         atomic_write_npy(files.test_preds, out.test)
         atomic_write_csv(files.submission, ["id", "y"],
-                         zip(test_ids, label_values(out.test.mean(axis=0).argmax(axis=1)).tolist()))
+                         zip(test_ids, label_values(out.test.mean(axis=0).argmax(axis=1)).tolist()), raw=raw)
     if out.unmask is not None:
         atomic_write_npy(files.unmask_preds, out.unmask)
 

@@ -117,7 +117,7 @@ def teacher_probs(run_dir: RunDir, k: int) -> np.ndarray:
 
 
 def write_selection(run_dir: RunDir, k: int, labels: np.ndarray, confidence: np.ndarray, info: dict,
-                    pool: Posts | None) -> None:
+                    pool: Posts | None, raw: bool = False) -> None:
     """Write round k's selection: arrays, a readable CSV and selection.json (all atomic)."""
     files = run_dir.round(k)
     if files.is_done():
@@ -134,7 +134,7 @@ def write_selection(run_dir: RunDir, k: int, labels: np.ndarray, confidence: np.
             row = [pool.ids[i] if pool else i, pool.texts[i] if pool else "", int(labels[f][i]) - 1,
                    f"{confidence[f][i]:.4f}"]
             rows.append(row if same else row + [f])
-    atomic_write_csv(files.pseudo_labels_csv, header, rows)
+    atomic_write_csv(files.pseudo_labels_csv, header, rows, raw=raw)
     atomic_write_json(files.selection, info)
 
 
@@ -143,7 +143,7 @@ SWEEP = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 
 def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str | None = None,
              threshold: float | None = None, top_k: int | None = None, source: str | None = None,
-             calibrate: bool = False, force: bool = False) -> dict:
+             calibrate: bool = False, force: bool = False, raw: bool = False) -> dict:
     """`pseudo select`: new pseudo-labels for the round after `round`, from its saved predictions.
 
     Options left None take the run's own (strategy, top-k, source; the threshold too unless
@@ -181,7 +181,8 @@ def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str | N
     if len(pool) != labels.shape[1]:
         raise PseudoError(f"{saved['unlabeled']}: has {len(pool)} rows now, round {k} scored {labels.shape[1]}")
     with RunLock(rd.root).acquire("pseudo select"):  # never beside a run writing the same directory
-        write_selection(rd, k + 1, labels, confidence, info, pool)
+        raw = raw or rd.saved_config().get("invocation", {}).get("raw", False)  # the run's own, unless asked
+        write_selection(rd, k + 1, labels, confidence, info, pool, raw=raw)
     unmask = load_npy(rd.round(k).unmask_preds).mean(axis=0)
     folds = load_npy(rd.round(0).folds)
     oof = load_npy(rd.round(k).oof_preds)
