@@ -92,7 +92,7 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
     for copy in (False, True):
         folder = tmp_path / f"model-{copy}"
         result = invoke("export", "--run-dir", blend_run, "--out", folder,
-                        *(["--copy-encoder", "--saved-model"] if copy else []))
+                        *(["--saved-model"] if copy else ["--reference-encoder"]))
         assert result.exit_code == 0, result.output
         record = json.loads((folder / "model.json").read_text())
         assert record["encoder"]["copied"] is copy and (folder / "encoder" / "tf_model.h5").is_file() is copy
@@ -100,7 +100,8 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
         card = (folder / "README.md").read_text()
         assert "blended with a char TF-IDF + logistic regression model" in card and "| 0 |" in card
         out = tmp_path / f"from-model-{copy}.jsonl"
-        result = invoke("predict", tiny_data["test"], "--model", folder, "--out", out, "--format", "jsonl")
+        named = [] if copy else ["--encoder", tiny_encoder]  # a referenced encoder is named by the user
+        result = invoke("predict", tiny_data["test"], "--model", folder, "--out", out, "--format", "jsonl", *named)
         assert result.exit_code == 0, result.output
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         labels, probs = predictions(from_run)
@@ -121,13 +122,12 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
     np.testing.assert_allclose(served, model.head_probs(tokens, np.full(len(texts), 24)), atol=5e-5)
     assert json.loads((tmp_path / "model-True" / "model.json").read_text())["saved_model"]["blend"] is False
 
-    # an export that references its encoder: moved -> found again with --encoder, another one is refused
+    # an export that references its encoder: never read from the path model.json records (the folder is
+    # untrusted input), named with --encoder (the same content elsewhere is fine), another one is refused
     folder = tmp_path / "model-False"
-    record = json.loads((folder / "model.json").read_text())
-    (folder / "model.json").write_text(json.dumps({**record, "encoder": {**record["encoder"],
-                                                                         "folder": str(tmp_path / "gone")}}))
     result = invoke("predict", tiny_data["test"], "--model", folder, "--out", tmp_path / "x.csv")
-    assert result.exit_code == 1 and "encoder folder not found" in flat(result.output) and "--encoder" in result.output
+    assert result.exit_code == 1 and "the encoder is not in this model folder" in flat(result.output)
+    assert f"it was at {tiny_encoder.resolve()}" in flat(result.output) and "--encoder" in result.output
     result = invoke("predict", tiny_data["test"], "--model", folder, "--out", tmp_path / "x.csv",
                     "--encoder", tmp_path / "model-True" / "encoder")
     assert result.exit_code == 0, result.output
@@ -179,3 +179,60 @@ def test_a_plain_text_column_file_and_bad_input(head_run, tiny_data, tmp_path):
     assert result.exit_code == 1 and "made with --mode faithful" in flat(result.output)
     with open(out, newline="") as fh:  # the failed calls left the last good file as it was
         assert len(list(csv.reader(fh))) == 7
+
+
+def test_a_crafted_model_folder_is_refused_in_one_line(blend_run, tiny_data, tmp_path):
+    """An exported folder is untrusted input: model.json's file names stay inside it, no link leads out,
+    a head file holding a whole Keras model (here with a Lambda layer: code) is refused, fields are checked."""
+    good = tmp_path / "good"
+    assert invoke("export", "--run-dir", blend_run, "--out", good).exit_code == 0
+    outside = blend_run / "round_0" / "fold_0" / "head.weights.h5"  # a real weights file outside the folder
+
+    def crafted(name, change):
+        folder = tmp_path / name
+        shutil.copytree(good, folder, symlinks=True)
+        change(folder)
+        return folder
+
+    def with_record(**fields):
+        def change(folder):
+            record = json.loads((folder / "model.json").read_text())
+            (folder / "model.json").write_text(json.dumps({**record, **fields}))
+        return change
+
+    def relink(relative, target):
+        def change(folder):
+            path = folder / relative
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            path.symlink_to(target)
+        return change
+
+    def lambda_head(folder):
+        from pseudolabel.core._tf import keras
+
+        model = keras.Sequential([keras.layers.Lambda(lambda x: x * 2, input_shape=(3,))])
+        model.save(str(tmp_path / "lambda.h5"))
+        shutil.copyfile(tmp_path / "lambda.h5", folder / "heads" / "fold_0.weights.h5")
+
+    cases = {
+        "up": (with_record(heads=["../../" + "x.weights.h5", "heads/fold_1.weights.h5"]),
+               "head '../../x.weights.h5' is not a file inside the model folder"),
+        "absolute": (with_record(heads=[str(outside.with_name("fold_0.weights.h5")), "heads/fold_1.weights.h5"]),
+                     "is not a file inside the model folder"),
+        "not-weights": (with_record(heads=["model.json", "heads/fold_1.weights.h5"]), "heads must be a list of"),
+        "head-link": (relink("heads/fold_0.weights.h5", outside), f"a link to {outside.resolve()}, outside the model"),
+        "encoder-link": (relink("encoder", blend_run), "outside the model folder"),
+        "lambda": (lambda_head, "holds a whole Keras model"),
+        "field": (with_record(max_len="140; rm -rf /"), "max_len must be a positive integer"),
+    }
+    for name, (change, says) in cases.items():
+        folder = crafted(name, change)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        result = invoke("predict", tiny_data["test"], "--model", folder, "--out", tmp_path / "out.csv")
+        line = flat(result.output)
+        assert result.exit_code == 1 and line.startswith("error:") and says in line, (name, line)
+        assert "Traceback" not in line and sorted(p.name for p in tmp_path.iterdir()) == before, name
+        with pytest.raises(Exception, match="model folder|whole Keras model|must be"):
+            load_model(folder)
+    # the untouched export still predicts
+    assert invoke("predict", tiny_data["test"], "--model", good, "--out", tmp_path / "out.csv").exit_code == 0

@@ -531,8 +531,9 @@ def export(
     run_dir: Optional[str] = typer.Option(None, help="Run directory [default: the newest under runs/]."),
     round: Optional[int] = typer.Option(None, "--round", min=0, help="Export this finished round's fold heads alone "
                                                                      "[default: what the run delivered]."),
-    copy_encoder: bool = typer.Option(False, "--copy-encoder", help="Copy the encoder into the folder (else it is "
-                                                                    "referenced by path and content hash)."),
+    copy_encoder: bool = typer.Option(True, "--copy-encoder/--reference-encoder",
+                                      help="Copy the encoder into the folder, or only record its content hash (the "
+                                           "folder is then used with `pseudo predict --model DIR --encoder ENC`)."),
     saved_model: bool = typer.Option(False, "--saved-model", help="Also a TensorFlow SavedModel of the fold heads "
                                                                   "and encoder for TF Serving (token ids in, "
                                                                   "probabilities out; the blend's text model is "
@@ -547,7 +548,10 @@ def export(
             folder = write_export(run_dir or latest_run(), out, copy_encoder=copy_encoder, round=round,
                                   saved_model=saved_model, progress=progress)
     console.print(f"written: {folder} (model.json, README.md model card)")
-    console.print(f"use it: pseudo predict posts.csv --model {folder} --out predictions.csv")
+    use = f"pseudo predict posts.csv --model {folder} --out predictions.csv"
+    if not copy_encoder:  # the folder records where the encoder is, but loading never reads it from there
+        use += f" --encoder {shlex.quote(json.loads((folder / 'model.json').read_text())['encoder']['folder'])}"
+    console.print(f"use it: {use}")
 
 
 def resume_command(invocation: dict) -> str | None:

@@ -28,6 +28,7 @@ from ..core.constants import VERSION
 from ..encoding.encoder import HF_NAMES, TOKENIZER_EXTRAS
 from ..core.errors import PseudoError
 from .spec import ModelSpec
+from .untrusted import check_links, checked_record, inside, weights_only
 from ..core.store import RunDir, atomic_write_json, atomic_write_text, mark_done, read_json, written_aside
 
 FORMAT = 1
@@ -112,22 +113,30 @@ def _scores(metrics: dict) -> dict:
 
 
 def from_export(folder: str | Path) -> ModelSpec:
+    """The spec of an exported folder, read as untrusted input (untrusted.py): only files inside it."""
     folder = Path(folder)
-    record = read_json(folder / MODEL_FILE)
+    check_links(folder)
+    record = checked_record(read_json(folder / MODEL_FILE), folder / MODEL_FILE)
     if record.get("format") != FORMAT:
         raise PseudoError(f"{folder / MODEL_FILE}: model format {record.get('format')!r}, this package reads "
                           f"{FORMAT}")
     enc = record["encoder"]
-    copied = folder / "encoder"
+    heads = [inside(folder, p, "head") for p in record["heads"]]
+    missing = [p for p in heads if not p.is_file()]
+    if missing:
+        raise PseudoError(f"{missing[0]}: fold head weights not found")
+    heads = [weights_only(p) for p in heads]
     return ModelSpec(
         kind="export", source=folder, round=record["round"], weight=record["weight"], recipe=record["recipe"],
         max_len=record["max_len"], hidden=record["hidden"], dynamic_padding=record["dynamic_padding"],
-        feature_dtype=record["feature_dtype"], heads=[folder / p for p in record["heads"]],
-        encoder_folder=copied if enc.get("copied") else Path(enc["folder"]), encoder_sha256=enc["sha256"],
+        feature_dtype=record["feature_dtype"], heads=heads,
+        # a referenced encoder is read only from the folder the user names (--encoder), never from model.json
+        encoder_folder=folder / "encoder" if enc.get("copied") else None, encoder_sha256=enc["sha256"],
+        encoder_hint=None if enc.get("copied") else str(enc.get("folder")),
         card=record.get("card", {}), student=record.get("student", "head"), finetune=record.get("finetune"))
 
 
-def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = False, round: int | None = None,
+def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, round: int | None = None,
            saved_model: bool = False, progress=None) -> Path:
     """Write the delivered model of `run_dir` (or round `round`'s heads) to the folder `out`; with
     `saved_model`, also a TensorFlow SavedModel of the fold heads in `<out>/saved_model` (serving.py)."""

@@ -26,11 +26,12 @@ class ModelSpec:
     dynamic_padding: bool  # the run scored in length-sorted chunks cut to their longest post
     feature_dtype: str  # "float16": the heads saw cached features; "float32": streamed ones
     heads: list[Path]  # the fold heads' (or fine-tuned fold models') weight files, fold order
-    encoder_folder: Path
+    encoder_folder: Path | None  # None: an export that references its encoder, named by --encoder only
     encoder_sha256: str
     card: dict = field(default_factory=dict)  # what the model card says: data, rounds, scores
     student: str = "head"  # "finetune": `heads` are fold models that fine-tuned the encoder (finetune.py)
     finetune: dict | None = None  # their finetune.FineTune settings, with student "finetune"
+    encoder_hint: str | None = None  # where an export's referenced encoder was (shown, never read)
 
     def text_model(self, progress=None):
         """The co-teacher refit on every labeled row, which the delivered blend mixes in (weight > 0)."""
@@ -42,10 +43,18 @@ class ModelSpec:
 
     def encoder(self) -> EncoderFiles:
         """The encoder's files, checked against the content hash the heads were trained on."""
+        if self.encoder_folder is None:
+            raise PseudoError(f"{self.source}: the encoder is not in this model folder (exported without "
+                              f"--copy-encoder; it was at {self.encoder_hint}); pass --encoder DIR (checked against "
+                              f"the content hash the heads were trained on)")
         if not Path(self.encoder_folder).is_dir():
             raise PseudoError(f"{self.encoder_folder}: encoder folder not found (the model was trained with it); "
                               f"pass --encoder with the folder it moved to")
         files = find_encoder(self.encoder_folder)
+        if self.kind == "export" and files.weights.suffix == ".h5":
+            from .untrusted import weights_only
+
+            weights_only(files.weights)
         if files.identity != self.encoder_sha256:
             raise PseudoError(f"{self.encoder_folder}: not the encoder the model was trained with (content "
                               f"{files.identity[:12]}, expected {self.encoder_sha256[:12]})")
