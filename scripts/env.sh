@@ -7,10 +7,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import pseudolabel, pytest, tensorflow, tf_keras, transformers" >/dev/null 2>&1 \
-   || [ pyproject.toml -nt .venv/.installed ]; then
+# the extras to install: test (pytest); scripts/test.sh adds ray (the --executor ray tests run a local cluster)
+EXTRAS=${PSEUDO_EXTRAS:-test}
+IMPORTS="pseudolabel, pytest, tensorflow, tf_keras, transformers"
+case ",$EXTRAS," in *,ray,*) IMPORTS="$IMPORTS, ray" ;; esac
+if ! python -c "import $IMPORTS" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.installed ]; then
   echo "installing pseudo and its dependencies into .venv (a few minutes the first time; log: .venv/install.log)"
-  if ! { python -m pip install -q --upgrade pip && python -m pip install -q -e ".[test]"; } >.venv/install.log 2>&1; then
+  if ! { python -m pip install -q --upgrade pip && python -m pip install -q -e ".[$EXTRAS]"; } >.venv/install.log 2>&1; then
     tail -n 20 .venv/install.log >&2
     echo "error: installing into .venv failed; the whole log is in .venv/install.log" >&2
     exit 1

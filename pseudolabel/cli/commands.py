@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.table import Table
@@ -204,7 +205,7 @@ def _os_error(exc: OSError) -> str:
 
 
 def _fail(message: str, code: int = 1):
-    errors.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    errors.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -345,6 +346,13 @@ def run(
     stream: str = _opt("", "Comma-separated splits (test, unlabeled) to recompute each round instead of caching "
                            "their features on disk.", _CONTROL),
     force: bool = _opt(_D["force"], "Select pseudo-labels even from a collapsed round.", _CONTROL),
+    executor: str = _opt(_D["executor"], "Where a round's folds train: 'local' (one after another here) or 'ray' "
+                                         "(each fold a Ray task; pip install -e \".[ray]\"; docs/scale-out.md).",
+                         _CONTROL),
+    ray_address: Optional[str] = _opt(None, "--executor ray: the cluster's address [default: RAY_ADDRESS, else a "
+                                            "local Ray instance started and stopped by the run].", _CONTROL),
+    fold_cpus: int = _opt(_D["fold_cpus"], "--executor ray: CPUs per fold task (its TensorFlow threads).", _CONTROL),
+    fold_gpus: float = _opt(_D["fold_gpus"], "--executor ray: GPUs per fold task.", _CONTROL),
     restart: bool = _opt(False, "Start the run directory over (the feature cache is kept).", _CONTROL),
     plan: bool = _opt(False, "Print the rows, disk and estimated time of each stage (measured on a few warm "
                              "batches of this machine), then exit without training or writing.", _CONTROL),

@@ -67,6 +67,10 @@ class CachedFeatures:
     def __len__(self) -> int:
         return len(self.index)
 
+    def __reduce__(self):
+        """Sent to another process (a Ray task) as its folder: the receiver maps the same files."""
+        return CachedFeatures, (self.folder,)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return (len(self),) + tuple(self.features.shape[1:])

@@ -27,11 +27,13 @@ SCHEMA = 2  # 1: before --student-token-dropout and --co-teacher were recorded
 MODES = ("cached", "faithful")
 PSEUDO_SOURCES = ("mean", "fold")
 STREAMABLE = ("test", "unlabeled")
+EXECUTORS = ("local", "ray")
 RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial_dropout", "bn_momentum",
                     "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
 DEFAULT_HOLDOUT = 0.15  # share of labeled rows held out when --rounds >= 1 and --holdout is not given
 PATHS = ("train", "test", "unlabeled", "encoder")  # input files and folders: hashed as absolute paths
-NOT_RESULTS = ("run_dir", "rounds", "force", "deliver", "raw")  # options that never change a round's numbers
+NOT_RESULTS = ("run_dir", "rounds", "force", "deliver", "raw", "executor", "ray_address", "fold_cpus",
+               "fold_gpus")  # options that never change a round's numbers
 # options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
                 "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
@@ -109,6 +111,9 @@ CONSTRAINTS: dict[str, tuple] = {
     "finetune_lr": (Interval(0, 1, "right"),),
     "finetune_precision": (OneOf(PRECISIONS),),
     "finetune_monitor": (Interval(0, 0.5, "left"),),
+    "executor": (OneOf(EXECUTORS),),
+    "fold_cpus": (Interval(1, None),),
+    "fold_gpus": (Interval(0, None),),
 }
 
 
@@ -186,6 +191,10 @@ class RunConfig:
     finetune_lr: float = 2e-4  # peak learning rate of AdamW (linear warm-up and decay); benchmarks/README.md
     finetune_precision: str = "float32"  # or mixed precision (docs/gpu.md)
     finetune_monitor: float = 0.1  # share of a fold's training part that picks the epoch (0: the last is kept)
+    executor: str = "local"  # where a round's folds train: this process, or Ray tasks (rounds/executor.py)
+    ray_address: str | None = None  # --executor ray: the cluster (None: RAY_ADDRESS, else a local instance)
+    fold_cpus: int = 1  # --executor ray: CPUs per fold task (its TensorFlow thread pool)
+    fold_gpus: float = 0.0  # --executor ray: GPUs per fold task
 
     def __post_init__(self):
         for name in PATHS:  # the same file given as a relative or an absolute path is the same option
@@ -209,6 +218,9 @@ class RunConfig:
             raise PseudoError("deliver blend chooses its weight on the labeled holdout: give --holdout (e.g. 0.15)")
         if self.rounds > 0 and not self.unlabeled:
             raise PseudoError("rounds >= 1 need an unlabeled pool (--unlabeled)")
+        if self.executor == "ray" and (self.mode == "faithful" or self.stream):
+            raise PseudoError("executor ray trains folds on cached features: it works in --mode cached without "
+                              "--stream")
         if self.mode == "faithful" and "finetune" in (self.student, self.recipe):
             raise PseudoError("fine-tuning the encoder (--student finetune, --recipe finetune) works in --mode cached")
         self._validate_recipe(self.resolved_recipe())

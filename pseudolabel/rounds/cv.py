@@ -420,10 +420,29 @@ class RoundOutput:
     seconds: dict
 
 
-def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
-    """Train (or resume) every fold of the round, then score test, pool and holdout."""
+def train_one(plan: RoundPlan, fold: int, progress: Progress) -> dict:
+    """Train fold `fold` with the round's trainer (the head, or the fine-tuned student); its record."""
+    if plan.student == "finetune":
+        from .student_fold import train_fold as fine_tune_fold
+
+        return fine_tune_fold(plan, fold, progress)
+    return train_fold(plan, fold, progress)
+
+
+class LocalFolds:
+    """The folds of a round one after another in this process (`--executor local`)."""
+
+    def train(self, plan: RoundPlan, folds: list[int], progress: Progress):
+        """Yield (fold, record) as each fold of `folds` finishes (its folder written, DONE last)."""
+        for fold in folds:
+            yield fold, train_one(plan, fold, progress)
+
+
+def run_folds(plan: RoundPlan, progress: Progress, executor=None) -> RoundOutput:
+    """Train (or resume) every fold of the round, then score test, pool and holdout. `executor` trains
+    the folds not finished yet (`LocalFolds` by default; `executor.RayFolds` on a Ray cluster)."""
     started = time.time()
-    records = []
+    records, pending = {}, []
     for fold in range(plan.n_folds):
         files = plan.files.fold(fold)
         reused = files.is_done()
@@ -433,15 +452,14 @@ def run_folds(plan: RoundPlan, progress: Progress) -> RoundOutput:
             reused = False
         if reused:
             progress.note(f"round {plan.round} fold {fold}: finished earlier, reused")
-        if reused:
-            records.append(read_json(files.record))
-        elif plan.student == "finetune":
-            from .student_fold import train_fold as fine_tune_fold
-
-            records.append(fine_tune_fold(plan, fold, progress))
+            records[fold] = read_json(files.record)
+            progress.fold_finished(plan.round, fold, plan.n_folds, records[fold], True)
         else:
-            records.append(train_fold(plan, fold, progress))
-        progress.fold_finished(plan.round, fold, plan.n_folds, records[-1], reused)
+            pending.append(fold)
+    for fold, record in (executor or LocalFolds()).train(plan, pending, progress):
+        records[fold] = record
+        progress.fold_finished(plan.round, fold, plan.n_folds, record, False)
+    records = [records[fold] for fold in range(plan.n_folds)]
     train_seconds = time.time() - started
 
     oof = np.zeros((len(plan.labels), N_CLASSES), np.float32)

@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
 from .deliver import blend_scores, choose, write_final
+from .executor import make_executor
 from ..encoding.encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
 from ..core.errors import PseudoError
 from ..encoding.features import StreamedFeatures, cache_rows, features_for
@@ -63,6 +65,7 @@ class Run:
         self.recipe = config.resolved_recipe()
         self._encoder: FrozenEncoder | None = None
         self.heads = TrainingHeads()  # the training head kept across folds and rounds
+        self.executor = None  # where folds train (executor.py), started when a round first trains
         self._tokenizer = None
         self._tokens: dict | None = None  # every split's token ids, for fine-tuned students
         quiet_transformers()
@@ -128,6 +131,7 @@ class Run:
             return self._execute()
         finally:
             self.heads.release()
+            getattr(self.executor, "close", lambda: None)()
             self.lock.release()
 
     def _execute(self) -> RunResult:
@@ -233,12 +237,13 @@ class Run:
                          max_len=self.config.max_len, hidden=int(self.files.config_dict().get("hidden_size", 0)),
                          labels=self.labeled.labels, folds=folds, labeled=sources["labeled"],
                          test=sources["test"], unlabeled=sources["unlabeled"], seed=self.config.seed,
-                         pseudo=pseudo, bert_factory=lambda: load_bert(self.files), heads=self.heads)
+                         pseudo=pseudo, bert_factory=partial(load_bert, self.files), heads=self.heads)
         if self.config.trainer(k) == "finetune":
             plan = fine_tuned_plan(plan, self.config.finetune(k), self.all_tokens(), self.files,
                                    self._tokenizer.mask_token_id)
             recipe = plan.recipe
-        out = run_folds(plan, self.progress)
+        self.executor = self.executor or make_executor(self.config, self.dir.root, self.progress)
+        out = run_folds(plan, self.progress, self.executor)
         labels = self.labeled.labels
         write_round_predictions(files, out, self.test.ids if self.test else None, raw=self.config.raw)
         co_holdout = self.co_teacher()[0]["holdout"] if out.holdout is not None else None

@@ -1,0 +1,161 @@
+"""Where a round's folds train: `--executor local` (`cv.LocalFolds`, one after another in this process) or
+`--executor ray` (`RayFolds`: each fold a Ray task on a cluster).
+
+A round's folds are independent: each reads the run directory (cached features, the round's selection) and
+writes its own fold folder with DONE last, seeded by itself (`cv.train_fold`), so where it runs does not
+change its numbers. The driver (the `pseudo run` process) keeps the loop, the selection, the co-teacher,
+scoring and delivery; a task gets the round's plan (arrays and file paths: features travel as their cache
+folder, `CachedFeatures.__reduce__`) and returns the fold's record. A task whose worker dies is retried
+(Ray's task retries); a fold that was half-written has no DONE and is trained again from its start.
+
+Ray is imported only here, and only with `--executor ray`; it is an optional extra (`pip install -e ".[ray]"`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from ..core.errors import PseudoError
+from ..core.progress import Progress
+from .cv import RoundPlan, TrainingHeads, train_one
+
+PROBE = ".ray-probe"  # the run directory's folder where tasks prove they see the driver's files
+RETRIES = 3  # attempts after the first for a fold whose worker died
+
+
+def fold_task(plan: RoundPlan, fold: int) -> dict:
+    """One fold in a Ray worker: trained as the local executor trains it, its folder written."""
+    from ..core._tf import keras
+
+    try:
+        return train_one(plan, fold, Progress())
+    finally:
+        plan.heads.release()
+        keras.backend.clear_session()
+
+
+def probe_task(run_dir: str, token: str) -> str:
+    """Write `<run_dir>/.ray-probe/<token>` holding this node's id, from a worker."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    folder = Path(run_dir) / PROBE
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / token).write_text(node)
+    return node
+
+
+def check_shared(run_dir: Path, wrote_on: str, token: str) -> None:
+    """The driver reads the probe a task wrote; a one-line error says what is wrong otherwise."""
+    path = Path(run_dir) / PROBE / token
+    try:
+        seen = path.read_text()
+    except FileNotFoundError:
+        raise PseudoError(f"{run_dir}: a Ray task on node {wrote_on[:12]} wrote {path.name} in it, and this process "
+                          f"cannot read it: the run directory must be on storage every node mounts at the same "
+                          f"path (e.g. NFS); see docs/scale-out.md") from None
+    finally:
+        path.unlink(missing_ok=True)
+    if seen != wrote_on:
+        raise PseudoError(f"{path}: holds {seen[:12]!r}, the task wrote {wrote_on[:12]!r}: another process writes "
+                          f"the same run directory")
+
+
+class RayFolds:
+    """A round's folds as Ray tasks (`--executor ray`): `--fold-cpus` CPUs (one TensorFlow thread pool of that
+    size) and `--fold-gpus` GPUs each. Connects to `address` (else `RAY_ADDRESS`), or starts a local Ray
+    instance on 127.0.0.1 that `close` stops."""
+
+    def __init__(self, run_dir: Path, address: str | None = None, fold_cpus: int = 1, fold_gpus: float = 0.0,
+                 num_cpus: int | None = None, progress: Progress | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise PseudoError("executor ray needs Ray: pip install -e \".[ray]\"") from None
+        self.ray, self.run_dir, self.progress = ray, Path(run_dir), progress or Progress()
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # Ray forks after the tokenizer ran
+        options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                       runtime_env={"env_vars": {"TF_NUM_INTRAOP_THREADS": str(fold_cpus),
+                                                 "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": str(fold_cpus),
+                                                 "TF_CPP_MIN_LOG_LEVEL": "3"}})
+        try:
+            if address:
+                ray.init(address=address, **options)
+            else:
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1",
+                         **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise PseudoError(f"ray-address {address or 'local'}: cannot start or reach a Ray cluster "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        self.started_here = not address
+        resources = ray.cluster_resources()
+        if resources.get("CPU", 0) < fold_cpus or resources.get("GPU", 0) < fold_gpus:
+            self.close()
+            raise PseudoError(f"fold-cpus {fold_cpus} / fold-gpus {fold_gpus:g}: the Ray cluster has "
+                              f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs")
+        self.task = ray.remote(fold_task).options(num_cpus=fold_cpus, num_gpus=fold_gpus, max_retries=RETRIES)
+        self.progress.note(f"executor ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
+                           f"{fold_cpus} CPU(s) and {fold_gpus:g} GPU(s) per fold, up to "
+                           f"{int(resources.get('CPU', 0) // fold_cpus)} folds at a time")
+        self.check_storage()
+
+    def check_storage(self) -> None:
+        token = uuid.uuid4().hex
+        probe = self.ray.remote(probe_task).options(num_cpus=0)
+        try:
+            node = self.ray.get(probe.remote(str(self.run_dir.resolve()), token))
+        except self.ray.exceptions.RayTaskError as exc:
+            self.close()
+            raise PseudoError(f"{self.run_dir}: a Ray task cannot write in the run directory "
+                              f"({type(exc.cause).__name__}: {exc.cause})") from None
+        try:
+            check_shared(self.run_dir, node, token)
+        except PseudoError:
+            self.close()
+            raise
+
+    def train(self, plan: RoundPlan, folds: list[int], progress: Progress):
+        """Yield (fold, record) as the fold tasks finish, in the order they finish."""
+        if not folds:
+            return
+        shipped = self.ray.put(replace(plan, heads=TrainingHeads()))  # each task builds its own head
+        pending = {self.task.remote(shipped, fold): fold for fold in folds}
+        progress.note(f"round {plan.round}: {len(folds)} fold(s) submitted as Ray tasks")
+        try:
+            while pending:
+                [done], _ = self.ray.wait(list(pending), num_returns=1)
+                fold = pending.pop(done)
+                yield fold, self._result(done, plan.round, fold)
+        finally:
+            for ref in pending:  # an error or Ctrl-C: the other folds stop too
+                self.ray.cancel(ref, force=True)
+
+    def _result(self, ref, round: int, fold: int) -> dict:
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, (PseudoError, OSError)):
+                raise exc.cause from None  # one line at the CLI, as in this process
+            raise PseudoError(f"round {round} fold {fold}: the Ray task failed "
+                              f"({type(exc.cause).__name__}: {exc.cause})") from None
+        except self.ray.exceptions.WorkerCrashedError:
+            raise PseudoError(f"round {round} fold {fold}: its worker died {RETRIES + 1} times; run the same "
+                              f"command to resume") from None
+
+    def close(self) -> None:
+        """Disconnect; a local instance started here is stopped."""
+        if self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def make_executor(config, run_dir: Path, progress: Progress):
+    """The folds' executor a run's options name (`config.RunConfig.executor`)."""
+    if config.executor == "ray":
+        return RayFolds(run_dir, config.ray_address, config.fold_cpus, config.fold_gpus, progress=progress)
+    from .cv import LocalFolds
+
+    return LocalFolds()

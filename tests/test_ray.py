@@ -1,0 +1,143 @@
+"""`--executor ray` on a real local Ray cluster (127.0.0.1, 2 CPUs, started and stopped by each run): the
+same numbers as `--executor local`, a fold whose worker is killed retried to the same numbers, a killed driver
+resumed by either executor, the shared-storage check, and bad input in one line."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO, run_args
+from pseudolabel.cli.commands import app
+from pseudolabel.core.errors import PseudoError
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")  # the optional extra: pip install -e ".[ray]" (scripts/test.sh installs it)
+
+runner = CliRunner()
+EXTRA = ["--rounds", "1", "--folds", "3", "--strategy", "top-k", "--top-k", "20", "--force"]
+RAY = ["--executor", "ray", "--fold-cpus", "1"]
+ARRAYS = ["round_0/oof_preds.npy", "round_0/test_preds.npy", "round_0/unmask_preds.npy", "round_0/holdout_preds.npy",
+          "round_1/oof_preds.npy", "round_1/test_preds.npy", "round_1/unmask_preds.npy", "final_test_preds.npy"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "RAY_ADDRESS": ""}
+
+
+def same_run(a, b, atol=1e-5):
+    for name in ARRAYS:
+        np.testing.assert_allclose(np.load(a / name), np.load(b / name), rtol=0, atol=atol, err_msg=name)
+    assert (a / "submission.csv").read_text() == (b / "submission.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def local_run(tiny_data, tiny_encoder, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "local"
+    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, *EXTRA), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def start(args, log):
+    return subprocess.Popen([sys.executable, "-m", "pseudolabel", *args], cwd=REPO, env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def ray_processes(pattern: str = "ray::") -> set[int]:
+    """PIDs of Ray's processes (workers are titled after their task: `ray::fold_task` while training)."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return {int(pid) for pid in found}
+
+
+def fold_workers() -> set[int]:
+    return ray_processes("ray::fold_task")
+
+
+def test_a_ray_run_equals_the_local_run(local_run, tiny_data, tiny_encoder, tmp_path):
+    run_dir = tmp_path / "ray"
+    with open(tmp_path / "ray.log", "wb") as log:
+        done = start(run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *RAY), log).wait(timeout=900)
+    out = (tmp_path / "ray.log").read_text()
+    assert done == 0, out
+    assert "executor ray: 2 CPUs" in out and "up to 2 folds at a time" in out, out
+    assert "round 1: 3 fold(s) submitted as Ray tasks" in out
+    for k in (0, 1):
+        for i in range(3):
+            assert (run_dir / f"round_{k}" / f"fold_{i}" / "DONE").is_file()
+            assert sum(line.startswith(f"round {k} fold {i}: ") for line in out.splitlines()) == 1
+    same_run(run_dir, local_run)
+    assert not (run_dir / ".ray-probe").exists() or not any((run_dir / ".ray-probe").iterdir())
+    assert fold_workers() == set()  # the local Ray instance went with the run
+
+
+def test_a_killed_worker_is_retried_to_the_same_numbers(local_run, tiny_data, tiny_encoder, tmp_path):
+    run_dir = tmp_path / "killed-worker"
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = start(run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *RAY), log)
+        deadline, killed = time.time() + 600, None
+        while killed is None:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.time() < deadline, "no fold task seen"
+            workers = fold_workers()
+            if workers:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()
+    same_run(run_dir, local_run)
+
+
+@pytest.mark.parametrize("resume_with", ["local", "ray"])
+def test_a_killed_driver_leaves_a_run_either_executor_resumes(local_run, tiny_data, tiny_encoder, tmp_path,
+                                                              resume_with):
+    run_dir = tmp_path / "killed-driver"
+    before = ray_processes()
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = start(run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *RAY), log)
+        deadline = time.time() + 600
+        while not list((run_dir / "round_0").glob("fold_*/DONE")):
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 60
+    while fold_workers() and time.time() < deadline:  # the workers of a dead driver stop training
+        time.sleep(0.5)
+    assert fold_workers() == set()
+    for pid in ray_processes() - before:  # a SIGKILLed driver leaves its node's idle agents: `ray stop` ends them
+        os.kill(pid, signal.SIGKILL)
+    args = run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *(RAY if resume_with == "ray" else []))
+    with open(tmp_path / "resume.log", "wb") as log:
+        assert start(args, log).wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()
+    assert "finished earlier, reused" in (tmp_path / "resume.log").read_text()
+    same_run(run_dir, local_run)
+
+
+def test_the_storage_check_names_what_the_driver_cannot_see(tmp_path):
+    from pseudolabel.rounds.executor import PROBE, check_shared
+
+    with pytest.raises(PseudoError, match="cannot read it: the run directory must be on storage every node mounts"):
+        check_shared(tmp_path, "node-a", "token")
+    (tmp_path / PROBE).mkdir()
+    (tmp_path / PROBE / "token").write_text("node-b")
+    with pytest.raises(PseudoError, match="another process writes the same run directory"):
+        check_shared(tmp_path, "node-a", "token")
+    assert not (tmp_path / PROBE / "token").exists()
+
+
+def test_ray_options_that_cannot_work_are_one_line(tiny_data, tiny_encoder, tmp_path, monkeypatch):
+    def fails(*extra, says):
+        result = runner.invoke(app, run_args(tiny_data, tiny_encoder, tmp_path / "r", "--rounds", "0", *extra))
+        assert result.exit_code == 1 and says in result.output and "Traceback" not in result.output, result.output
+
+    fails("--executor", "spark", says="executor must be one of local, ray, got 'spark'")
+    fails(*RAY, "--mode", "faithful", "--recipe", "seed", says="executor ray trains folds on cached features")
+    fails(*RAY, "--stream", "test", says="executor ray trains folds on cached features")
+    fails("--executor", "ray", "--fold-cpus", "0", says="fold-cpus must be")
+    fails("--executor", "ray", "--fold-cpus", "64", says="fold-cpus 64 / fold-gpus 0: the Ray cluster has")
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    fails(*RAY, says='executor ray needs Ray: pip install -e ".[ray]"')
