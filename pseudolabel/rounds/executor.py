@@ -70,7 +70,7 @@ class RayFolds:
     instance on 127.0.0.1 that `close` stops."""
 
     def __init__(self, run_dir: Path, address: str | None = None, fold_cpus: int = 1, fold_gpus: float = 0.0,
-                 num_cpus: int | None = None, progress: Progress | None = None):
+                 progress: Progress | None = None):
         try:
             import ray
         except ImportError:
@@ -78,26 +78,27 @@ class RayFolds:
         self.ray, self.run_dir, self.progress = ray, Path(run_dir), progress or Progress()
         address = address or os.environ.get("RAY_ADDRESS") or None
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # Ray forks after the tokenizer ran
-        options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                       runtime_env={"env_vars": {"TF_NUM_INTRAOP_THREADS": str(fold_cpus),
-                                                 "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": str(fold_cpus),
-                                                 "TF_CPP_MIN_LOG_LEVEL": "3"}})
+        options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        self.connected_here = not ray.is_initialized()
         try:
-            if address:
+            if ray.is_initialized():  # a program that connected already (e.g. a benchmark): its cluster
+                self.progress.note("executor ray: using the Ray connection this process already has")
+            elif address:
                 ray.init(address=address, **options)
             else:
-                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1",
-                         **options)
+                ray.init(address="local", _node_ip_address="127.0.0.1", **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise PseudoError(f"ray-address {address or 'local'}: cannot start or reach a Ray cluster "
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        self.started_here = not address
         resources = ray.cluster_resources()
         if resources.get("CPU", 0) < fold_cpus or resources.get("GPU", 0) < fold_gpus:
             self.close()
             raise PseudoError(f"fold-cpus {fold_cpus} / fold-gpus {fold_gpus:g}: the Ray cluster has "
                               f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs")
-        self.task = ray.remote(fold_task).options(num_cpus=fold_cpus, num_gpus=fold_gpus, max_retries=RETRIES)
+        threads = {"TF_NUM_INTRAOP_THREADS": str(fold_cpus), "TF_NUM_INTEROP_THREADS": "1",
+                   "OMP_NUM_THREADS": str(fold_cpus), "TF_CPP_MIN_LOG_LEVEL": "3", "TOKENIZERS_PARALLELISM": "false"}
+        self.task = ray.remote(fold_task).options(num_cpus=fold_cpus, num_gpus=fold_gpus, max_retries=RETRIES,
+                                                  runtime_env={"env_vars": threads})
         self.progress.note(f"executor ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
                            f"{fold_cpus} CPU(s) and {fold_gpus:g} GPU(s) per fold, up to "
                            f"{int(resources.get('CPU', 0) // fold_cpus)} folds at a time")
@@ -147,8 +148,9 @@ class RayFolds:
                               f"command to resume") from None
 
     def close(self) -> None:
-        """Disconnect; a local instance started here is stopped."""
-        if self.ray.is_initialized():
+        """Disconnect from the cluster (a local instance started here stops with it); a connection the
+        process had before is left open."""
+        if self.connected_here and self.ray.is_initialized():
             self.ray.shutdown()
 
 
