@@ -56,24 +56,7 @@ def fold_workers() -> set[int]:
     return ray_processes("ray::fold_task")
 
 
-def test_a_ray_run_equals_the_local_run(local_run, tiny_data, tiny_encoder, tmp_path):
-    run_dir = tmp_path / "ray"
-    with open(tmp_path / "ray.log", "wb") as log:
-        done = start(run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *RAY), log).wait(timeout=900)
-    out = (tmp_path / "ray.log").read_text()
-    assert done == 0, out
-    assert "executor ray: 2 CPUs" in out and "up to 2 folds at a time" in out, out
-    assert "round 1: 3 fold(s) submitted as Ray tasks" in out
-    for k in (0, 1):
-        for i in range(3):
-            assert (run_dir / f"round_{k}" / f"fold_{i}" / "DONE").is_file()
-            assert sum(line.startswith(f"round {k} fold {i}: ") for line in out.splitlines()) == 1
-    same_run(run_dir, local_run)
-    assert not (run_dir / ".ray-probe").exists() or not any((run_dir / ".ray-probe").iterdir())
-    assert fold_workers() == set()  # the local Ray instance went with the run
-
-
-def test_a_killed_worker_is_retried_to_the_same_numbers(local_run, tiny_data, tiny_encoder, tmp_path):
+def test_a_ray_run_equals_the_local_run_even_when_a_worker_is_killed(local_run, tiny_data, tiny_encoder, tmp_path):
     run_dir = tmp_path / "killed-worker"
     with open(tmp_path / "run.log", "wb") as log:
         proc = start(run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *RAY), log)
@@ -87,7 +70,14 @@ def test_a_killed_worker_is_retried_to_the_same_numbers(local_run, tiny_data, ti
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.05)
         assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()
-    same_run(run_dir, local_run)
+    out = (tmp_path / "run.log").read_text()
+    assert "executor ray: 2 CPUs" in out and "up to 2 folds at a time" in out, out
+    assert "round 1: 3 fold(s) submitted as Ray tasks" in out
+    for k in (0, 1):
+        for i in range(3):  # one line per fold, the killed one's too (printed once, when its retry finished)
+            assert sum(line.startswith(f"round {k} fold {i}: ") for line in out.splitlines()) == 1, out
+    same_run(run_dir, local_run)  # the same numbers as --executor local, the retried fold's included
+    assert fold_workers() == set()  # the local Ray instance went with the run
 
 
 @pytest.mark.parametrize("resume_with", ["local", "ray"])
@@ -141,3 +131,19 @@ def test_ray_options_that_cannot_work_are_one_line(tiny_data, tiny_encoder, tmp_
     fails("--executor", "ray", "--fold-cpus", "64", says="fold-cpus 64 / fold-gpus 0: the Ray cluster has")
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
     fails(*RAY, says='executor ray needs Ray: pip install -e ".[ray]"')
+
+
+def test_predict_on_ray_actors_keeps_the_input_order_and_the_numbers(local_run, tiny_data, tmp_path):
+    from conftest import read_rows
+
+    local, on_ray = tmp_path / "local.csv", tmp_path / "ray.csv"
+    args = ["predict", str(tiny_data["test"]), "--run-dir", str(local_run), "--chunk-rows", "7"]
+    assert runner.invoke(app, [*args, "--out", str(local)]).exit_code == 0
+    result = runner.invoke(app, [*args, "--out", str(on_ray), "--executor", "ray", "--concurrency", "2"])
+    assert result.exit_code == 0, result.output
+    a, b = read_rows(local), read_rows(on_ray)
+    assert [r[:2] for r in a] == [r[:2] for r in b] and len(a) == 21  # ids in the input's order, same labels
+    np.testing.assert_allclose(np.array([r[2:] for r in a[1:]], float), np.array([r[2:] for r in b[1:]], float),
+                               rtol=0, atol=1e-6)
+    bad = runner.invoke(app, [*args, "--out", str(on_ray), "--executor", "dask"])
+    assert bad.exit_code == 1 and "executor must be one of local, ray, got 'dask'" in bad.output

@@ -515,6 +515,13 @@ def predict(
                                                      "flat however long the file)."),
     raw: bool = typer.Option(False, "--raw", help="Write ids as they came in; by default an id a spreadsheet "
                                                   "would run as a formula (= + - @ first) gets a leading '."),
+    executor: str = typer.Option("local", help="local | ray: Ray Data map_batches over a pool of actors, each "
+                                               "holding the model (docs/scale-out.md)."),
+    ray_address: Optional[str] = typer.Option(None, help="--executor ray: the cluster [default: RAY_ADDRESS, "
+                                                         "else a local instance]."),
+    concurrency: int = typer.Option(2, min=1, help="--executor ray: actors scoring at once."),
+    actor_cpus: int = typer.Option(1, min=1, help="--executor ray: CPUs per actor (its TensorFlow threads)."),
+    actor_gpus: float = typer.Option(0.0, min=0.0, help="--executor ray: GPUs per actor."),
 ):
     """Score new posts with what a run delivered (or an exported model); streams files of any size."""
     from ..delivery.predict import load_model
@@ -523,9 +530,21 @@ def predict(
     with one_line_errors(f"interrupted; {out} was not written"):
         if model and (run_dir or round is not None):
             raise PseudoError("give --model or --run-dir (with --round), not both")
+        if executor not in ("local", "ray"):
+            raise PseudoError(f"executor must be one of local, ray, got {executor!r}")
+        source = model or run_dir or latest_run()
         with ConsoleProgress(console) as progress:
-            loaded = load_model(model or run_dir or latest_run(), round=round, encoder=encoder, progress=progress)
-            done = loaded.predict_files(files, out, format, chunk_rows, raw=raw)
+            loaded = load_model(source, round=round, encoder=encoder, progress=progress)
+            scoring = None
+            if executor == "ray":
+                from ..delivery.ray_predict import RayScoring
+
+                scoring = RayScoring(source, round, encoder, ray_address, concurrency, actor_cpus, actor_gpus,
+                                     progress)
+            try:
+                done = loaded.predict_files(files, out, format, chunk_rows, raw=raw, scoring=scoring)
+            finally:
+                getattr(scoring, "close", lambda: None)()
     what = (f"round {done['round']}'s {done['folds']} fold {'models' if done['student'] == 'finetune' else 'heads'}"
             + (f" blended with the co-teacher at {done['weight']:.2f}" if done["weight"] > 0 else ""))
     mix = " / ".join(str(n) for n in done["per_class"].values())

@@ -148,10 +148,11 @@ class DeliveredModel:
     # ---------------------------------------------------------------- files
 
     def predict_files(self, paths: list[str | Path], out: str | Path, fmt: str = "csv",
-                      chunk_rows: int = FILE_CHUNK, raw: bool = False) -> dict:
+                      chunk_rows: int = FILE_CHUNK, raw: bool = False, scoring=None) -> dict:
         """Score every post of `paths` into `out` (id, y, p_-1, p_0, p_1), streaming: `chunk_rows`
         posts are read, tokenized and scored at a time. The file appears whole or not at all. CSV ids
-        are made spreadsheet-safe (`spreadsheet_safe`) unless `raw`."""
+        are made spreadsheet-safe (`spreadsheet_safe`) unless `raw`. `scoring(path, steps, chunk_rows)`
+        yields (ids, probabilities) in the file's order: `score_file` here, or `ray_predict.RayScoring`."""
         if fmt not in FORMATS:
             raise PseudoError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         paths = [Path(p) for p in paths]
@@ -164,18 +165,22 @@ class DeliveredModel:
         with written_aside(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = _writer(fh, fmt, raw)
             for path, steps in zip(paths, plans):
-                done = 0
-                for posts in iter_posts(path, chunk_rows):
-                    tokens = self.tokens(posts.texts)
-                    probs = self.blend(posts.texts, self.head_probs(tokens, steps[done:done + len(posts)]))
-                    writer(posts.ids, probs)
+                for ids, probs in (scoring or self.score_file)(path, steps, chunk_rows):
+                    writer(ids, probs)
                     counts += np.bincount(probs.argmax(axis=1), minlength=N_CLASSES)
-                    done += len(posts)
-                    self.progress.advance(task, len(posts))
+                    self.progress.advance(task, len(ids))
             fh.flush()
         self.progress.finish(task)
         return {"rows": int(total), "out": str(out), "per_class": dict(zip(LABEL_VALUES, counts.tolist())),
                 "files": [str(p) for p in paths], **self.info}
+
+    def score_file(self, path: Path, steps: np.ndarray, chunk_rows: int):
+        """(ids, probabilities) of a file's posts, `chunk_rows` at a time, each cut to `steps`."""
+        done = 0
+        for posts in iter_posts(path, chunk_rows):
+            tokens = self.tokens(posts.texts)
+            yield posts.ids, self.blend(posts.texts, self.head_probs(tokens, steps[done:done + len(posts)]))
+            done += len(posts)
 
     def _plan(self, path: Path, chunk_rows: int) -> np.ndarray:
         """A first pass over a file: its posts' cuts (their lengths, with dynamic padding), its notes."""

@@ -8,16 +8,16 @@ scoring and delivery; a task gets the round's plan (arrays and file paths: featu
 folder, `CachedFeatures.__reduce__`) and returns the fold's record. A task whose worker dies is retried
 (Ray's task retries); a fold that was half-written has no DONE and is trained again from its start.
 
-Ray is imported only here, and only with `--executor ray`; it is an optional extra (`pip install -e ".[ray]"`).
+Ray is imported only with `--executor ray` (`core.cluster`); it is an optional extra (`pip install -e ".[ray]"`).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from ..core.cluster import Cluster, thread_env
 from ..core.errors import PseudoError
 from ..core.progress import Progress
 from .cv import RoundPlan, TrainingHeads, train_one
@@ -71,34 +71,12 @@ class RayFolds:
 
     def __init__(self, run_dir: Path, address: str | None = None, fold_cpus: int = 1, fold_gpus: float = 0.0,
                  progress: Progress | None = None):
-        try:
-            import ray
-        except ImportError:
-            raise PseudoError("executor ray needs Ray: pip install -e \".[ray]\"") from None
-        self.ray, self.run_dir, self.progress = ray, Path(run_dir), progress or Progress()
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # Ray forks after the tokenizer ran
-        options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        self.connected_here = not ray.is_initialized()
-        try:
-            if ray.is_initialized():  # a program that connected already (e.g. a benchmark): its cluster
-                self.progress.note("executor ray: using the Ray connection this process already has")
-            elif address:
-                ray.init(address=address, **options)
-            else:
-                ray.init(address="local", _node_ip_address="127.0.0.1", **options)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise PseudoError(f"ray-address {address or 'local'}: cannot start or reach a Ray cluster "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        resources = ray.cluster_resources()
-        if resources.get("CPU", 0) < fold_cpus or resources.get("GPU", 0) < fold_gpus:
-            self.close()
-            raise PseudoError(f"fold-cpus {fold_cpus} / fold-gpus {fold_gpus:g}: the Ray cluster has "
-                              f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs")
-        threads = {"TF_NUM_INTRAOP_THREADS": str(fold_cpus), "TF_NUM_INTEROP_THREADS": "1",
-                   "OMP_NUM_THREADS": str(fold_cpus), "TF_CPP_MIN_LOG_LEVEL": "3", "TOKENIZERS_PARALLELISM": "false"}
-        self.task = ray.remote(fold_task).options(num_cpus=fold_cpus, num_gpus=fold_gpus, max_retries=RETRIES,
-                                                  runtime_env={"env_vars": threads})
+        self.cluster = Cluster(address, progress)
+        self.ray, self.run_dir, self.progress = self.cluster.ray, Path(run_dir), progress or Progress()
+        self.cluster.require(fold_cpus, fold_gpus, f"fold-cpus {fold_cpus} / fold-gpus {fold_gpus:g}")
+        resources = self.cluster.resources
+        self.task = self.ray.remote(fold_task).options(num_cpus=fold_cpus, num_gpus=fold_gpus, max_retries=RETRIES,
+                                                       runtime_env=thread_env(fold_cpus))
         self.progress.note(f"executor ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
                            f"{fold_cpus} CPU(s) and {fold_gpus:g} GPU(s) per fold, up to "
                            f"{int(resources.get('CPU', 0) // fold_cpus)} folds at a time")
@@ -148,10 +126,7 @@ class RayFolds:
                               f"command to resume") from None
 
     def close(self) -> None:
-        """Disconnect from the cluster (a local instance started here stops with it); a connection the
-        process had before is left open."""
-        if self.connected_here and self.ray.is_initialized():
-            self.ray.shutdown()
+        self.cluster.close()
 
 
 def make_executor(config, run_dir: Path, progress: Progress):
