@@ -66,7 +66,7 @@ def test_a_ray_run_equals_the_local_run_even_when_a_worker_is_killed(local_run, 
             assert time.time() < deadline, "no fold task seen"
             workers = fold_workers()
             if workers:
-                killed = workers[0]
+                killed = min(workers)
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.05)
         assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()
