@@ -87,7 +87,9 @@ def fold_line(round: int, fold: int, n_folds: int, record: dict, reused: bool) -
     sampled = f" ({per_epoch} pseudo-labeled per epoch)" if per_epoch < record["n_train_pseudo"] else ""
     student = (f" ({record['student']}, the encoder over {record['encoder_rows']:,} posts)"
                if record.get("student") else "")
-    return (f"round {round} fold {fold}{student}: {record['epochs']} epochs (best {best}){shown}, validation macro-F1 "
+    epochs = (f"{record['epochs']} looks every {record['rows_per_check']:,} rows" if record.get("rows_per_check")
+              else f"{record['epochs']} epochs")
+    return (f"round {round} fold {fold}{student}: {epochs} (best {best}){shown}, validation macro-F1 "
             f"{record['valid']['macro_f1']:.4f}, {record['n_train_human']}+{record['n_train_pseudo']} rows{sampled}, "
             f"{record['seconds']:.0f} s")
 
@@ -117,7 +119,9 @@ class ConsoleProgress(Progress):
         self.ids: dict[str, int] = {}
         self.started: dict[str, tuple[float, int]] = {}
         self.rounds = self.n_folds = self.done = 0
-        self.fold_seconds: list[float] = []
+        self.work: list[list[float] | None] = []  # per round, each fold's relative cost (None: not modelled)
+        self.left: set[tuple[int, int]] = set()  # (round, fold) not finished yet
+        self.fold_seconds: list[tuple[float, float | None]] = []  # trained folds: seconds, relative cost
 
     def __enter__(self):
         if self.live:
@@ -165,8 +169,10 @@ class ConsoleProgress(Progress):
 
     # ---- the run's overall line
 
-    def plan(self, rounds, folds):
+    def plan(self, rounds, folds, work=None):
         self.rounds, self.n_folds, self.done = rounds, folds, 0
+        self.work = list(work) if work else [None] * rounds
+        self.left = {(k, f) for k in range(rounds) for f in range(folds)}
         if self.live:
             self.ids["overall"] = self.bars.add_task("overall", total=rounds * folds, eta="")
         self._overall(0)
@@ -174,21 +180,38 @@ class ConsoleProgress(Progress):
     def _overall(self, round):
         if not (self.live and "overall" in self.ids):
             return
-        left = self.rounds * self.n_folds - self.done
-        eta = f"~{_minutes(left * sum(self.fold_seconds) / len(self.fold_seconds))}" if self.fold_seconds else ""
+        seconds = self.time_left()
+        eta = f"~{_minutes(seconds)}" if seconds is not None else ""
         self.bars.update(self.ids["overall"], completed=self.done, eta=eta,
                          description=f"overall: round {round}/{self.rounds - 1}, "
                                      f"fold {self.done % self.n_folds}/{self.n_folds} of the round")
 
+    def cost(self, round: int, fold: int) -> float | None:
+        work = self.work[round] if round < len(self.work) else None
+        return work[fold] if work is not None and fold < len(work) else None
+
+    def time_left(self) -> float | None:
+        """Seconds the unfinished folds will take: each fold's relative cost under the run's cost model times
+        the seconds per unit the trained folds took (folds outside the model: the trained folds' mean)."""
+        if not self.fold_seconds:
+            return None
+        modelled = [(s, c) for s, c in self.fold_seconds if c]
+        rate = sum(s for s, _ in modelled) / sum(c for _, c in modelled) if modelled else None
+        mean = sum(s for s, _ in self.fold_seconds) / len(self.fold_seconds)
+        costs = [self.cost(k, f) for k, f in self.left]
+        return sum(c * rate if c and rate else mean for c in costs)
+
     def fold_finished(self, round, fold, n_folds, record, reused=False):
         self.done += 1
+        self.left.discard((round, fold))
         if not reused:
-            self.fold_seconds.append(float(record.get("seconds", 0.0)))
+            self.fold_seconds.append((float(record.get("seconds", 0.0)), self.cost(round, fold)))
         self._line(fold_line(round, fold, n_folds, record, reused))
         self._overall(round + (fold + 1) // n_folds)
 
     def round_reused(self, round, n_folds):
         self.done += n_folds
+        self.left -= {(round, f) for f in range(n_folds)}
         self._overall(round + 1)
 
     def round_finished(self, rounds):
@@ -318,6 +341,10 @@ def run(
                                         "features the student loses while training (word dropout).", _SELECT),
     student_dynamic_padding: bool = _opt(_D["student_dynamic_padding"], "Rounds >= 1: the head's batches "
                                          "length-grouped and cut to their longest post.", _STUDENT),
+    monitor_every: str = _opt(_D["monitor_every"], "Rounds >= 1, the head: early stopping looks after every epoch "
+                                                   "('epoch') or after every stretch of as many posts as the "
+                                                   "fold's human-labeled part ('human': round 0's epoch; patience "
+                                                   "and the best counted in those).", _STUDENT),
     student: str = _opt(_D["student"], "Rounds >= 1: 'head' (the recipe's head on frozen features) or 'finetune' "
                                        "(each fold fine-tunes the encoder on its human + pseudo-labeled posts; the "
                                        "encoder runs again over every post).", _STUDENT),

@@ -24,8 +24,9 @@ class Progress:
     def note(self, message: str) -> None:
         """A one-line remark for the user (how a file was read, what was reused, ...)."""
 
-    def plan(self, rounds: int, folds: int) -> None:
-        """The run's whole work: rounds 0..rounds-1 of `folds` folds each (it may stop earlier)."""
+    def plan(self, rounds: int, folds: int, work: list[list[float] | None] | None = None) -> None:
+        """The run's whole work: rounds 0..rounds-1 of `folds` folds each (it may stop earlier); `work`: per
+        round, each fold's relative cost under the run's cost model (`rounds.costs`), None where not modelled."""
 
     def fold_finished(self, round: int, fold: int, n_folds: int, record: dict, reused: bool = False) -> None:
         """Fold `fold` (0-based, its folder `fold_<fold>`) of a round is done; `record` is its fold.json

@@ -25,6 +25,7 @@ from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
 from .deliver import blend_scores, choose, write_final
+from .costs import NOMINAL, estimated, round_work
 from .executor import make_executor
 from ..encoding.encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
 from ..core.errors import PseudoError
@@ -139,7 +140,7 @@ class Run:
         A finished round (DONE) is read back instead of trained, so an interrupted run resumes."""
         atomic_write_json(self.dir.status_path, {"stop_reason": None, "running": True})
         folds, sources = run_folds_of(self.dir.round(0).folds, self.labeled.labels, self.config), self.sources()
-        self.progress.plan(self.config.rounds + 1, self.config.folds)
+        self.progress.plan(self.config.rounds + 1, self.config.folds, fold_work(self, folds))
         history = History(first_selected=np.full(len(self.pool) if self.pool else 0, -1, np.int64))
         stop = None
         for k in range(self.config.rounds + 1):
@@ -206,7 +207,8 @@ class Run:
         targets = [pseudo_targets(labels[f], rows[f], None if teacher is None else teacher[f], self.config.sharpen)
                    for f in range(len(labels))]
         source = selected_source(pool_source, np.concatenate(rows), self.dir, self.files.identity, self.progress)
-        return Pseudo(source, rows, targets, self.config.pseudo_weight, self.config.pseudo_ratio)
+        return Pseudo(source, rows, targets, self.config.pseudo_weight, self.config.pseudo_ratio,
+                      self.config.monitor_every)
 
     def record(self, k: int, metrics: dict, history: "History") -> None:
         """Write round k's record and mark it finished (DONE last)."""
@@ -251,6 +253,14 @@ class Run:
                              student=plan.student, mode=self.config.mode,
                              leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
+
+
+def fold_work(run: Run, folds: np.ndarray) -> list[list[float] | None]:
+    """Each fold's relative cost per round under the cost model (`costs.round_work`), for the time left."""
+    n_rows = {"labeled": len(run.labeled), "test": len(run.test) if run.test else 0,
+              "unlabeled": len(run.pool) if run.pool else 0}
+    return [round_work(run.config, student_recipe(run.recipe, run.config, k), k, NOMINAL, n_rows, folds).seconds
+            if estimated(run.config, k) else None for k in range(run.config.rounds + 1)]
 
 
 def selected_source(pool_source, rows: np.ndarray, run_dir: RunDir, identity: str, progress: Progress):

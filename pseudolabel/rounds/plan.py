@@ -11,12 +11,11 @@ stopping may end a fold sooner, so times are upper bounds), and the rows every f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from .config import RunConfig
-from ..core.constants import HOLDOUT
+from .costs import Costs, estimated, round_work, selection_bound
 from ..data.posts import load_labeled, load_unlabeled
 from ..encoding.encoder import find_encoder, load_tokenizer, quiet_transformers
 from ..encoding.features import human_bytes
@@ -28,15 +27,6 @@ WARM_ROWS = 32  # rows per timed batch
 TIMED_BATCHES = 3  # timed after one warm-up batch
 
 
-@dataclass
-class Costs:
-    """Seconds per post on this machine: the frozen encoder, and the head's training and scoring steps."""
-
-    encode: float
-    train: float
-    score: float
-
-
 def _timed(step, batches: int = TIMED_BATCHES) -> float:
     step()  # warm-up: tracing and first allocations
     started = time.perf_counter()
@@ -45,15 +35,26 @@ def _timed(step, batches: int = TIMED_BATCHES) -> float:
     return (time.perf_counter() - started) / batches
 
 
-def measure_costs(config: RunConfig, files, texts: list[str], recipe) -> Costs:
-    """Time the encoder on `texts` (a sample of the run's posts) and the head on random inputs of its shape."""
+def measure_costs(config: RunConfig, files, texts: list[str], recipe, batches: int = TIMED_BATCHES) -> Costs:
+    """Time the encoder on `texts` (a sample of the run's posts, `batches` + 1 batches of them where there are
+    that many) and the head on random inputs of its shape."""
     from ..core._tf import keras
     from ..encoding.encoder import FrozenEncoder
     from ..heads.model import build_head
 
-    tokens = tokenize(texts[:WARM_ROWS], load_tokenizer(files), config.max_len)
+    tokens = tokenize(texts[:WARM_ROWS * (batches + 1)], load_tokenizer(files), config.max_len)
     encoder = FrozenEncoder(files)
-    encode = _timed(lambda: encoder(tokens.input_ids, tokens.attention_mask)) / len(texts[:WARM_ROWS])
+    starts = iter(range(0, 10 ** 12, WARM_ROWS))
+
+    def encode_batch():
+        start = next(starts) % len(tokens.input_ids)
+        part = slice(start, start + WARM_ROWS)
+        encoder(tokens.input_ids[part], tokens.attention_mask[part])
+        return len(tokens.input_ids[part])
+
+    encode_batch()  # warm-up
+    started, n_posts = time.perf_counter(), sum(encode_batch() for _ in range(batches))
+    encode = (time.perf_counter() - started) / n_posts
     model = build_head(config.max_len, encoder.hidden_size, recipe)
     rng = np.random.default_rng(0)
     batch = recipe.batch_size
@@ -61,17 +62,10 @@ def measure_costs(config: RunConfig, files, texts: list[str], recipe) -> Costs:
     inputs = [rng.standard_normal((batch, *shape)).astype(np.float32) for shape in shapes]
     x = inputs[0] if len(inputs) == 1 else inputs
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, batch)]
-    train = _timed(lambda: model.train_on_batch(x, y)) / batch
-    score = _timed(lambda: model.predict_on_batch(x)) / batch
+    train = _timed(lambda: model.train_on_batch(x, y), batches) / batch
+    score = _timed(lambda: model.predict_on_batch(x), batches) / batch
     keras.backend.clear_session()
     return Costs(encode, train, score)
-
-
-def selection_bound(config: RunConfig, n_pool: int) -> int:
-    """The most pool posts a later round's selection can hold for one fold."""
-    if config.strategy == "top-k" or (config.strategy == "class-balanced" and config.top_k):
-        return min(n_pool, config.top_k or 0)
-    return n_pool
 
 
 def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, hidden: int) -> list[dict]:
@@ -85,32 +79,18 @@ def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, h
             out.append({"stage": f"features: {split}", "rows": f"{n_rows[split]:,}",
                         "disk": human_bytes(disk) if disk else "streamed", "seconds": n_rows[split] * costs.encode})
     n_folds = int(folds.max()) + 1
-    scored = n_rows["test"] + n_rows["unlabeled"] + int((folds == HOLDOUT).sum())
     bound = selection_bound(config, n_rows["unlabeled"])
     for k in range(config.rounds + 1):
-        recipe = student_recipe(recipe0, config, k)
-        fold_seconds, per_epoch, epochs = 0.0, [], []
-        for fold in range(n_folds):
-            human = int(((folds != fold) & (folds != HOLDOUT)).sum())
-            monitor = int(np.ceil(human * recipe.monitor_share)) if recipe.early_stopping else 0  # as sklearn
-            human -= monitor
-            pseudo = 0 if k == 0 else (bound if config.pseudo_ratio is None
-                                       else min(bound, int(np.ceil(config.pseudo_ratio * human))))
-            n_epoch = human + pseudo
-            n_ep = recipe.epochs_for(n_epoch)
-            per_epoch.append(n_epoch)
-            epochs.append(n_ep)
-            valid = int((folds == fold).sum())
-            fold_seconds += (n_ep * n_epoch * costs.train
-                             + (valid + scored + n_ep * monitor) * costs.score)
-        if config.trainer(k) == "finetune" or config.mode == "faithful":
+        if not estimated(config, k):
             shown = "fine-tuned student" if config.trainer(k) == "finetune" else "faithful mode"
             out.append({"stage": f"round {k}", "rows": f"{shown}: not estimated", "disk": "", "seconds": None})
             continue
+        work = round_work(config, student_recipe(recipe0, config, k), k, costs, n_rows, folds)
+        per_epoch, epochs = work.per_epoch, work.epochs
         trains = f"{min(per_epoch):,}–{max(per_epoch):,}" if min(per_epoch) != max(per_epoch) else f"{per_epoch[0]:,}"
         selected = "" if k == 0 else f", selection ≤ {bound:,} per fold"
         out.append({"stage": f"round {k}", "rows": f"{n_folds} folds × ≤ {max(epochs)} epochs × {trains} rows{selected}",
-                    "disk": "", "seconds": fold_seconds})
+                    "disk": "", "seconds": sum(work.seconds)})
     return out
 
 
