@@ -119,3 +119,36 @@ def test_plan_checks_the_inputs_as_a_run_does(tiny_data, tiny_encoder, tmp_path)
     args[args.index("--train") + 1] = str(bad)
     result = invoke(*args)
     assert result.exit_code == 1 and result.output.strip().startswith(f"error: {bad}"), result.output
+
+
+def test_monitor_every_human_looks_every_round_0_epoch_of_rows_in_later_rounds_only():
+    assert _rows(40, 300, 1.0).check_rows == 80  # an epoch: every human row and as many pseudo rows
+    looks = FoldRows(**{**_rows(40, 300, 1.0).__dict__, "monitor_every": "human"})
+    assert looks.check_rows == 40 and looks.n_epoch == 80
+    round0 = FoldRows(**{**_rows(40, 0, 1.0).__dict__, "monitor_every": "human"})
+    assert round0.check_rows == round0.n_epoch == 40  # round 0 has no pseudo rows: its epoch
+
+
+def test_monitor_every_keeps_the_hash_at_epoch_shares_round_0_and_refuses_other_words():
+    epoch, human = (RunConfig(**COMMON, monitor_every=m) for m in ("epoch", "human"))
+    assert "monitor_every" not in epoch.results_dict() and human.results_dict()["monitor_every"] == "human"
+    assert epoch.results_hash() != human.results_hash() and epoch.round0_key("e") == human.round0_key("e")
+    with pytest.raises(PseudoError) as info:
+        check("monitor_every", "batch")
+    assert str(info.value) == "monitor-every must be one of epoch, human, got 'batch'"
+
+
+@pytest.mark.slow
+def test_a_later_round_under_monitor_every_human_records_its_looks(tiny_data, tiny_encoder, tmp_path):
+    run_dir = tmp_path / "r"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--pseudo-ratio", "2",
+                              "--monitor-every", "human", "--epochs", "2", *SELECT))
+    assert result.exit_code == 0, result.output
+    for fold in range(3):
+        record = json.loads((run_dir / "round_1" / f"fold_{fold}" / "fold.json").read_text())
+        n_h, per_epoch = record["n_train_human"], record["n_pseudo_per_epoch"]
+        assert record["rows_per_check"] == n_h < n_h + per_epoch
+        # the recipe's steps at most (its epochs, or enough for --min-steps), cut into looks of n_h rows
+        assert 1 <= record["best_epoch"] <= record["epochs"] == len(record["history"])
+        assert f"round 1 fold {fold}: {record['epochs']} looks every {n_h} rows" in result.output
+        assert "rows_per_check" not in json.loads((run_dir / "round_0" / f"fold_{fold}" / "fold.json").read_text())

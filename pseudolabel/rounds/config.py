@@ -28,6 +28,7 @@ MODES = ("cached", "faithful")
 PSEUDO_SOURCES = ("mean", "fold")
 STREAMABLE = ("test", "unlabeled")
 EXECUTORS = ("local", "ray")
+MONITOR_EVERY = ("epoch", "human")  # rounds >= 1: how many training rows between two looks of early stopping
 RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial_dropout", "bn_momentum",
                     "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
 DEFAULT_HOLDOUT = 0.15  # share of labeled rows held out when --rounds >= 1 and --holdout is not given
@@ -38,7 +39,7 @@ NOT_RESULTS = ("run_dir", "rounds", "force", "deliver", "raw", "executor", "ray_
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
                 "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
                 "finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor",
-                "pseudo_ratio", "student_dynamic_padding")
+                "pseudo_ratio", "student_dynamic_padding", "monitor_every")
 # round 0's too with --recipe finetune
 FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor")
 FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
@@ -46,7 +47,7 @@ FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encode
 # values, so every earlier run keeps its hash, its default directory name and its shared round 0
 OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4,
                       "finetune_precision": "float32", "finetune_monitor": 0.1,
-                      "pseudo_ratio": None, "student_dynamic_padding": False}
+                      "pseudo_ratio": None, "student_dynamic_padding": False, "monitor_every": "epoch"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ CONSTRAINTS: dict[str, tuple] = {
     "top_k": (None, Interval(0, None)),
     "pseudo_weight": (Interval(0, None, "neither"),),
     "pseudo_ratio": (None, Interval(0, None, "neither")),
+    "monitor_every": (OneOf(MONITOR_EVERY),),
     "pseudo_source": (OneOf(PSEUDO_SOURCES),),
     "sharpen": (Interval(0, None, "neither"),),
     "student_noise": (Interval(0, None),),
@@ -179,6 +181,9 @@ class RunConfig:
     student_noise: float = 0.0  # rounds >= 1: std of Gaussian noise on the student's features while training
     student_token_dropout: float = 0.0  # rounds >= 1: share of the student's token positions dropped while training
     student_dynamic_padding: bool = False  # rounds >= 1: the head's batches length-grouped, cut to their longest post
+    # rounds >= 1, the head: early stopping looks after every epoch ("epoch") or after every stretch of as many
+    # rows as the fold's human-labeled part ("human": round 0's epoch, so patience costs what it costs there)
+    monitor_every: str = "epoch"
     co_teacher: float = 0.5  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
     holdout: float | None = None  # None: DEFAULT_HOLDOUT when rounds >= 1, else 0 (a continued run: its own)
     deliver: str = "auto"  # auto | head | blend: what the run hands over (see deliver.py); not in the hash

@@ -120,6 +120,7 @@ class Pseudo:
     targets: list[np.ndarray]  # per fold: (n, 3) target rows (one-hot or soft)
     weight: float = 1.0
     ratio: float | None = None  # pseudo rows per human row in each epoch, a fresh sample (None: all of them)
+    monitor_every: str = "epoch"  # early stopping looks every epoch, or every len(human) rows ("human")
 
 
 @dataclass
@@ -294,31 +295,44 @@ def _batch_inputs(plan: RoundPlan, rows: FoldRows, order: np.ndarray):
     return _unwrap(_trim(inputs, rows.lengths[taken]) if rows.lengths is not None else inputs), taken
 
 
+def _epoch_batches(rows: FoldRows, rng, batch: int, dynamic: bool) -> list[np.ndarray]:
+    """One epoch's batches of training-row indices: a fresh sample (`FoldRows.epoch`), shuffled, or
+    length-grouped with dynamic padding."""
+    rows_now = rows.epoch(rng)
+    if dynamic:
+        return [rows_now[part] for part in length_grouped(rows.lengths[rows_now], batch, rng)]
+    order = rows_now[rng.permutation(len(rows_now))]
+    return [order[start:start + batch] for start in range(0, len(order), batch)]
+
+
 def _fit(plan: RoundPlan, fold: int, rows: FoldRows, model, precise, rng, progress: Progress) -> Fit:
-    """The recipe's epochs over the fold's rows (early stopping on the monitor slice if the recipe says)."""
-    recipe, dynamic = plan.recipe, rows.lengths is not None
-    epochs, batch = recipe.epochs_for(rows.n_epoch), recipe.batch_size
+    """The recipe's epochs over the fold's rows, early stopping on the monitor slice if the recipe says.
+    The monitor looks every `rows.check_rows` rows (an epoch, or in later rounds with `--monitor-every
+    human` as many rows as the fold's human part: round 0's epoch), patience and the best counted in those
+    checks; a check never spans two epochs."""
+    recipe, dynamic, batch = plan.recipe, rows.lengths is not None, plan.recipe.batch_size
     steps_per_epoch = -(-rows.n_epoch // batch)
+    epochs = recipe.epochs_for(rows.n_epoch)
+    per_check = min(steps_per_epoch, -(-rows.check_rows // batch))
+    n_checks = epochs * -(-steps_per_epoch // per_check)
     task = f"round {plan.round} fold {fold} train"
     progress.start(task, epochs * steps_per_epoch)
-    best_score, best_weights, best_epoch = -1.0, None, 0
-    history = []
-    for epoch in range(epochs):
-        rows_now = rows.epoch(rng)
-        if dynamic:
-            batches = [rows_now[part] for part in length_grouped(rows.lengths[rows_now], batch, rng)]
-        else:
-            order = rows_now[rng.permutation(len(rows_now))]
-            batches = [order[start:start + batch] for start in range(0, len(order), batch)]
+    best_score, best_weights, best_check, done = -1.0, None, 0, 0
+    history, queue = [], []
+    for check in range(n_checks):
+        queue = queue or _epoch_batches(rows, rng, batch, dynamic)
+        batches, queue = queue[:per_check], queue[per_check:]
         losses = []
         for part in batches:
             x, taken = _batch_inputs(plan, rows, part)
             losses.append(float(model.train_on_batch(x, rows.targets[taken], sample_weight=rows.weights[taken])))
             progress.advance(task)
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
-        if precise is not None:
-            sample = rows_now[np.sort(rng.choice(len(rows_now), size=min(len(rows_now), recipe.precise_bn),
-                                                 replace=False))]
+        done += len(batches)
+        entry = {"epoch": check + 1, "loss": float(np.mean(losses))}
+        if precise is not None:  # BatchNorm statistics of the rows this check trained on
+            trained = np.sort(np.concatenate(batches))
+            sample = trained[np.sort(rng.choice(len(trained), size=min(len(trained), recipe.precise_bn),
+                                                replace=False))]
             if dynamic:  # chunks of similar length, as predictions run
                 sample = sample[np.argsort(rows.lengths[sample], kind="stable")]
             chunks = (sample[i:i + PREDICT_CHUNK] for i in range(0, len(sample), PREDICT_CHUNK))
@@ -329,14 +343,14 @@ def _fit(plan: RoundPlan, fold: int, rows: FoldRows, model, precise, rng, progre
         monitor_probs = predict(model, plan.labeled, Progress(), "", rows.monitor, dynamic)[0]
         entry["monitor_macro_f1"] = scores(plan.labels[rows.monitor], monitor_probs)["macro_f1"]
         if entry["monitor_macro_f1"] > best_score:
-            best_score, best_weights, best_epoch = entry["monitor_macro_f1"], model.get_weights(), epoch + 1
-        if epoch + 1 - best_epoch >= recipe.patience:
-            progress.advance(task, (epochs - epoch - 1) * steps_per_epoch)
+            best_score, best_weights, best_check = entry["monitor_macro_f1"], model.get_weights(), check + 1
+        if check + 1 - best_check >= recipe.patience:
+            progress.advance(task, epochs * steps_per_epoch - done)
             break
     progress.finish(task)
     if best_weights is not None:
         model.set_weights(best_weights)
-    return Fit(history, best_epoch or len(history))
+    return Fit(history, best_check or len(history))
 
 
 def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:

@@ -29,6 +29,7 @@ class FoldRows:
     weights: np.ndarray  # (n_human + n_pseudo,) sample weights
     lengths: np.ndarray | None  # token counts of the training rows, with dynamic padding
     ratio: float | None = None  # pseudo rows per human row in each epoch (None: every pseudo row)
+    monitor_every: str = "epoch"  # "human": the monitor looks every len(human) rows (cv._fit)
 
     @property
     def n_train(self) -> int:
@@ -43,6 +44,12 @@ class FoldRows:
     def pseudo_per_epoch(self) -> int:
         n_h, n_p = len(self.human), len(self.pseudo)
         return n_p if self.ratio is None else min(n_p, int(np.ceil(self.ratio * n_h)))
+
+    @property
+    def check_rows(self) -> int:
+        """Training rows between two looks of the early-stopping monitor: an epoch, or with `--monitor-every
+        human` in a later round as many as the fold's human rows (round 0's epoch)."""
+        return len(self.human) if self.monitor_every == "human" and len(self.pseudo) else self.n_epoch
 
     def epoch(self, rng: np.random.Generator) -> np.ndarray:
         """Indices into the training rows (human, then pseudo) of one epoch: every human row and, under a
@@ -71,7 +78,8 @@ def fold_rows(plan, fold: int, seed: int) -> FoldRows:
                                   plan.pseudo.source.lengths(pseudo) if len(pseudo) else np.zeros(0, np.int64)])
     return FoldRows(human, np.flatnonzero(plan.folds == fold), monitor, pseudo,
                     np.concatenate([np.eye(N_CLASSES, dtype=np.float32)[plan.labels[human]], pseudo_targets]),
-                    weights, lengths, plan.pseudo.ratio if plan.pseudo is not None else None)
+                    weights, lengths, plan.pseudo.ratio if plan.pseudo is not None else None,
+                    plan.pseudo.monitor_every if plan.pseudo is not None else "epoch")
 
 
 @dataclass
@@ -84,7 +92,8 @@ def fold_record(plan, fold: int, rows: FoldRows, fit: Fit, train_seconds: float,
                 valid_probs: np.ndarray) -> dict:
     """fold.json of a trained fold (a head or a fine-tuned student), but its total seconds."""
     pseudo_targets = rows.targets[len(rows.human):]
-    return {"fold": fold, "n_train_human": len(rows.human), "n_train_pseudo": len(rows.pseudo),
+    checks = {"rows_per_check": rows.check_rows} if rows.check_rows != rows.n_epoch else {}
+    return {**checks, "fold": fold, "n_train_human": len(rows.human), "n_train_pseudo": len(rows.pseudo),
             "n_pseudo_per_epoch": rows.pseudo_per_epoch,
             "pseudo_targets": "soft" if len(rows.pseudo) and not np.isin(pseudo_targets, (0.0, 1.0)).all() else "hard",
             "n_valid": len(rows.valid), "n_monitor": len(rows.monitor), "epochs": len(fit.history),
