@@ -270,18 +270,26 @@ def predict(heads, source, progress: Progress, task: str, idx: np.ndarray | None
     heads = heads if isinstance(heads, FoldHeads) else FoldHeads(heads)
     idx = np.arange(len(source)) if idx is None else np.asarray(idx)
     out = np.zeros((len(heads), len(idx), N_CLASSES), np.float32)
-    order = np.argsort(source.lengths(idx), kind="stable") if dynamic else np.arange(len(idx))
     progress.start(task, len(idx))
-    for start in range(0, len(idx), PREDICT_CHUNK):
-        at = order[start:start + PREDICT_CHUNK]
-        part = idx[at]
-        inputs = source.rows(part)
-        x = _unwrap(_trim(inputs, source.lengths(part)) if dynamic else inputs)
-        for m in range(len(heads)):
-            out[m, at] = heads.predict_on_batch(m, x)
-        progress.advance(task, len(part))
+    for at in score_chunks(source, idx, dynamic):
+        out[:, at] = score_chunk(heads, source, idx[at], dynamic)
+        progress.advance(task, len(at))
     progress.finish(task)
     return out
+
+
+def score_chunks(source, idx: np.ndarray, dynamic: bool) -> list[np.ndarray]:
+    """Positions in `idx` of each chunk `predict` scores at once: in row order, or with `dynamic` in order of
+    length (each chunk is then cut to its longest row, so where a chunk starts changes its numbers)."""
+    order = np.argsort(source.lengths(idx), kind="stable") if dynamic else np.arange(len(idx))
+    return [order[start:start + PREDICT_CHUNK] for start in range(0, len(idx), PREDICT_CHUNK)]
+
+
+def score_chunk(heads: FoldHeads, source, rows: np.ndarray, dynamic: bool) -> np.ndarray:
+    """(len(heads), len(rows), 3): every head on one chunk of `source`'s rows."""
+    inputs = source.rows(rows)
+    x = _unwrap(_trim(inputs, source.lengths(rows)) if dynamic else inputs)
+    return np.stack([heads.predict_on_batch(m, x) for m in range(len(heads))])
 
 
 def _batch_inputs(plan: RoundPlan, rows: FoldRows, order: np.ndarray):
@@ -443,6 +451,11 @@ def train_one(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     return train_fold(plan, fold, progress)
 
 
+def score_source(plan: RoundPlan, name: str):
+    """The source a round's scoring job `name` reads: test, the pool ("unmask"), or the labeled holdout."""
+    return {"test": plan.test, "unmask": plan.unlabeled, "holdout": plan.labeled}[name]
+
+
 class LocalFolds:
     """The folds of a round one after another in this process (`--executor local`)."""
 
@@ -450,6 +463,17 @@ class LocalFolds:
         """Yield (fold, record) as each fold of `folds` finishes (its folder written, DONE last)."""
         for fold in folds:
             yield fold, train_one(plan, fold, progress)
+
+    def score(self, plan: RoundPlan, jobs: list[tuple[str, np.ndarray | None]], progress: Progress) -> dict:
+        """Every fold head of the round on each job's rows (None: all of its source's): {name: (F, N, 3)}."""
+        heads, out = load_heads(plan), {}
+        for name, idx in jobs:
+            shown = "pool" if name == "unmask" else name  # unmask_preds.npy: the reference script's name
+            out[name] = predict(heads, score_source(plan, name), progress, f"round {plan.round} score {shown}", idx,
+                                plan.recipe.dynamic_padding)
+        if plan.heads.for_plan(plan) is None:
+            keras.backend.clear_session()
+        return out
 
 
 def run_folds(plan: RoundPlan, progress: Progress, executor=None) -> RoundOutput:
@@ -486,17 +510,10 @@ def run_folds(plan: RoundPlan, progress: Progress, executor=None) -> RoundOutput
     out = {"test": None, "unmask": None, "holdout": None}
     for name in per_fold_splits(plan):
         out[name] = np.stack([load_npy(plan.files.fold(i).preds(name)) for i in range(plan.n_folds)])
-    jobs = [(name, source, None) for name, source in (("test", plan.test), ("unmask", plan.unlabeled))
-            if source is not None and out[name] is None]
+    jobs = [(name, None) for name in ("test", "unmask") if score_source(plan, name) is not None and out[name] is None]
     if len(holdout_rows) and out["holdout"] is None:
-        jobs.append(("holdout", plan.labeled, holdout_rows))
+        jobs.append(("holdout", holdout_rows))
     if jobs:
-        heads = load_heads(plan)
-        for name, source, idx in jobs:
-            shown = "pool" if name == "unmask" else name  # unmask_preds.npy: the reference script's name
-            out[name] = predict(heads, source, progress, f"round {plan.round} score {shown}", idx,
-                                plan.recipe.dynamic_padding)
-        if plan.heads.for_plan(plan) is None:
-            keras.backend.clear_session()
+        out.update((executor or LocalFolds()).score(plan, jobs, progress))
     return RoundOutput(oof, out["test"], out["unmask"], out["holdout"], records,
                        {"train": train_seconds, "score": time.time() - started})

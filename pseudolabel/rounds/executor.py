@@ -20,7 +20,9 @@ from pathlib import Path
 from ..core.cluster import Cluster, thread_env
 from ..core.errors import PseudoError
 from ..core.progress import Progress
-from .cv import RoundPlan, TrainingHeads, train_one
+import numpy as np
+
+from .cv import RoundPlan, TrainingHeads, load_heads, score_chunk, score_chunks, score_source, train_one
 
 PROBE = ".ray-probe"  # the run directory's folder where tasks prove they see the driver's files
 RETRIES = 3  # attempts after the first for a fold whose worker died
@@ -34,6 +36,19 @@ def fold_task(plan: RoundPlan, fold: int) -> dict:
         return train_one(plan, fold, Progress())
     finally:
         plan.heads.release()
+        keras.backend.clear_session()
+
+
+def score_task(plan: RoundPlan, name: str, chunks: list[np.ndarray]) -> np.ndarray:
+    """Every fold head of the round on some chunks of one scoring job's rows, in a Ray worker, each chunk
+    scored as `cv.predict` scores it: (folds, rows of the chunks in order, 3)."""
+    from ..core._tf import keras
+
+    try:
+        heads, source = load_heads(plan), score_source(plan, name)
+        return np.concatenate([score_chunk(heads, source, rows, plan.recipe.dynamic_padding) for rows in chunks],
+                              axis=1)
+    finally:
         keras.backend.clear_session()
 
 
@@ -75,8 +90,12 @@ class RayFolds:
         self.ray, self.run_dir, self.progress = self.cluster.ray, Path(run_dir), progress or Progress()
         self.cluster.require(fold_cpus, fold_gpus, f"fold-cpus {fold_cpus} / fold-gpus {fold_gpus:g}")
         resources = self.cluster.resources
-        self.task = self.ray.remote(fold_task).options(num_cpus=fold_cpus, num_gpus=fold_gpus, max_retries=RETRIES,
-                                                       runtime_env=thread_env(fold_cpus))
+        shape = dict(num_cpus=fold_cpus, num_gpus=fold_gpus, max_retries=RETRIES, runtime_env=thread_env(fold_cpus))
+        self.task = self.ray.remote(fold_task).options(**shape)
+        self.score_task = self.ray.remote(score_task).options(**shape)
+        self.slots = max(1, int(resources.get("CPU", 0) // fold_cpus))
+        if fold_gpus:
+            self.slots = max(1, min(self.slots, int(resources.get("GPU", 0) // fold_gpus)))
         self.progress.note(f"executor ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
                            f"{fold_cpus} CPU(s) and {fold_gpus:g} GPU(s) per fold, up to "
                            f"{int(resources.get('CPU', 0) // fold_cpus)} folds at a time")
@@ -108,22 +127,52 @@ class RayFolds:
             while pending:
                 [done], _ = self.ray.wait(list(pending), num_returns=1)
                 fold = pending.pop(done)
-                yield fold, self._result(done, plan.round, fold)
+                yield fold, self._result(done, f"round {plan.round} fold {fold}")
         finally:
             for ref in pending:  # an error or Ctrl-C: the other folds stop too
                 self.ray.cancel(ref, force=True)
 
-    def _result(self, ref, round: int, fold: int) -> dict:
+    def score(self, plan: RoundPlan, jobs: list[tuple[str, np.ndarray | None]], progress: Progress) -> dict:
+        """Each scoring job (test, pool, holdout) cut into `cv.predict`'s chunks, in as many Ray tasks as
+        the cluster runs at once; every task loads the round's fold heads from the run directory. The numbers
+        are those of `LocalFolds.score`: the chunks are the same."""
+        shipped = self.ray.put(replace(plan, heads=TrainingHeads()))
+        pending, out = {}, {}
+        for name, idx in jobs:
+            source = score_source(plan, name)
+            idx = np.arange(len(source)) if idx is None else np.asarray(idx)
+            chunks = score_chunks(source, idx, plan.recipe.dynamic_padding)
+            out[name] = np.zeros((plan.n_folds, len(idx), 3), np.float32)
+            shown = f"round {plan.round} score {'pool' if name == 'unmask' else name}"
+            progress.start(shown, len(idx))
+            for group in np.array_split(np.arange(len(chunks)), min(self.slots, len(chunks))):
+                at = [chunks[i] for i in group]
+                ref = self.score_task.remote(shipped, name, [idx[a] for a in at])
+                pending[ref] = (name, np.concatenate(at), shown)
+        names = ", ".join("pool" if name == "unmask" else name for name, _ in jobs)
+        progress.note(f"round {plan.round}: {names} scored in {len(pending)} Ray task(s)")
+        try:
+            while pending:
+                [done], _ = self.ray.wait(list(pending), num_returns=1)
+                name, at, shown = pending.pop(done)
+                out[name][:, at] = self._result(done, shown)
+                progress.advance(shown, len(at))
+                if not any(task == shown for _, _, task in pending.values()):
+                    progress.finish(shown)
+        finally:
+            for ref in pending:
+                self.ray.cancel(ref, force=True)
+        return out
+
+    def _result(self, ref, what: str):
         try:
             return self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, (PseudoError, OSError)):
                 raise exc.cause from None  # one line at the CLI, as in this process
-            raise PseudoError(f"round {round} fold {fold}: the Ray task failed "
-                              f"({type(exc.cause).__name__}: {exc.cause})") from None
+            raise PseudoError(f"{what}: the Ray task failed ({type(exc.cause).__name__}: {exc.cause})") from None
         except self.ray.exceptions.WorkerCrashedError:
-            raise PseudoError(f"round {round} fold {fold}: its worker died {RETRIES + 1} times; run the same "
-                              f"command to resume") from None
+            raise PseudoError(f"{what}: its worker died {RETRIES + 1} times; run the same command to resume") from None
 
     def close(self) -> None:
         self.cluster.close()
