@@ -2,6 +2,7 @@
 (`rounds.costs`, the one `--plan` uses) times the seconds per unit the trained folds took."""
 
 import io
+from dataclasses import replace
 
 import numpy as np
 from rich.console import Console
@@ -72,3 +73,18 @@ def test_a_run_hands_the_progress_each_folds_cost_per_round(tiny_data, tiny_enco
     finally:
         run.lock.release()
     assert work[0] is not None and work[1] is None and work[2] is None
+
+
+def test_length_grouped_rounds_cost_the_share_of_full_length_their_posts_pad_to():
+    from pseudolabel.rounds.costs import NOMINAL, length_share, round_work
+
+    assert length_share(np.array([3, 20, 140]), 140) == (16 + 32 + 140) / 3 / 140  # padded as batches are cut
+    assert length_share(np.zeros(0, np.int64), 140) == 1.0
+    config = RunConfig(train="a", test=None, unlabeled=None, encoder="e", run_dir="r", rounds=1,
+                       student_dynamic_padding=True)
+    folds = make_folds(np.arange(300) % 3, 5, 0.15, 0)
+    n_rows = {"labeled": 300, "test": 100, "unlabeled": 500}
+    recipe = config.resolved_recipe()
+    full = round_work(config, recipe, 1, NOMINAL, n_rows, folds, 0.25).seconds
+    grouped = round_work(config, replace(recipe, dynamic_padding=True), 1, NOMINAL, n_rows, folds, 0.25).seconds
+    assert np.allclose(np.array(grouped) * 4, full)

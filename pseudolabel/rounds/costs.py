@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.constants import HOLDOUT
+from ..data.batching import padded_length
 from .config import RunConfig
 
 
@@ -50,10 +51,23 @@ def estimated(config: RunConfig, k: int) -> bool:
     return config.trainer(k) != "finetune" and config.mode != "faithful"
 
 
-def round_work(config: RunConfig, recipe, k: int, costs: Costs, n_rows: dict, folds: np.ndarray) -> RoundWork:
+def length_share(lengths: np.ndarray, max_len: int) -> float:
+    """The share of a full-length step that length-grouped batches cost: posts' token counts padded as
+    batches are cut (`padded_length`), over the max length."""
+    lengths = np.asarray(lengths)
+    if not len(lengths):
+        return 1.0
+    return float(np.mean([padded_length(n, max_len) for n in lengths]) / max_len)
+
+
+def round_work(config: RunConfig, recipe, k: int, costs: Costs, n_rows: dict, folds: np.ndarray,
+               share: float = 1.0) -> RoundWork:
     """Round k trained with `recipe` on `n_rows` posts per split (labeled, test, unlabeled), `folds` a fold
     id per labeled row: each fold's epochs over its rows (a precise-BatchNorm pass each epoch where the
-    recipe has one), its monitor and validation rows, and its share of scoring test, pool and holdout."""
+    recipe has one), its monitor and validation rows, and its share of scoring test, pool and holdout.
+    With dynamic padding every step costs `share` of a full-length one (`length_share`)."""
+    if recipe.dynamic_padding:
+        costs = Costs(costs.encode, costs.train * share, costs.score * share)
     n_folds = int(folds.max()) + 1
     scored = n_rows["test"] + n_rows["unlabeled"] + int((folds == HOLDOUT).sum())
     bound = selection_bound(config, n_rows["unlabeled"])

@@ -25,7 +25,7 @@ from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
 from .deliver import blend_scores, choose, write_final
-from .costs import NOMINAL, estimated, round_work
+from .costs import NOMINAL, estimated, length_share, round_work
 from .executor import make_executor
 from ..encoding.encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
 from ..core.errors import PseudoError
@@ -140,7 +140,7 @@ class Run:
         A finished round (DONE) is read back instead of trained, so an interrupted run resumes."""
         atomic_write_json(self.dir.status_path, {"stop_reason": None, "running": True})
         folds, sources = run_folds_of(self.dir.round(0).folds, self.labeled.labels, self.config), self.sources()
-        self.progress.plan(self.config.rounds + 1, self.config.folds, fold_work(self, folds))
+        self.progress.plan(self.config.rounds + 1, self.config.folds, fold_work(self, folds, sources["labeled"]))
         history = History(first_selected=np.full(len(self.pool) if self.pool else 0, -1, np.int64))
         stop = None
         for k in range(self.config.rounds + 1):
@@ -255,11 +255,14 @@ class Run:
                              seconds=time.time() - started)
 
 
-def fold_work(run: Run, folds: np.ndarray) -> list[list[float] | None]:
-    """Each fold's relative cost per round under the cost model (`costs.round_work`), for the time left."""
+def fold_work(run: Run, folds: np.ndarray, labeled_source=None) -> list[list[float] | None]:
+    """Each fold's relative cost per round under the cost model (`costs.round_work`), for the time left;
+    length-grouped rounds cost by the labeled posts' token counts where `labeled_source` has them."""
     n_rows = {"labeled": len(run.labeled), "test": len(run.test) if run.test else 0,
               "unlabeled": len(run.pool) if run.pool else 0}
-    return [round_work(run.config, student_recipe(run.recipe, run.config, k), k, NOMINAL, n_rows, folds).seconds
+    lengths = getattr(labeled_source, "lengths", None)
+    share = length_share(lengths(np.arange(n_rows["labeled"])), run.config.max_len) if lengths else 1.0
+    return [round_work(run.config, student_recipe(run.recipe, run.config, k), k, NOMINAL, n_rows, folds, share).seconds
             if estimated(run.config, k) else None for k in range(run.config.rounds + 1)]
 
 

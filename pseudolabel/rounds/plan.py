@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .config import RunConfig
-from .costs import Costs, estimated, round_work, selection_bound
+from .costs import Costs, estimated, length_share, round_work, selection_bound
 from ..data.posts import load_labeled, load_unlabeled
 from ..encoding.encoder import find_encoder, load_tokenizer, quiet_transformers
 from ..encoding.features import human_bytes
@@ -25,6 +25,7 @@ from ..data.tokenize import tokenize
 
 WARM_ROWS = 32  # rows per timed batch
 TIMED_BATCHES = 3  # timed after one warm-up batch
+LENGTH_SAMPLE = 2000  # labeled posts whose token counts say what length-grouped batches cost
 
 
 def _timed(step, batches: int = TIMED_BATCHES) -> float:
@@ -68,8 +69,10 @@ def measure_costs(config: RunConfig, files, texts: list[str], recipe, batches: i
     return Costs(encode, train, score)
 
 
-def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, hidden: int) -> list[dict]:
-    """One row per stage: what it handles, its disk and its estimated seconds."""
+def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, hidden: int,
+             share: float = 1.0) -> list[dict]:
+    """One row per stage: what it handles, its disk and its estimated seconds (`share`: what a step of
+    length-grouped batches costs against a full-length one, `costs.length_share`)."""
     recipe0 = config.resolved_recipe()
     out = []
     cached = [s for s in ("labeled", "test", "unlabeled") if n_rows[s] and s not in config.stream]
@@ -85,7 +88,7 @@ def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, h
             shown = "fine-tuned student" if config.trainer(k) == "finetune" else "faithful mode"
             out.append({"stage": f"round {k}", "rows": f"{shown}: not estimated", "disk": "", "seconds": None})
             continue
-        work = round_work(config, student_recipe(recipe0, config, k), k, costs, n_rows, folds)
+        work = round_work(config, student_recipe(recipe0, config, k), k, costs, n_rows, folds, share)
         per_epoch, epochs = work.per_epoch, work.epochs
         trains = f"{min(per_epoch):,}–{max(per_epoch):,}" if min(per_epoch) != max(per_epoch) else f"{per_epoch[0]:,}"
         selected = "" if k == 0 else f", selection ≤ {bound:,} per fold"
@@ -111,4 +114,5 @@ def plan_run(config: RunConfig, progress) -> tuple[list[dict], Costs]:
     sample = (pool or labeled).texts
     costs = measure_costs(config, files, list(sample), config.resolved_recipe())
     hidden = int(files.config_dict().get("hidden_size", 0))
-    return estimate(config, costs, n_rows, folds, hidden), costs
+    lengths = tokenize(list(labeled.texts[:LENGTH_SAMPLE]), load_tokenizer(files), config.max_len).lengths
+    return estimate(config, costs, n_rows, folds, hidden, length_share(lengths, config.max_len)), costs
