@@ -74,6 +74,9 @@ def test_a_ray_run_equals_the_local_run_even_when_a_worker_is_killed(local_run, 
     assert "executor ray: 2 CPUs" in out and "up to 2 folds at a time" in out, out
     assert "round 1: 3 fold(s) submitted as Ray tasks" in out
     assert "round 0: test, pool, holdout scored in 3 Ray task(s)" in out  # one chunk each at this size
+    for split, rows, tasks in (("labeled", 90, 2), ("test", 20, 1), ("unlabeled", 60, 1)):  # 64-post batches
+        assert any(line.startswith(f"· {split}-") and f": {rows} posts encoded in {tasks} Ray task(s)" in line
+                   for line in out.splitlines()), out
     for k in (0, 1):
         for i in range(3):  # one line per fold, the killed one's too (printed once, when its retry finished)
             assert sum(line.startswith(f"round {k} fold {i}: ") for line in out.splitlines()) == 1, out

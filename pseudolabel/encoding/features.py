@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -194,30 +195,56 @@ def encode_to_cache(
         atomic_write_npy(folder / "lengths.npy", tokens.lengths)
         done = 0
         atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": 0})
-    # file writes, not a writable memory map: written pages of a map stay in the process's resident memory
     offset = np.load(features_path, mmap_mode="r", allow_pickle=False).offset
-    row_bytes = max_len * hidden * 2
     progress.start(task, n)
     progress.advance(task, done)
-    batches = 0
-    with naming(features_path), open(features_path, "r+b") as f:
-        for start in range(done, n, ENCODE_BATCH):
-            stop = min(n, start + ENCODE_BATCH)
-            feats = encoder(tokens.input_ids[start:stop], tokens.attention_mask[start:stop])
-            f.seek(offset + start * row_bytes)
-            f.write(np.ascontiguousarray(feats, dtype=np.float16).tobytes())
-            progress.advance(task, stop - start)
-            batches += 1
-            if batches % _FLUSH_EVERY == 0 or stop == n:
-                f.flush()
-                os.fsync(f.fileno())
-                atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": stop})
+    def advance(rows: int) -> None:
+        progress.advance(task, rows)
+
+    ranges = getattr(encoder, "encode_ranges", None)  # an encoder spread over workers (--executor ray)
+    finished = (ranges or partial(_encode_here, encoder))(features_path, offset, tokens, done, advance)
+    ended = {}  # start -> stop of ranges written and fsynced, beyond the rows done in order
+    with naming(features_path):
+        for start, stop in finished:
+            ended[start] = stop
+            while done in ended:  # what a resume may skip: the rows finished in order from the first
+                done = ended.pop(done)
+            atomic_write_json(state_path, {"shape": [n, max_len, hidden], "rows_done": done})
     progress.finish(task)
     if index is not None:
         atomic_write_npy(folder / "index.npy", np.asarray(index, np.int64))
     atomic_write_json(folder / "meta.json", meta)
     mark_done(folder)  # last, after fsync: an entry without it is not finished
     return CachedFeatures(folder)
+
+
+def encode_rows(encoder, tokens: Tokens, features_path: Path, offset: int, start: int,
+                advance: Callable[[int], None] = lambda rows: None) -> None:
+    """Write the features of `tokens` as rows `start`... of the cache's features.npy, ENCODE_BATCH at a time,
+    then fsync. File writes, not a writable memory map: a map's written pages stay in resident memory.
+    Batches start at the same rows wherever the rows are cut into ranges of whole batches, so the numbers
+    do not depend on the cut."""
+    n, max_len = tokens.input_ids.shape
+    row_bytes = max_len * encoder.hidden_size * 2
+    with open(features_path, "r+b") as f:
+        for first in range(0, n, ENCODE_BATCH):
+            part = slice(first, first + ENCODE_BATCH)
+            feats = encoder(tokens.input_ids[part], tokens.attention_mask[part])
+            f.seek(offset + (start + first) * row_bytes)
+            f.write(np.ascontiguousarray(feats, dtype=np.float16).tobytes())
+            advance(len(feats))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _encode_here(encoder, features_path: Path, offset: int, tokens: Tokens, done: int, advance):
+    """Encode the rows from `done` on in this process, yielding (start, stop) every _FLUSH_EVERY batches,
+    each fsynced, so an interrupted pass resumes near where it stopped."""
+    n, step = len(tokens), ENCODE_BATCH * _FLUSH_EVERY
+    for start in range(done, n, step):
+        stop = min(n, start + step)
+        encode_rows(encoder, tokens.take(slice(start, stop)), features_path, offset, start, advance)
+        yield start, stop
 
 
 def cache_folder(cache_dir: Path, split: str, encoder_identity: str, max_len: int, texts: list[str]) -> Path:

@@ -52,6 +52,20 @@ def score_task(plan: RoundPlan, name: str, chunks: list[np.ndarray]) -> np.ndarr
         keras.backend.clear_session()
 
 
+def encode_task(files, features_path: str, offset: int, tokens, start: int) -> tuple[int, int]:
+    """The frozen encoder over some rows of a split, in a Ray worker, written into the cache entry's
+    features.npy at their place (`encoding.features.encode_rows`): (start, stop)."""
+    from ..core._tf import keras
+    from ..encoding.encoder import FrozenEncoder
+    from ..encoding.features import encode_rows
+
+    try:
+        encode_rows(FrozenEncoder(files), tokens, Path(features_path), offset, start)
+    finally:
+        keras.backend.clear_session()
+    return start, start + len(tokens)
+
+
 def probe_task(run_dir: str, token: str) -> str:
     """Write `<run_dir>/.ray-probe/<token>` holding this node's id, from a worker."""
     import ray
@@ -93,6 +107,7 @@ class RayFolds:
         shape = dict(num_cpus=fold_cpus, num_gpus=fold_gpus, max_retries=RETRIES, runtime_env=thread_env(fold_cpus))
         self.task = self.ray.remote(fold_task).options(**shape)
         self.score_task = self.ray.remote(score_task).options(**shape)
+        self.encode_task = self.ray.remote(encode_task).options(**shape)
         self.slots = max(1, int(resources.get("CPU", 0) // fold_cpus))
         if fold_gpus:
             self.slots = max(1, min(self.slots, int(resources.get("GPU", 0) // fold_gpus)))
@@ -123,14 +138,7 @@ class RayFolds:
         shipped = self.ray.put(replace(plan, heads=TrainingHeads()))  # each task builds its own head
         pending = {self.task.remote(shipped, fold): fold for fold in folds}
         progress.note(f"round {plan.round}: {len(folds)} fold(s) submitted as Ray tasks")
-        try:
-            while pending:
-                [done], _ = self.ray.wait(list(pending), num_returns=1)
-                fold = pending.pop(done)
-                yield fold, self._result(done, f"round {plan.round} fold {fold}")
-        finally:
-            for ref in pending:  # an error or Ctrl-C: the other folds stop too
-                self.ray.cancel(ref, force=True)
+        yield from self.gather(pending, lambda fold: f"round {plan.round} fold {fold}")
 
     def score(self, plan: RoundPlan, jobs: list[tuple[str, np.ndarray | None]], progress: Progress) -> dict:
         """Each scoring job (test, pool, holdout) cut into `cv.predict`'s chunks, in as many Ray tasks as
@@ -151,18 +159,24 @@ class RayFolds:
                 pending[ref] = (name, np.concatenate(at), shown)
         names = ", ".join("pool" if name == "unmask" else name for name, _ in jobs)
         progress.note(f"round {plan.round}: {names} scored in {len(pending)} Ray task(s)")
+        for (name, at, shown), probs in self.gather(pending, lambda key: key[2]):
+            out[name][:, at] = probs
+            progress.advance(shown, len(at))
+            if not any(task == shown for _, _, task in pending.values()):
+                progress.finish(shown)
+        return out
+
+    def gather(self, pending: dict, what):
+        """Yield each finished task's result with its key in `pending` (ref -> key), in the order they finish;
+        on an error or Ctrl-C the others are cancelled. `what(key)` names a task in an error."""
         try:
             while pending:
                 [done], _ = self.ray.wait(list(pending), num_returns=1)
-                name, at, shown = pending.pop(done)
-                out[name][:, at] = self._result(done, shown)
-                progress.advance(shown, len(at))
-                if not any(task == shown for _, _, task in pending.values()):
-                    progress.finish(shown)
+                key = pending.pop(done)
+                yield key, self._result(done, what(key))
         finally:
             for ref in pending:
                 self.ray.cancel(ref, force=True)
-        return out
 
     def _result(self, ref, what: str):
         try:
@@ -176,6 +190,34 @@ class RayFolds:
 
     def close(self) -> None:
         self.cluster.close()
+
+
+class RayEncoder:
+    """The frozen encoder's feature pass as Ray tasks (`--executor ray`): the rows left of a cache entry
+    cut into ranges of whole encoder batches, two per task slot, each task writing its rows into the entry's
+    features.npy on the shared run directory; the same numbers as encoding in one process (the batches are
+    the same). The encoder folder must be at the same path on every node."""
+
+    def __init__(self, folds: RayFolds, files, progress: Progress):
+        self.folds, self.files, self.progress = folds, files, progress
+        self.hidden_size = int(files.config_dict().get("hidden_size", 0))
+
+    def encode_ranges(self, features_path: Path, offset: int, tokens, done: int, advance):
+        from ..encoding.features import ENCODE_BATCH
+
+        n = len(tokens)
+        starts = list(range(done, n, ENCODE_BATCH))
+        pending = {}
+        for group in np.array_split(np.arange(len(starts)), min(len(starts), 2 * self.folds.slots)):
+            if len(group):
+                start, stop = starts[group[0]], min(n, starts[group[-1]] + ENCODE_BATCH)
+                ref = self.folds.encode_task.remote(self.files, str(features_path), offset,
+                                                    tokens.take(slice(start, stop)), start)
+                pending[ref] = (start, stop)
+        self.progress.note(f"{Path(features_path).parent.name}: {n - done:,} posts encoded in {len(pending)} Ray task(s)")
+        for (start, stop), _ in self.folds.gather(pending, lambda key: f"encoding rows {key[0]}–{key[1]}"):
+            advance(stop - start)
+            yield start, stop
 
 
 def make_executor(config, run_dir: Path, progress: Progress):

@@ -26,7 +26,7 @@ from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, Training
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
 from .deliver import blend_scores, choose, write_final
 from .costs import NOMINAL, estimated, length_share, round_work
-from .executor import make_executor
+from .executor import RayEncoder, make_executor
 from ..encoding.encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
 from ..core.errors import PseudoError
 from ..encoding.features import StreamedFeatures, cache_rows, features_for
@@ -120,7 +120,8 @@ class Run:
             else:
                 feats = features_for(split, posts.texts, cache_dir=self.dir.features,
                                      encoder_identity=self.files.identity, max_len=self.config.max_len,
-                                     tokenize=lambda texts, s=split: self.tokenize(texts, s), encoder=self.encoder,
+                                     tokenize=lambda texts, s=split: self.tokenize(texts, s),
+                                     encoder=partial(feature_encoder, self),
                                      stream=split in self.config.stream, progress=self.progress)
                 out[split] = FeatureSource(feats, with_mask=self.recipe.zero_padding)
         return out
@@ -253,6 +254,15 @@ class Run:
                              student=plan.student, mode=self.config.mode,
                              leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
+
+
+def feature_encoder(run: Run):
+    """The frozen encoder of the feature pass: this process's, or with `--executor ray` one spread over Ray
+    tasks (`executor.RayEncoder`; the cluster connected here is the one the folds use)."""
+    if run.config.executor != "ray":
+        return run.encoder()
+    run.executor = run.executor or make_executor(run.config, run.dir.root, run.progress)
+    return RayEncoder(run.executor, run.files, run.progress)
 
 
 def fold_work(run: Run, folds: np.ndarray, labeled_source=None) -> list[list[float] | None]:
