@@ -88,7 +88,7 @@ def one_size(n_labeled: int, n_pool: int, args) -> dict:
     run_dir = work / "run"
     command = [sys.executable, "-m", "pseudolabel", "run", "--train", inputs["train"], "--test", inputs["test"],
                "--unlabeled", args.unlabeled, "--unlabeled-limit", str(n_pool), "--encoder", args.encoder,
-               "--rounds", str(args.rounds), "--max-len", str(args.max_len), "--run-dir", str(run_dir)] + (["--force"] if args.force else [])
+               "--rounds", str(args.rounds), "--max-len", str(args.max_len), "--run-dir", str(run_dir)] + (["--force"] if args.force else []) + args.run_options.split()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"}
     if args.threads:
         env.update(TF_NUM_INTRAOP_THREADS=str(args.threads), TF_NUM_INTEROP_THREADS="1")
@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--project-test", type=int, default=10_000)
     parser.add_argument("--project-pool", type=int, default=500_000)
     parser.add_argument("--work", default=str(ROOT / "runs" / ".scale"))
+    parser.add_argument("--run-options", default="", help="more options of each `pseudo run` (smoke runs: "
+                        "'--epochs 1 --min-steps 0 --folds 2')")
     parser.add_argument("--force", action="store_true",
                         help="select pseudo-labels even from a collapsed round (smoke runs at tiny sizes)")
     parser.add_argument("--skip-growth", action="store_true", help="only the per-post costs and the projection")

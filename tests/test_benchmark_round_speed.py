@@ -14,15 +14,12 @@ def test_round_speed_runs_at_a_tiny_size(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "round_speed.py"), "--labeled", "60", "--test", "10",
          "--unlabeled", "20", "--layers", "1", "--hidden", "32", "--heads", "2", "--intermediate", "64",
-         "--max-len", "16", "--score-rows", "40,80", "--tokenize-file", str(REPO / "data" / "unlabeled.csv"),
-         "--tokenize-rows", "300", "--reference-round1"],
+         "--max-len", "16", "--score-rows", "40", "--tokenize-file", str(REPO / "data" / "unlabeled.csv"),
+         "--tokenize-rows", "300"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "tokenization of 300 posts" in out and "pseudo tokenize (segments)" in out
-    assert "ratio (a)/(b) = " in out and "(a1)/(c) = " in out
-    # the reference's pseudo-label round runs the encoder again, more than once per text
-    a1 = next(line for line in out.splitlines() if line.startswith("(a1) reference pseudo-label round ("))
-    assert float(a1.split("encoder passes per text ")[1].split(",")[0]) > 1.0
+    assert "ratio (a)/(b) = " in out and "(a)/(c) = " in out
     assert "encoder passes per distinct text over rounds 0 and 1: 1.00 (90 texts encoded, 90 distinct)" in out
-    assert "scoring 40 cached pool rows with 5 heads" in out and "scoring 80 cached pool rows with 5 heads" in out
+    assert "scoring 40 cached pool rows with 5 heads" in out

@@ -3,6 +3,7 @@ same numbers as `--executor local`, a fold whose worker is killed retried to the
 resumed by either executor, the shared-storage check, and bad input in one line."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,10 +85,8 @@ def test_a_ray_run_equals_the_local_run_even_when_a_worker_is_killed(local_run, 
     assert fold_workers() == set()  # the local Ray instance went with the run
 
 
-@pytest.mark.parametrize("resume_with", ["local", "ray"])
-def test_a_killed_driver_leaves_a_run_either_executor_resumes(local_run, tiny_data, tiny_encoder, tmp_path,
-                                                              resume_with):
-    run_dir = tmp_path / "killed-driver"
+def test_a_killed_driver_leaves_a_run_either_executor_resumes(local_run, tiny_data, tiny_encoder, tmp_path):
+    run_dir = tmp_path / "killed" / "run"
     before = ray_processes()
     with open(tmp_path / "run.log", "wb") as log:
         proc = start(run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *RAY), log)
@@ -104,11 +103,14 @@ def test_a_killed_driver_leaves_a_run_either_executor_resumes(local_run, tiny_da
     assert fold_workers() == set()
     for pid in ray_processes() - before:  # a SIGKILLed driver leaves its node's idle agents: `ray stop` ends them
         os.kill(pid, signal.SIGKILL)
-    args = run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *(RAY if resume_with == "ray" else []))
-    with open(tmp_path / "resume.log", "wb") as log:
-        assert start(args, log).wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()
-    assert "finished earlier, reused" in (tmp_path / "resume.log").read_text()
-    same_run(run_dir, local_run)
+    # the same stopped run twice (its shared stages beside it, linked relatively), resumed by each executor
+    shutil.copytree(tmp_path / "killed", tmp_path / "killed-copy", symlinks=True)
+    for resume_with, folder in (("local", run_dir), ("ray", tmp_path / "killed-copy" / "run")):
+        args = run_args(tiny_data, tiny_encoder, folder, *EXTRA, *(RAY if resume_with == "ray" else []))
+        with open(tmp_path / f"resume-{resume_with}.log", "wb") as log:
+            assert start(args, log).wait(timeout=900) == 0, (tmp_path / f"resume-{resume_with}.log").read_text()
+        assert "finished earlier, reused" in (tmp_path / f"resume-{resume_with}.log").read_text()
+        same_run(folder, local_run)
 
 
 def test_the_storage_check_names_what_the_driver_cannot_see(tmp_path):
