@@ -77,7 +77,15 @@ def write_inputs(folder: Path, n_labeled: int, args) -> dict[str, str]:
 
 
 def disk_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    """Bytes of the files under `folder` (links not followed)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def run_disk(run_dir: Path) -> tuple[int, int]:
+    """(all, features) bytes of a run: its folder and the shared stages beside it (round 0, the feature
+    cache), which its folder links to."""
+    stages = run_dir.parent / ".stages"
+    return disk_bytes(run_dir) + disk_bytes(stages), disk_bytes(stages / "features")
 
 
 def one_size(n_labeled: int, n_pool: int, args) -> dict:
@@ -101,8 +109,8 @@ def one_size(n_labeled: int, n_pool: int, args) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{work / 'run.log'}: the run at {n_labeled}:{n_pool} failed:\n{text[-2000:]}")
     out = {"labeled": n_labeled, "pool": n_pool, "test": max(1, n_labeled // 10), "wall": wall,
-           "peak_rss_mib": usage.ru_maxrss / 1024, "disk": disk_bytes(run_dir),
-           "features_disk": disk_bytes(run_dir / "features") if (run_dir / "features").exists() else 0}
+           "peak_rss_mib": usage.ru_maxrss / 1024}
+    out["disk"], out["features_disk"] = run_disk(run_dir)
     for split, _, seconds in ENCODED.findall(text):
         out[f"features {split}"] = out.get(f"features {split}", 0.0) + float(seconds)
     for k in range(args.rounds + 1):
