@@ -198,6 +198,7 @@ def encode_to_cache(
     offset = np.load(features_path, mmap_mode="r", allow_pickle=False).offset
     progress.start(task, n)
     progress.advance(task, done)
+
     def advance(rows: int) -> None:
         progress.advance(task, rows)
 
