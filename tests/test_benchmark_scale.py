@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, VOCAB
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_scale_runs_at_a_tiny_size(tmp_path, tiny_encoder):
          "--max-len", "16", "--threads", "1", "--force", "--encoder", str(tiny_encoder),
          "--run-options=--epochs 1 --min-steps 0 --batch-size 16 --folds 2",
          "--train", str(DATA / "train.labeled.csv"), "--test", str(DATA / "test.csv"),
-         "--unlabeled", str(DATA / "unlabeled.csv"), "--base-shape", "1:32", "--base-len", "16",
+         "--unlabeled", str(DATA / "unlabeled.csv"), "--vocab", str(VOCAB), "--base-shape", "1:32", "--base-len", "16",
          "--base-posts", "32", "--work", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
