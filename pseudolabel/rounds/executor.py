@@ -17,11 +17,11 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from ..core.cluster import Cluster, thread_env
 from ..core.errors import PseudoError
 from ..core.progress import Progress
-import numpy as np
-
 from .cv import RoundPlan, TrainingHeads, load_heads, score_chunk, score_chunks, score_source, train_one
 
 PROBE = ".ray-probe"  # the run directory's folder where tasks prove they see the driver's files
