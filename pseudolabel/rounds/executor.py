@@ -1,12 +1,15 @@
-"""Where a round's folds train: `--executor local` (`cv.LocalFolds`, one after another in this process) or
-`--executor ray` (`RayFolds`: each fold a Ray task on a cluster).
+"""Where a round's work runs: `--executor local` (`cv.LocalFolds`, one after another in this process) or
+`--executor ray` (`RayFolds`: each fold a Ray task on a cluster, and the scoring of test, pool and holdout as
+chunked tasks; `RayEncoder`: the frozen encoder's feature pass as tasks writing into the cache).
 
 A round's folds are independent: each reads the run directory (cached features, the round's selection) and
 writes its own fold folder with DONE last, seeded by itself (`cv.train_fold`), so where it runs does not
-change its numbers. The driver (the `pseudo run` process) keeps the loop, the selection, the co-teacher,
-scoring and delivery; a task gets the round's plan (arrays and file paths: features travel as their cache
-folder, `CachedFeatures.__reduce__`) and returns the fold's record. A task whose worker dies is retried
-(Ray's task retries); a fold that was half-written has no DONE and is trained again from its start.
+change its numbers; scoring and encoding tasks cut their rows as this process does, so theirs do not change
+either. The driver (the `pseudo run` process) keeps the loop, the selection, the co-teacher and delivery; a
+task gets the round's plan (arrays and file paths: features travel as their cache folder,
+`CachedFeatures.__reduce__`) and returns the fold's record, its chunks' probabilities, or the rows it wrote.
+A task whose worker dies is retried (Ray's task retries); a fold that was half-written has no DONE and is
+trained again from its start.
 
 Ray is imported only with `--executor ray` (`core.cluster`); it is an optional extra (`pip install -e ".[ray]"`).
 """
