@@ -115,8 +115,7 @@ class RayFolds:
         if fold_gpus:
             self.slots = max(1, min(self.slots, int(resources.get("GPU", 0) // fold_gpus)))
         self.progress.note(f"executor ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
-                           f"{fold_cpus} CPU(s) and {fold_gpus:g} GPU(s) per fold, up to "
-                           f"{int(resources.get('CPU', 0) // fold_cpus)} folds at a time")
+                           f"{fold_cpus} CPU(s) and {fold_gpus:g} GPU(s) per fold, up to {self.slots} folds at a time")
         self.check_storage()
 
     def check_storage(self) -> None:

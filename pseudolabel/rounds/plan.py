@@ -10,6 +10,7 @@ stopping may end a fold sooner, so times are upper bounds), and the rows every f
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -45,11 +46,10 @@ def measure_costs(config: RunConfig, files, texts: list[str], recipe, batches: i
 
     tokens = tokenize(texts[:WARM_ROWS * (batches + 1)], load_tokenizer(files), config.max_len)
     encoder = FrozenEncoder(files)
-    starts = iter(range(0, 10 ** 12, WARM_ROWS))
+    parts = itertools.cycle([slice(start, start + WARM_ROWS) for start in range(0, len(tokens), WARM_ROWS)])
 
-    def encode_batch():
-        start = next(starts) % len(tokens.input_ids)
-        part = slice(start, start + WARM_ROWS)
+    def encode_batch() -> int:
+        part = next(parts)
         encoder(tokens.input_ids[part], tokens.attention_mask[part])
         return len(tokens.input_ids[part])
 
