@@ -57,60 +57,51 @@ def fold_workers() -> set[int]:
     return ray_processes("ray::fold_task")
 
 
-def test_a_ray_run_equals_the_local_run_even_when_a_worker_is_killed(local_run, tiny_data, tiny_encoder, tmp_path):
-    run_dir = tmp_path / "killed-worker"
-    with open(tmp_path / "run.log", "wb") as log:
-        proc = start(run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *RAY), log)
-        deadline, killed = time.time() + 600, None
-        while killed is None:
-            assert proc.poll() is None, (tmp_path / "run.log").read_text()
-            assert time.time() < deadline, "no fold task seen"
-            workers = fold_workers()
-            if workers:
-                killed = min(workers)
-                os.kill(killed, signal.SIGKILL)
-            time.sleep(0.05)
-        assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()
-    out = (tmp_path / "run.log").read_text()
-    assert "executor ray: 2 CPUs" in out and "up to 2 folds at a time" in out, out
-    assert "round 1: 3 fold(s) submitted as Ray tasks" in out
-    assert "round 0: test, pool, holdout scored in 3 Ray task(s)" in out  # one chunk each at this size
-    for split, rows, tasks in (("labeled", 90, 2), ("test", 20, 1), ("unlabeled", 60, 1)):  # 64-post batches
-        assert any(line.startswith(f"· {split}-") and f": {rows} posts encoded in {tasks} Ray task(s)" in line
-                   for line in out.splitlines()), out
-    for k in (0, 1):
-        for i in range(3):  # one line per fold, the killed one's too (printed once, when its retry finished)
-            assert sum(line.startswith(f"round {k} fold {i}: ") for line in out.splitlines()) == 1, out
-    same_run(run_dir, local_run)  # the same numbers as --executor local, the retried fold's included
-    assert fold_workers() == set()  # the local Ray instance went with the run
-
-
-def test_a_killed_driver_leaves_a_run_either_executor_resumes(local_run, tiny_data, tiny_encoder, tmp_path):
+def test_a_killed_worker_is_retried_and_a_killed_driver_leaves_a_run_either_executor_resumes(
+        local_run, tiny_data, tiny_encoder, tmp_path):
+    """One Ray run: a fold worker of round 0 killed (its fold retried), then the driver killed once a fold of
+    round 1 is done; the stopped run, copied, is resumed by each executor to the local run's numbers."""
     run_dir = tmp_path / "killed" / "run"
     before = ray_processes()
     with open(tmp_path / "run.log", "wb") as log:
         proc = start(run_args(tiny_data, tiny_encoder, run_dir, *EXTRA, *RAY), log)
-        deadline = time.time() + 600
-        while not list((run_dir / "round_0").glob("fold_*/DONE")):
+        deadline, killed = time.time() + 600, None
+        while not list((run_dir / "round_1").glob("fold_*/DONE")):
             assert proc.poll() is None, (tmp_path / "run.log").read_text()
-            assert time.time() < deadline
+            assert time.time() < deadline, "no fold task seen" if killed is None else "no fold of round 1 done"
+            workers = fold_workers() if killed is None else set()
+            if workers:
+                killed = min(workers)
+                os.kill(killed, signal.SIGKILL)
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    out = (tmp_path / "run.log").read_text()
+    assert killed is not None and (run_dir / "round_0" / "DONE").is_file(), out
+    assert "executor ray: 2 CPUs" in out and "up to 2 folds at a time" in out, out
+    assert "round 0: test, pool, holdout scored in 3 Ray task(s)" in out  # one chunk each at this size
+    assert "round 1: 3 fold(s) submitted as Ray tasks" in out
+    for split, rows, tasks in (("labeled", 90, 2), ("test", 20, 1), ("unlabeled", 60, 1)):  # 64-post batches
+        assert any(line.startswith(f"· {split}-") and f": {rows} posts encoded in {tasks} Ray task(s)" in line
+                   for line in out.splitlines()), out
+    for i in range(3):  # one line per fold, the killed one's too (printed once, when its retry finished)
+        assert sum(line.startswith(f"round 0 fold {i}: ") for line in out.splitlines()) == 1, out
     deadline = time.time() + 60
     while fold_workers() and time.time() < deadline:  # the workers of a dead driver stop training
         time.sleep(0.5)
     assert fold_workers() == set()
     for pid in ray_processes() - before:  # a SIGKILLed driver leaves its node's idle agents: `ray stop` ends them
         os.kill(pid, signal.SIGKILL)
-    # the same stopped run twice (its shared stages beside it, linked relatively), resumed by each executor
+    # the same stopped run twice (its shared stages beside it, linked relatively), resumed by each executor;
+    # round 0 (the retried fold's included) and the finished fold of round 1 are the Ray run's own
     shutil.copytree(tmp_path / "killed", tmp_path / "killed-copy", symlinks=True)
     for resume_with, folder in (("local", run_dir), ("ray", tmp_path / "killed-copy" / "run")):
         args = run_args(tiny_data, tiny_encoder, folder, *EXTRA, *(RAY if resume_with == "ray" else []))
         with open(tmp_path / f"resume-{resume_with}.log", "wb") as log:
             assert start(args, log).wait(timeout=900) == 0, (tmp_path / f"resume-{resume_with}.log").read_text()
         assert "finished earlier, reused" in (tmp_path / f"resume-{resume_with}.log").read_text()
-        same_run(folder, local_run)
+        same_run(folder, local_run)  # the same numbers as --executor local
+    assert fold_workers() == set()  # the local Ray instance went with the run
 
 
 def test_the_storage_check_names_what_the_driver_cannot_see(tmp_path):
