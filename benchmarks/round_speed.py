@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--intermediate", type=int, default=1024)
     parser.add_argument("--max-len", type=int, default=140)
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of every run")
     parser.add_argument("--score-rows", default="2000,8000", help="pool sizes for the scoring-memory check")
     parser.add_argument("--tokenize-file", default=str(SHARED_POOL if SHARED_POOL.exists() else ROOT / "data" / "unlabeled.csv"),
                         help="posts for the tokenization throughput (default: the shared 200k pool if present)")
@@ -188,7 +189,7 @@ def main() -> None:
     def config(run_dir, mode, rounds):
         return RunConfig(train=str(paths["train"]), test=str(paths["test"]), unlabeled=str(paths["unlabeled"]),
                          encoder=str(enc_dir), run_dir=str(run_dir), rounds=rounds, recipe="seed", mode=mode,
-                         max_len=args.max_len, strategy="top-k", top_k=len(pool) // 4, holdout=0.0,
+                         max_len=args.max_len, folds=args.folds, strategy="top-k", top_k=len(pool) // 4, holdout=0.0,
                          co_teacher=0.0, force=True)
 
     results = {}
@@ -234,7 +235,7 @@ def main() -> None:
 
     print(f"\nround speed · {platform.machine()}, {os.cpu_count()} cores · encoder: random BERT, {args.layers} layers, "
           f"hidden {args.hidden}, {args.heads} heads, intermediate {args.intermediate}, max_len {args.max_len} · "
-          f"{len(keep)} labeled, {len(test)} test, {len(pool)} unlabeled posts · recipe seed, 5 folds")
+          f"{len(keep)} labeled, {len(test)} test, {len(pool)} unlabeled posts · recipe seed, {args.folds} folds")
     base = rates["per-row"]
     print(f"tokenization of {len(tok_texts):,} posts ({args.tokenize_file}): per-row BertTokenizer.encode_plus "
           f"{base:,.0f} texts/s; fast tokenizer on whole batches {rates['whole']:,.0f} texts/s "

@@ -17,7 +17,7 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     command = [sys.executable, str(REPO / "benchmarks" / "scarce_labels.py"), "--train",
                str(REPO / "data" / "train.labeled.csv"), "--encoder", str(tiny_encoder), "--rows", "300",
                "--labeled-share", "0.3", "--max-len", "16", "--epochs", "2", "--batch-size", "16", "--min-steps", "0",
-               "--folds", "3", "--seeds", "0", "--force", "--work", str(tmp_path / "work"), "--json", str(out)]
+               "--folds", "2", "--seeds", "0", "--force", "--work", str(tmp_path / "work"), "--json", str(out)]
     done = subprocess.run(command + ["--rounds", "1", "--variants", ",".join(variants)],
                           capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
