@@ -16,6 +16,13 @@ from pseudolabel.core.errors import PseudoError
 COMMON = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="models/weibo-mlm-4l256", run_dir="x")
 
 
+@pytest.fixture(scope="module")
+def beside(tmp_path_factory):
+    """One folder for this file's later-round runs: as siblings they share round 0 and the feature cache
+    (.stages), so each trains only its own round 1."""
+    return tmp_path_factory.mktemp("budget-runs")
+
+
 def _rows(n_human: int, n_pseudo: int, ratio) -> FoldRows:
     n = n_human + n_pseudo
     return FoldRows(np.arange(n_human) * 3, np.arange(5), np.zeros(0, np.int64), np.arange(n_pseudo) + 1000,
@@ -68,8 +75,9 @@ def test_a_bad_ratio_is_a_one_line_error(value, message, tiny_data, tiny_encoder
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ratio", ["0.2", "all"])
-def test_a_later_round_records_the_pseudo_rows_it_trained_on_per_epoch(ratio, tiny_data, tiny_encoder, tmp_path):
-    run_dir = tmp_path / "r"
+def test_a_later_round_records_the_pseudo_rows_it_trained_on_per_epoch(ratio, tiny_data, tiny_encoder, tmp_path,
+                                                                       beside):
+    run_dir = beside / f"ratio-{ratio}"
     result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--pseudo-ratio", ratio, *SELECT))
     assert result.exit_code == 0, result.output
     saved = json.loads((run_dir / "config.json").read_text())["config"]
@@ -139,8 +147,8 @@ def test_monitor_every_keeps_the_hash_at_epoch_shares_round_0_and_refuses_other_
 
 
 @pytest.mark.slow
-def test_a_later_round_under_monitor_every_human_records_its_looks(tiny_data, tiny_encoder, tmp_path):
-    run_dir = tmp_path / "r"
+def test_a_later_round_under_monitor_every_human_records_its_looks(tiny_data, tiny_encoder, beside):
+    run_dir = beside / "monitor-human"
     result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--pseudo-ratio", "2",
                               "--monitor-every", "human", "--epochs", "2", *SELECT))
     assert result.exit_code == 0, result.output

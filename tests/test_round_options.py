@@ -102,7 +102,7 @@ def test_runs_that_differ_in_later_rounds_share_round_0(tiny_data, tiny_encoder,
     assert a0.is_symlink() and b0.is_symlink() and a0.resolve() == b0.resolve()
     assert a0.resolve().parent == tmp_path / ".stages"
     assert (tmp_path / "a" / "round_1").resolve() != (tmp_path / "b" / "round_1").resolve()
-    other = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "c", "--rounds", "1", "--holdout", "0.2", *SELECT))
+    other = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "c", "--rounds", "0", "--holdout", "0.2"))
     assert other.exit_code == 0 and (tmp_path / "c" / "round_0").resolve() != a0.resolve()  # another holdout
     again = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "b", "--rounds", "1", "--co-teacher", "0.5",
                              *SELECT[2:], "--restart"))
