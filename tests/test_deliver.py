@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from conftest import read_rows, run_args, write_rows
 from pseudolabel.cli.commands import app
-from pseudolabel.rounds.deliver import blend_scores, choose, delivered_probs
+from pseudolabel.rounds.deliver import blend_scores, choose, delivered_probs, holdout_interval
 from pseudolabel.core.errors import PseudoError
-from pseudolabel.data.metrics import scores
+from pseudolabel.data.metrics import resampled_macro_f1, scores
 
 
 def _round(k, oof=0.6, holdout=None, blend=None, collapsed=False, leak_free=True):
@@ -73,6 +73,40 @@ def test_blend_scores_against_an_independent_computation():
                                rtol=1e-6)
 
 
+def test_resampled_macro_f1_is_the_macro_f1_of_each_resample():
+    rng = np.random.default_rng(1)
+    labels, predicted = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+    draws = rng.integers(0, 40, size=(30, 40))
+    draws[0] = np.flatnonzero(labels != 2)[0]  # one row over and over: classes without support or predictions
+    got = resampled_macro_f1(labels, predicted, draws)
+    want = [scores(labels[d], np.eye(3)[predicted[d]])["macro_f1"] for d in draws]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_the_bootstrap_interval_is_seeded_holds_the_estimate_and_narrows_with_more_posts():
+    rng = np.random.default_rng(2)
+
+    def outputs(n, right):  # probabilities whose argmax is the label on a share `right` of the rows
+        labels = rng.integers(0, 3, n)
+        predicted = np.where(rng.random(n) < right, labels, rng.integers(0, 3, n))
+        return labels, np.eye(3)[predicted] * 0.8 + 0.1
+
+    labels, better = outputs(90, 0.8)
+    worse = np.eye(3)[np.where(rng.random(90) < 0.5, labels, rng.integers(0, 3, 90))]
+    first = holdout_interval(labels, better, worse)
+    assert first == holdout_interval(labels, better, worse) != holdout_interval(labels, better, worse, seed=1)
+    assert first["draws"] == 1000 and first["rows"] == 90 and first["level"] == 0.95
+    low, high = first["value"]
+    assert low < scores(labels, better)["macro_f1"] < high
+    gain = scores(labels, better)["macro_f1"] - scores(labels, worse)["macro_f1"]
+    assert first["gain"][0] < gain < first["gain"][1]
+    same = holdout_interval(labels, better, better)
+    assert same["gain"] == [0.0, 0.0] and same["gain_covers_zero"]
+    wide = holdout_interval(*outputs(60, 0.6), np.full((60, 3), 1 / 3))["value"]
+    narrow = holdout_interval(*outputs(2000, 0.6), np.full((2000, 3), 1 / 3))["value"]
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 3
+
+
 @pytest.mark.slow
 def test_the_choice_never_looks_at_the_test_rows(tiny_data, tiny_encoder, tmp_path):
     """Two runs that differ only in their test file (other posts, other order) choose the same round
@@ -88,7 +122,11 @@ def test_the_choice_never_looks_at_the_test_rows(tiny_data, tiny_encoder, tmp_pa
         assert result.exit_code == 0, result.output
         assert "final output: round" in result.output
         final = json.loads((run_dir / "final.json").read_text())
-        finals.append({k: final[k] for k in ("round", "weight", "value", "round0", "candidates")})
+        finals.append({k: final[k] for k in ("round", "weight", "value", "round0", "candidates", "interval")})
+        interval = final["interval"]  # the holdout's 18 posts resampled: the same in both runs
+        assert interval["rows"] == 18 and interval["value"][0] <= interval["value"][1]
+        assert "over 1,000 bootstrap draws of the 18 holdout posts" in " ".join(result.output.split()) \
+            or (final["round"], final["weight"]) == (0, 0.0)
         blends.append([json.loads((run_dir / f"round_{k}" / "metrics.json").read_text())["holdout_blend"]
                        for k in (0, 1)])
         delivered = np.load(run_dir / "final_test_preds.npy", allow_pickle=False)
@@ -98,7 +136,7 @@ def test_the_choice_never_looks_at_the_test_rows(tiny_data, tiny_encoder, tmp_pa
     assert finals[0] == finals[1] and blends[0] == blends[1]
     assert all(set(b) == {"0.25", "0.5", "0.75"} for b in blends[0])
     report = json.loads(CliRunner().invoke(app, ["report", "--run-dir", str(tmp_path / "a"), "--json"]).output)
-    assert report["final"]["weight"] == finals[0]["weight"]
+    assert report["final"]["weight"] == finals[0]["weight"] and report["final"]["interval"] == finals[0]["interval"]
     assert report["rounds"][1]["holdout_blend_macro_f1"] == blends[0][1]
 
 

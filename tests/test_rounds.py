@@ -156,6 +156,8 @@ def test_html_report_is_one_self_contained_page_of_charts(two_rounds, tmp_path):
         assert caption in page
     metrics = json.loads((run_dir / "round_2" / "metrics.json").read_text())
     assert f"{metrics['oof']['macro_f1']:.4f}" in page  # the table holds the run's own numbers
+    interval = json.loads((run_dir / "final.json").read_text())["interval"]  # what was delivered, how surely
+    assert f"95% interval {interval['value'][0]:.4f}–{interval['value'][1]:.4f}" in page
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium here: the page was checked by parsing only")

@@ -211,11 +211,21 @@ def final_line(choice: dict | None, rounds: list[dict]) -> Text:
     what = f"round {choice['round']}" + (f" blended with the co-teacher at {choice['weight']:.2f}"
                                          if choice["weight"] > 0 else "'s head")
     label = "final output" if choice.get("written", True) else "not delivered yet; so far the rule picks"
+    interval = choice.get("interval")  # runs delivered before the interval was recorded have none
     text = f"{label}: {what} — holdout macro-F1 {choice['value']:.4f}"
+    if interval:
+        text += f" ({100 * interval['level']:.0f}% interval {interval['value'][0]:.4f}–{interval['value'][1]:.4f})"
     if choice.get("gain") is None:
         return Text(text, style="bold")
-    text += f" vs {choice['round0']:.4f} for round 0's head ({100 * choice['gain']:+.1f} points)"
-    return Text(text, style="bold green" if choice["gain"] > 0 else "bold yellow")
+    text += f" vs {choice['round0']:.4f} for round 0's head ({100 * choice['gain']:+.1f} points"
+    if not interval or (choice["round"] == 0 and choice["weight"] == 0):  # no interval, or round 0 itself
+        return Text(text + ")", style="bold green" if choice["gain"] > 0 else "bold yellow")
+    low, high = (100 * g for g in interval["gain"])
+    text += (f", interval {low:+.1f} to {high:+.1f} over {interval['draws']:,} bootstrap draws of the "
+             f"{interval['rows']:,} holdout posts)")
+    if interval["gain_covers_zero"]:
+        text += ": the interval covers zero, so the gain may be chance"
+    return Text(text, style="bold green" if low > 0 else "bold yellow")
 
 
 def footer_lines(rounds: list[dict], stop: str | None, choice: dict | None = None,

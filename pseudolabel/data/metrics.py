@@ -37,6 +37,20 @@ def collapse_reason(labels: np.ndarray, predicted: np.ndarray) -> str | None:
     return None
 
 
+def resampled_macro_f1(labels: np.ndarray, predicted: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """(len(draws),): the macro-F1 of `predicted` against `labels` on each row of `draws` (row indices, one
+    resample per row), as `scores` computes it (a class with neither support nor predictions scores 0)."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    cells = labels[draws] * N_CLASSES + predicted[draws]  # a confusion-matrix cell per drawn row
+    offsets = np.arange(len(draws))[:, None] * N_CLASSES ** 2
+    confusion = np.bincount((cells + offsets).ravel(), minlength=len(draws) * N_CLASSES ** 2)
+    confusion = confusion.reshape(len(draws), N_CLASSES, N_CLASSES)
+    hits = np.diagonal(confusion, axis1=1, axis2=2)
+    denominator = confusion.sum(axis=1) + confusion.sum(axis=2)  # 2 TP + FP + FN, per class
+    f1 = np.divide(2 * hits, denominator, out=np.zeros(hits.shape), where=denominator > 0)
+    return f1.mean(axis=1)
+
+
 def scores(labels: np.ndarray, probs: np.ndarray) -> dict:
     """Macro-F1, per-class F1 (keys -1/0/1), accuracy, confusion matrix, collapse verdict."""
     labels = np.asarray(labels)

@@ -10,18 +10,25 @@ Candidates: every non-collapsed round's head ensemble (weight 0) and, for `blend
 blend (1 - w) * head + w * co-teacher for w in BLEND_WEIGHTS. The best holdout macro-F1 wins; ties
 go to the earlier round, then to the weight nearer an even blend. The delivered blend scores the
 test file with the co-teacher refit on every labeled row (the holdout scores its fold models).
+
+How sure the holdout estimate is: a percentile bootstrap over the holdout posts (INTERVAL_DRAWS resamples
+with replacement, seeded), each resample scoring the delivered output and round 0's head on the same
+posts, gives the interval of the delivered macro-F1 and of its gain over round 0 (`holdout_interval`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..core.constants import HOLDOUT
 from ..core.errors import PseudoError
-from ..data.metrics import scores
+from ..data.metrics import resampled_macro_f1, scores
 from ..core.store import RunDir, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy
 
 DELIVER = ("auto", "head", "blend")
 BLEND_WEIGHTS = (0.25, 0.5, 0.75)
+INTERVAL_DRAWS = 1000  # bootstrap resamples of the holdout behind the delivered estimate's interval
+INTERVAL_LEVEL = 0.95
 
 NO_HOLDOUT = ("no labeled holdout to score the fold ensemble on (OOF scores single fold heads, and their gains "
               "need not carry over); --holdout 0.15 lets later rounds and the blend compete")
@@ -40,7 +47,12 @@ def blend_scores(labels: np.ndarray, head: np.ndarray, co_teacher: np.ndarray,
     if head.shape != co_teacher.shape or len(head) != len(labels):
         raise PseudoError(f"blend scores need predictions of one shape for {len(labels)} rows, got {head.shape} "
                           f"and {co_teacher.shape}")
-    return {str(w): scores(labels, (1.0 - w) * head + w * co_teacher)["macro_f1"] for w in weights}
+    return {str(w): scores(labels, blend(head, co_teacher, w))["macro_f1"] for w in weights}
+
+
+def blend(head: np.ndarray, co_teacher: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - w) * head + w * co-teacher, both (rows, 3)."""
+    return (1.0 - weight) * head + weight * co_teacher
 
 
 def candidates(rounds: list[dict], deliver: str = "auto") -> list[dict]:
@@ -90,7 +102,41 @@ def delivered_probs(choice: dict, head_test: np.ndarray, co_teacher_test: np.nda
         return head
     if co_teacher_test is None or co_teacher_test.shape != head.shape:
         raise PseudoError("the delivered blend needs the co-teacher's test predictions of the head's shape")
-    return ((1.0 - choice["weight"]) * head + choice["weight"] * co_teacher_test).astype(np.float32)
+    return blend(head, co_teacher_test, choice["weight"]).astype(np.float32)
+
+
+def holdout_interval(labels: np.ndarray, delivered: np.ndarray, round0: np.ndarray, draws: int = INTERVAL_DRAWS,
+                     seed: int = 0) -> dict:
+    """The INTERVAL_LEVEL percentile-bootstrap interval of the delivered output's macro-F1 on the holdout and
+    of its gain over round 0's head (both (rows, 3) probabilities), over `draws` resamples of the rows."""
+    labels = np.asarray(labels)
+    predicted, predicted0 = np.asarray(delivered).argmax(axis=1), np.asarray(round0).argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    values, gains = [], []
+    for start in range(0, draws, 100):  # 100 resamples at a time: memory stays small on a large holdout
+        rows = rng.integers(0, len(labels), size=(min(100, draws - start), len(labels)))
+        value = resampled_macro_f1(labels, predicted, rows)
+        values.append(value)
+        gains.append(value - resampled_macro_f1(labels, predicted0, rows))
+    tails = [50 * (1 - INTERVAL_LEVEL), 50 * (1 + INTERVAL_LEVEL)]
+    value_range = np.percentile(np.concatenate(values), tails)
+    gain_range = np.percentile(np.concatenate(gains), tails)
+    return {"level": INTERVAL_LEVEL, "draws": draws, "seed": seed, "rows": int(len(labels)),
+            "value": [float(v) for v in value_range], "gain": [float(g) for g in gain_range],
+            "gain_covers_zero": bool(gain_range[0] <= 0.0 <= gain_range[1])}
+
+
+def delivered_interval(run_dir: RunDir, choice: dict, labels: np.ndarray,
+                       co_teacher_holdout: np.ndarray | None) -> dict | None:
+    """`holdout_interval` of what `choice` delivers (None where nothing was chosen on a holdout)."""
+    if choice["metric"] != "holdout":
+        return None
+    head = load_npy(run_dir.round(choice["round"]).holdout_preds).mean(axis=0)
+    if choice["weight"] > 0:
+        head = blend(head, np.asarray(co_teacher_holdout).mean(axis=0), choice["weight"])
+    round0 = load_npy(run_dir.round(0).holdout_preds).mean(axis=0)
+    held = load_npy(run_dir.round(0).folds) == HOLDOUT
+    return holdout_interval(np.asarray(labels)[held], head, round0)
 
 
 def submission_rows(ids: list[str], probs: np.ndarray):

@@ -24,7 +24,7 @@ from ..core.constants import VERSION
 from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
-from .deliver import blend_scores, choose, write_final
+from .deliver import blend_scores, choose, delivered_interval, write_final
 from .costs import NOMINAL, estimated, length_share, round_work
 from .executor import RayEncoder, make_executor
 from ..encoding.encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
@@ -228,8 +228,9 @@ class Run:
     def deliver(self, rounds: list[dict]) -> dict:
         """The run's final output (deliver.py): the round and blend that score best on the holdout."""
         choice = choose(rounds, self.config.deliver)
-        co_test = self.co_teacher()[0]["test"] if choice["weight"] > 0 else None
-        return write_final(self.dir, choice, self.test.ids if self.test else None, co_test, raw=self.config.raw)
+        co = self.co_teacher()[0] if choice["weight"] > 0 else {"test": None, "holdout": None}
+        choice["interval"] = delivered_interval(self.dir, choice, self.labeled.labels, co["holdout"])
+        return write_final(self.dir, choice, self.test.ids if self.test else None, co["test"], raw=self.config.raw)
 
     def train_round(self, k, folds, sources, pseudo, info) -> dict:
         """Train (or resume) every fold of round k, write the round's predictions, return its metrics."""
