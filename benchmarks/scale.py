@@ -3,15 +3,17 @@
     python benchmarks/scale.py                                   # labeled 1k..8k, pool 2k..200k (hours on 2 cores)
     python benchmarks/scale.py --sizes 250:1000,500:2000,1000:4000,2000:8000 --max-len 64 --threads 1
     python benchmarks/scale.py --sizes 60:120,120:240 --max-len 16 --rounds 1 --base-shape 2:64   # a smoke run
+    python benchmarks/scale.py --sizes 840:7569 --test-rows 1787 --skip-costs --threads 2   # one split's run
 
 Three parts, printed as markdown tables:
   1. Growth: a real `pseudo run --rounds R` (defaults otherwise) at each size `labeled:pool` (labeled rows a
      stratified sample of the shared labeled file, the pool the first rows of the shared unlabeled file, a
-     test file of labeled/10 rows of the competition's test file), each in a fresh child process: per stage
-     wall time (features from the run's own "encode <split>: N done in S s" lines, each round's fold
-     training and scoring from its metrics.json, the rest of a round: selection, co-teacher, delivery), the
-     child's peak RSS (`os.wait4`) and the run directory's disk. Then each stage's growth exponent b, fitted
-     as time ~ size^b by least squares on log-log over the sizes, against the rows that stage handles.
+     test file of labeled/10 rows (--test-rows) of the competition's test file), each in a fresh child
+     process: per stage wall time (features from the run's own "encode <split>: N done in S s" lines, each
+     round's fold training and scoring from its metrics.json, the rest of a round: selection, co-teacher,
+     delivery), the child's peak RSS (`os.wait4`) and the run directory's disk. Then each stage's growth
+     exponent b, fitted as time ~ size^b by least squares on log-log over the sizes, against the rows that
+     stage handles, and each run's wall time over its round 0 (training and scoring its folds).
   2. Per-post cost at the shape of bert-base (12 layers, hidden 768, random weights, built here): the frozen
      encoder and the recipe's head (training and scoring steps), timed as `pseudo run --plan` times them.
   3. A projection for 100k labeled / 10k test / 500k pool posts with the defaults, through `--plan`'s cost
@@ -57,7 +59,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def write_inputs(folder: Path, n_labeled: int, args) -> dict[str, str]:
-    """A stratified sample of the shared labeled file and labeled/10 rows of the test file, as CSVs."""
+    """A stratified sample of the shared labeled file and test_rows(n_labeled) rows of the test file, as CSVs."""
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
@@ -71,9 +73,14 @@ def write_inputs(folder: Path, n_labeled: int, args) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.read_csv(args.train, dtype=str, keep_default_na=False)
     frame.iloc[rows].to_csv(folder / "train.csv", index=False)
-    test = load_unlabeled(args.test, max(1, n_labeled // 10))
+    test = load_unlabeled(args.test, test_rows(n_labeled, args))
     pd.DataFrame({ID_COLUMN: test.ids, TEXT_COLUMN: test.texts}).to_csv(folder / "test.csv", index=False)
     return {"train": str(folder / "train.csv"), "test": str(folder / "test.csv")}
+
+
+def test_rows(n_labeled: int, args) -> int:
+    """Rows of the test file a run at `n_labeled` scores: --test-rows, else a tenth of the labeled posts."""
+    return args.test_rows or max(1, n_labeled // 10)
 
 
 def disk_bytes(folder: Path) -> int:
@@ -108,7 +115,7 @@ def one_size(n_labeled: int, n_pool: int, args) -> dict:
     text = (work / "run.log").read_text(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{work / 'run.log'}: the run at {n_labeled}:{n_pool} failed:\n{text[-2000:]}")
-    out = {"labeled": n_labeled, "pool": n_pool, "test": max(1, n_labeled // 10), "wall": wall,
+    out = {"labeled": n_labeled, "pool": n_pool, "test": test_rows(n_labeled, args), "wall": wall,
            "peak_rss_mib": usage.ru_maxrss / 1024}
     out["disk"], out["features_disk"] = run_disk(run_dir)
     for split, _, seconds in ENCODED.findall(text):
@@ -167,6 +174,8 @@ def growth_table(results: list[dict]) -> list[str]:
             cells = [f"{v:,.1f}{unit}" for v in values]
         b = exponent([size(r) for r in results], values) if len(results) > 1 else float("nan")
         lines.append(f"| {stage} | {' | '.join(cells)} | {b:.2f} |")
+    ratios = [r["wall"] / (r["round 0 train"] + r["round 0 score"]) for r in results]
+    lines.append(f"| whole run ÷ round 0 | {' | '.join(f'{v:.2f}×' for v in ratios)} | – |")
     return lines
 
 
@@ -246,6 +255,9 @@ def main() -> None:
     parser.add_argument("--force", action="store_true",
                         help="select pseudo-labels even from a collapsed round (smoke runs at tiny sizes)")
     parser.add_argument("--skip-growth", action="store_true", help="only the per-post costs and the projection")
+    parser.add_argument("--skip-costs", action="store_true", help="only the growth runs")
+    parser.add_argument("--test-rows", type=int, default=0, help="rows of the test file each run scores (0: a "
+                        "tenth of its labeled posts)")
     args = parser.parse_args()
     if args.threads:
         os.environ.update(TF_NUM_INTRAOP_THREADS=str(args.threads), TF_NUM_INTEROP_THREADS="1")
@@ -261,6 +273,8 @@ def main() -> None:
         print("## Growth (seconds per stage, peak RSS, disk; exponent b of value ~ rows^b)\n")
         print("\n".join(growth_table(results)) + "\n")
 
+    if args.skip_costs:
+        return
     costs, layers, hidden = base_costs(args)
     print(f"## Per-post cost at {layers} layers, hidden {hidden}, length {args.base_len} (random weights, this CPU)\n")
     print("| step | seconds per post | posts per second |\n|---|---|---|")

@@ -29,6 +29,8 @@ def test_scale_runs_at_a_tiny_size(tmp_path, tiny_encoder):
         assert stage in table, (stage, out)
         assert len(table[stage]) == 3  # two sizes and the fitted exponent
         float(table[stage][-1])
+    assert table["whole run ÷ round 0"][-1].strip() == "–" and all(c.strip().endswith("×")
+                                                                  for c in table["whole run ÷ round 0"][:-1])
     assert "| encode (frozen encoder) |" in out and "| train (head) |" in out
     assert "100,000 labeled / 10,000 test / 500,000 pool" in out
     assert "| round 2 |" in out and "| total |" in out and "GPU rates assumed" in out
