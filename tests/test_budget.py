@@ -60,6 +60,25 @@ def test_the_full_pass_keeps_the_hash_of_runs_made_before_the_option_and_round_0
     assert len({c.round0_key("enc") for c in (full, default, half)}) == 1
 
 
+def test_later_rounds_default_to_half_a_pseudo_post_per_human_one_in_length_grouped_batches_where_cached():
+    plain = RunConfig(**COMMON)
+    assert plain.pseudo_ratio == 0.5 and plain.student_dynamic_padding is True
+    faithful = RunConfig(**COMMON, mode="faithful", recipe="seed")
+    assert faithful.student_dynamic_padding is False  # the faithful graph pads every post to max-len
+    faithful.validate()
+    with pytest.raises(PseudoError, match="student-dynamic-padding works on cached features: use --mode cached"):
+        RunConfig(**COMMON, mode="faithful", recipe="seed", student_dynamic_padding=True).validate()
+
+
+def test_a_saved_run_keeps_the_values_its_config_json_leaves_out_though_the_defaults_changed():
+    before = RunConfig(**COMMON, pseudo_ratio=None, student_dynamic_padding=False)  # made before the options
+    saved = before.results_dict()
+    assert "pseudo_ratio" not in saved and "student_dynamic_padding" not in saved
+    again = RunConfig.from_saved(saved, run_dir="x")
+    assert again.pseudo_ratio is None and again.student_dynamic_padding is False
+    assert again.results_hash() == before.results_hash() != RunConfig(**COMMON).results_hash()
+
+
 @pytest.mark.parametrize("value, message", [
     (0.0, "pseudo-ratio must be > 0 or 'all', got 0.0"),
     ("lots", "pseudo-ratio must be > 0 or 'all', got 'lots'"),

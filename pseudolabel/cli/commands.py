@@ -339,8 +339,8 @@ def run(
                                 _SELECT),
     student_token_dropout: float = _opt(_D["student_token_dropout"], "Rounds >= 1: share of token positions whose "
                                         "features the student loses while training (word dropout).", _SELECT),
-    student_dynamic_padding: bool = _opt(_D["student_dynamic_padding"], "Rounds >= 1: the head's batches "
-                                         "length-grouped and cut to their longest post.", _STUDENT),
+    student_dynamic_padding: Optional[bool] = _opt(None, "Rounds >= 1: the head's batches length-grouped and cut "
+                                                   "to their longest post [default: on in --mode cached].", _STUDENT),
     monitor_every: str = _opt(_D["monitor_every"], "Rounds >= 1, the head: early stopping looks after every epoch "
                                                    "('epoch') or after every stretch of as many posts as the "
                                                    "fold's human-labeled part ('human': round 0's epoch; patience "

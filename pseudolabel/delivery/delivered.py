@@ -78,7 +78,7 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
         raise PseudoError(f"round must be a finished round of {run_dir.root} "
                           f"({', '.join(map(str, finished)) or 'none finished'}), got {round}")
     metrics = read_json(run_dir.round(round).metrics)
-    config = RunConfig(**{**options, "run_dir": str(run_dir.root), "stream": tuple(options.get("stream", ()))})
+    config = RunConfig.from_saved(options, run_dir=str(run_dir.root), stream=tuple(options.get("stream", ())))
     recipe = student_recipe(Recipe.from_dict(saved["recipe"]), config, round)
     folds = sorted(p.parent for p in run_dir.round(round).trained_folds())
     card = {"run": str(run_dir.root.resolve()), "data": saved.get("data", {}), "options": options,

@@ -174,13 +174,14 @@ class RunConfig:
     pseudo_weight: float = 1.0
     # rounds >= 1: each epoch passes over every human row of the fold and a fresh sample of this many pseudo
     # rows per human row (None: every pseudo row, every epoch); benchmarks/results/training-budget.md
-    pseudo_ratio: float | None = 1.0
+    pseudo_ratio: float | None = 0.5
     pseudo_source: str = "fold"  # fold k learns from fold k's previous model: every round's OOF is leak-free
     soft_targets: bool = False  # train on the teacher's (sharpened) probabilities instead of hard labels
     sharpen: float = 1.0  # soft targets: temperature T of p^(1/T) (T < 1 sharpens)
     student_noise: float = 0.0  # rounds >= 1: std of Gaussian noise on the student's features while training
     student_token_dropout: float = 0.0  # rounds >= 1: share of the student's token positions dropped while training
-    student_dynamic_padding: bool = False  # rounds >= 1: the head's batches length-grouped, cut to their longest post
+    # rounds >= 1: the head's batches length-grouped, cut to their longest post (None: on in --mode cached)
+    student_dynamic_padding: bool | None = None
     # rounds >= 1, the head: early stopping looks after every epoch ("epoch") or after every stretch of as many
     # rows as the fold's human-labeled part ("human": round 0's epoch, so patience costs what it costs there)
     monitor_every: str = "epoch"
@@ -207,6 +208,14 @@ class RunConfig:
         self.holdout_given = self.holdout is not None  # not a field: a run continues with its own holdout
         if self.holdout is None:
             self.holdout = DEFAULT_HOLDOUT if self.rounds > 0 else 0.0
+        if self.student_dynamic_padding is None:  # cached features only: the faithful graph pads to max-len
+            self.student_dynamic_padding = self.mode == "cached"
+
+    @classmethod
+    def from_saved(cls, options: dict, **given) -> "RunConfig":
+        """A run's options as its config.json holds them (those at their OMITTED_AT_DEFAULT value left out:
+        a default that changed since must not stand in for them), `given` on top."""
+        return cls(**{**OMITTED_AT_DEFAULT, **options, **given})
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -226,6 +235,8 @@ class RunConfig:
         if self.executor == "ray" and (self.mode == "faithful" or self.stream):
             raise PseudoError("executor ray trains folds on cached features: it works in --mode cached without "
                               "--stream")
+        if self.mode == "faithful" and self.student_dynamic_padding:
+            raise PseudoError("student-dynamic-padding works on cached features: use --mode cached")
         if self.mode == "faithful" and "finetune" in (self.student, self.recipe):
             raise PseudoError("fine-tuning the encoder (--student finetune, --recipe finetune) works in --mode cached")
         self._validate_recipe(self.resolved_recipe())
