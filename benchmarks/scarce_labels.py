@@ -52,14 +52,15 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     # a plain `pseudo run --rounds R`: co-teacher 0.5, class-balanced over all the pool the prior allows,
     # holdout 0.15, the delivered output chosen on the holdout (deliver auto)
     "default": dict(),
-    # the training budget's alternatives: every pseudo-labeled post in every epoch (before --pseudo-ratio), and
-    # the default with later rounds' head batches length-grouped and cut to their longest post
-    "default +full pass": dict(pseudo_ratio=None),
-    "default +dynamic later rounds": dict(student_dynamic_padding=True),
-    # early stopping in later rounds looking every round-0-sized stretch of rows (`--monitor-every human`),
-    # alone and with length-grouped batches
-    "default +monitor every human": dict(monitor_every="human"),
-    "default +monitor every human +dynamic later rounds": dict(monitor_every="human", student_dynamic_padding=True),
+    # the training budget of later rounds against the default (half a pseudo-labeled post per human one each
+    # epoch, length-grouped batches): one post per human one as before, padded to max-len or length-grouped;
+    # every pseudo-labeled post every epoch; early stopping looking every round-0-sized stretch of rows
+    "ratio 1 (the default before)": dict(pseudo_ratio=1.0, student_dynamic_padding=False),
+    "ratio 1 +dynamic later rounds": dict(pseudo_ratio=1.0, student_dynamic_padding=True),
+    "full pass": dict(pseudo_ratio=None, student_dynamic_padding=False),
+    "ratio 1 +monitor every human": dict(pseudo_ratio=1.0, student_dynamic_padding=False, monitor_every="human"),
+    "ratio 1 +monitor every human +dynamic later rounds": dict(pseudo_ratio=1.0, student_dynamic_padding=True,
+                                                              monitor_every="human"),
     # what a user got before: round 0 on all labeled rows, no holdout (the reference for "delivered - round 0")
     "round 0 alone (no holdout)": dict(rounds=0, holdout=0.0),
     "threshold 0.9 (reference)": dict(strategy="threshold", threshold=0.9),
@@ -123,8 +124,9 @@ COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("fine-tuned round 0", 0), ("default", 0)),
                (("fine-tuned round 0 + student", 1), ("fine-tuned round 0 + student", 0)),
                (("fine-tuned round 0 + soft student", 1), ("fine-tuned round 0 + student", 0)))
-ON_TODAYS_DEFAULTS = ("default", "default +full pass", "default +dynamic later rounds", "default +monitor every human",
-                      "default +monitor every human +dynamic later rounds", "round 0 alone (no holdout)", "default +fine-tuned student",
+ON_TODAYS_DEFAULTS = ("default", "ratio 1 (the default before)", "ratio 1 +dynamic later rounds", "full pass",
+                      "ratio 1 +monitor every human", "ratio 1 +monitor every human +dynamic later rounds",
+                      "round 0 alone (no holdout)", "default +fine-tuned student",
                       "default +fine-tuned soft student", "default +fine-tuned student +last epoch",
                       "fine-tuned round 0", "fine-tuned round 0 + student", "fine-tuned round 0 + soft student")
 for _name, _options in VARIANTS.items():
