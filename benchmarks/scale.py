@@ -172,8 +172,8 @@ def growth_table(results: list[dict]) -> list[str]:
             cells = [human_bytes(v) for v in values]
         else:
             cells = [f"{v:,.1f}{unit}" for v in values]
-        b = exponent([size(r) for r in results], values) if len(results) > 1 else float("nan")
-        lines.append(f"| {stage} | {' | '.join(cells)} | {b:.2f} |")
+        b = f"{exponent([size(r) for r in results], values):.2f}" if len(results) > 1 else "–"  # one size: none
+        lines.append(f"| {stage} | {' | '.join(cells)} | {b} |")
     ratios = [r["wall"] / (r["round 0 train"] + r["round 0 score"]) for r in results]
     lines.append(f"| whole run ÷ round 0 | {' | '.join(f'{v:.2f}×' for v in ratios)} | – |")
     return lines
