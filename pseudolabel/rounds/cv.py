@@ -10,6 +10,7 @@ DONE last), so an interrupted round resumes at its first unfinished fold.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from ..data.metrics import scores
 from ..heads.model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, reset_optimizer,
                     reset_random_layers, save_head_weights, set_standardization)
 from ..core.progress import Progress
-from .rows import Fit, FoldRows, finish_fold, fold_record, fold_rows  # noqa: F401  (FoldRows re-exported)
+from .rows import Fit, FoldRows, finish_fold, fold_record, fold_rows, fold_seed  # noqa: F401  (FoldRows re-exported)
 from ..core.store import RoundFiles, atomic_write_npy, load_npy, read_json
 
 PREDICT_CHUNK = 512
@@ -151,6 +152,10 @@ class RoundPlan:
         self.n_folds = int(self.folds.max()) + 1
 
 
+def _head_key(plan: RoundPlan) -> tuple:
+    return plan.max_len, plan.hidden, plan.recipe
+
+
 def _new_model(plan: RoundPlan, compile: bool = True):
     if plan.mode == "faithful":
         return build_faithful(plan.bert_factory(), plan.max_len, plan.recipe, compile)
@@ -174,28 +179,50 @@ class TrainingHeads:
     have: the weights of a head built after seeding (built, never traced), a zeroed optimizer, and
     random layers restarted from the fold's seed (`reset_random_layers` raises if it cannot); a
     resumed run therefore trains the same folds as an uninterrupted one. Faithful mode builds a
-    model per fold, as the reference script does."""
+    model per fold, as the reference script does.
+
+    Seeding TensorFlow empties its kernel cache, and the kept head's functions are then set up again
+    for every input shape they meet (about 0.7 s a shape for a tiny head): `prepare` builds the
+    starting weights of all of a round's folds at once, so that happens once a round, not once a fold."""
 
     def __init__(self):
         self.kept: _TrainingHead | None = None
+        self.starts: dict[tuple, list] = {}  # (shape and recipe, seed) -> a new head's weights
 
     def for_plan(self, plan: "RoundPlan") -> _TrainingHead | None:
         """The head kept from an earlier fold (or round) with the plan's shape and recipe."""
-        key = (plan.max_len, plan.hidden, plan.recipe)
+        key = _head_key(plan)
         return self.kept if plan.mode == "cached" and self.kept is not None and self.kept.key == key else None
+
+    def prepare(self, plan: "RoundPlan", folds: list[int]) -> None:
+        """Build the starting weights of `folds` now, each after seeding as `fold_model` would."""
+        if plan.mode != "cached":
+            return
+        for fold in folds:
+            seed = fold_seed(plan, fold)
+            keras.utils.set_random_seed(seed)
+            self.starts[(_head_key(plan), seed)] = _new_model(plan, compile=False).get_weights()
 
     def fold_model(self, plan: "RoundPlan", seed: int):
         """A compiled head with fresh weights for the fold with `seed`, and its precise-BN helper."""
         head = self.for_plan(plan)
         if head is None:
             self.release()
-        keras.utils.set_random_seed(seed)
-        fresh = _new_model(plan)
+        start = self.starts.pop((_head_key(plan), seed), None)
+        if start is None:
+            keras.utils.set_random_seed(seed)
+            fresh = _new_model(plan)
+            start = fresh.get_weights()
+        else:  # seeded in `prepare`; Python's and NumPy's global streams as if seeded here
+            random.seed(seed)
+            np.random.seed(seed)
+            fresh = None if head is not None else _new_model(plan)
         if head is not None:
-            head.model.set_weights(fresh.get_weights())
+            head.model.set_weights(start)
             reset_optimizer(head.model)
         else:
-            head = _TrainingHead((plan.max_len, plan.hidden, plan.recipe), fresh,
+            fresh.set_weights(start)
+            head = _TrainingHead(_head_key(plan), fresh,
                                  PreciseBatchNorm(fresh) if plan.recipe.precise_bn > 0 else None)
             if plan.mode == "cached":
                 self.kept = head
@@ -365,7 +392,7 @@ def train_fold(plan: RoundPlan, fold: int, progress: Progress) -> dict:
     """Train fold `fold` of the round, write its folder (DONE last), return its record."""
     started = time.time()
     files = plan.files.fold(fold)
-    seed = plan.seed * 1000 + plan.round * 10 + fold
+    seed = fold_seed(plan, fold)
     rng = np.random.default_rng(seed)
     rows = fold_rows(plan, fold, seed)
     model, precise = plan.heads.fold_model(plan, seed)
@@ -461,6 +488,8 @@ class LocalFolds:
 
     def train(self, plan: RoundPlan, folds: list[int], progress: Progress):
         """Yield (fold, record) as each fold of `folds` finishes (its folder written, DONE last)."""
+        if plan.student != "finetune":
+            plan.heads.prepare(plan, folds)
         for fold in folds:
             yield fold, train_one(plan, fold, progress)
 

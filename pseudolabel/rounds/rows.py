@@ -60,6 +60,11 @@ class FoldRows:
         return np.concatenate([np.arange(n_h), n_h + np.sort(rng.choice(len(self.pseudo), take, replace=False))])
 
 
+def fold_seed(plan, fold: int) -> int:
+    """The seed of fold `fold` of the round: its starting weights, row order and random layers."""
+    return plan.seed * 1000 + plan.round * 10 + fold
+
+
 def fold_rows(plan, fold: int, seed: int) -> FoldRows:
     human = np.flatnonzero((plan.folds != fold) & (plan.folds != HOLDOUT))
     monitor = np.zeros(0, np.int64)
@@ -70,8 +75,10 @@ def fold_rows(plan, fold: int, seed: int) -> FoldRows:
     pseudo = plan.pseudo.rows[fold] if plan.pseudo is not None else np.zeros(0, np.int64)
     pseudo_targets = (plan.pseudo.targets[fold].astype(np.float32) if plan.pseudo is not None
                       else np.zeros((0, N_CLASSES), np.float32))
+    weight = plan.pseudo.weight if plan.pseudo is not None else 1.0  # one for every pseudo row, or per fold
     weights = np.concatenate([np.ones(len(human), np.float32),
-                              np.full(len(pseudo), plan.pseudo.weight if len(pseudo) else 1.0, np.float32)])
+                              np.broadcast_to(np.asarray(weight if np.isscalar(weight) else weight[fold], np.float32),
+                                              (len(pseudo),))])
     lengths = None
     if plan.recipe.dynamic_padding:
         lengths = np.concatenate([plan.labeled.lengths(human),

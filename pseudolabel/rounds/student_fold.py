@@ -17,7 +17,7 @@ from ..heads.finetune import FineTune, Student, drop_tokens
 from ..data.metrics import scores
 from ..heads.model import save_head_weights
 from ..core.progress import Progress
-from .rows import Fit, finish_fold, fold_record, fold_rows
+from .rows import Fit, finish_fold, fold_record, fold_rows, fold_seed
 from ..core.store import atomic_write_npy
 
 
@@ -27,7 +27,7 @@ def train_fold(plan, fold: int, progress: Progress) -> dict:
     started = time.time()
     ft: FineTune = plan.finetune
     files = plan.files.fold(fold)
-    seed = plan.seed * 1000 + plan.round * 10 + fold
+    seed = fold_seed(plan, fold)
     rng = np.random.default_rng(seed)
     rows = fold_rows(plan, fold, seed)  # the plan's recipe keeps a monitor slice (early stopping)
     labeled, pool = plan.tokens["labeled"], plan.tokens.get("unlabeled")
