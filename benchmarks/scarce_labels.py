@@ -110,6 +110,11 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     "fine-tuned round 0 + student": dict(recipe="finetune", student="finetune"),
     # the same with the teacher's probabilities as the student's targets (round 0 shared with the above)
     "fine-tuned round 0 + soft student": dict(recipe="finetune", student="finetune", soft_targets=True),
+    # uncertainty-aware selection (UST): as many posts per class as the default takes, the least uncertain
+    # first (BALD over the fold heads), and with each weighted by -log of its label's variance over them
+    "uncertainty": dict(strategy="uncertainty"),
+    "uncertainty +weights": dict(strategy="uncertainty", pseudo_weight="uncertainty"),
+    "uncertainty +weights +MC dropout 10": dict(strategy="uncertainty", pseudo_weight="uncertainty", mc_passes=10),
 }
 # (variant, round) pairs compared seed by seed where both ran: what the fine-tuned student adds over the
 # frozen head trained on the same pseudo-labels, over fine-tuning alone, and what fine-tuning alone adds
@@ -123,23 +128,36 @@ COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("default +fine-tuned student", 1), ("fine-tuned round 0", 0)),
                (("fine-tuned round 0", 0), ("default", 0)),
                (("fine-tuned round 0 + student", 1), ("fine-tuned round 0 + student", 0)),
-               (("fine-tuned round 0 + soft student", 1), ("fine-tuned round 0 + student", 0)))
+               (("fine-tuned round 0 + soft student", 1), ("fine-tuned round 0 + student", 0)),
+               (("uncertainty", 1), ("default", 1)),
+               (("uncertainty +weights", 1), ("default", 1)),
+               (("uncertainty +weights", 1), ("uncertainty", 1)),
+               (("uncertainty", 1), ("default", 0)),
+               (("uncertainty +weights", 1), ("default", 0)))
 ON_TODAYS_DEFAULTS = ("default", "ratio 1 (the default before)", "ratio 1 +dynamic later rounds", "full pass",
                       "ratio 1 +monitor every human", "ratio 1 +monitor every human +dynamic later rounds",
                       "round 0 alone (no holdout)", "default +fine-tuned student",
                       "default +fine-tuned soft student", "default +fine-tuned student +last epoch",
-                      "fine-tuned round 0", "fine-tuned round 0 + student", "fine-tuned round 0 + soft student")
+                      "fine-tuned round 0", "fine-tuned round 0 + student", "fine-tuned round 0 + soft student",
+                      "uncertainty", "uncertainty +weights", "uncertainty +weights +MC dropout 10")
 for _name, _options in VARIANTS.items():
     if _name not in ON_TODAYS_DEFAULTS:
         VARIANTS[_name] = {**BEFORE, **_options}
 
 
-def split(labels: np.ndarray, seed: int, eval_share: float, labeled_share: float, pool_rows: int | None = None):
+def split(labels: np.ndarray, seed: int, eval_share: float, labeled_share: float, pool_rows: int | None = None,
+          per_class: int | None = None):
     """(eval rows, labeled rows, pool rows), stratified, as sorted row indices; the pool cut to a random
-    `pool_rows` of its rows; labeled share 1: every non-evaluation row labeled, no pool."""
+    `pool_rows` of its rows; labeled share 1: every non-evaluation row labeled, no pool; `per_class`: that
+    many labeled rows of each class instead of a share."""
     rows = np.arange(len(labels))
     rest, evaluation = train_test_split(rows, test_size=eval_share, stratify=labels, random_state=seed)
-    if labeled_share >= 1:
+    if per_class:
+        rng = np.random.default_rng(seed)
+        labeled = np.concatenate([rng.choice(rest[labels[rest] == c], per_class, replace=False)
+                                  for c in np.unique(labels)])
+        pool = np.setdiff1d(rest, labeled)
+    elif labeled_share >= 1:
         labeled, pool = rest, rest[:0]
     else:
         labeled, pool = train_test_split(rest, train_size=labeled_share, stratify=labels[rest], random_state=seed)
@@ -253,6 +271,8 @@ def main() -> None:
     parser.add_argument("--eval-share", type=float, default=0.2)
     parser.add_argument("--labeled-share", type=float, default=0.1,
                         help="share of the non-evaluation rows that keep their labels (1: all of them, full labels)")
+    parser.add_argument("--labeled-per-class", type=int, default=None,
+                        help="this many labeled posts of each class instead of --labeled-share")
     parser.add_argument("--pool-rows", type=int, default=None, help="cut the pool to a random this many posts")
     parser.add_argument("--pool-file", default=None,
                         help="take the pool from this unlabeled file (random --pool-rows of it) instead of the "
@@ -290,7 +310,8 @@ def main() -> None:
     results = []
     started = time.time()
     for seed in [int(s) for s in args.seeds.split(",")]:
-        parts = split(labels, seed, args.eval_share, args.labeled_share, None if pool_posts else args.pool_rows)
+        parts = split(labels, seed, args.eval_share, args.labeled_share, None if pool_posts else args.pool_rows,
+                      args.labeled_per_class)
         evaluation, labeled, pool = parts
         pool_source, pool_labels = posts, labels[pool]
         if pool_posts:
@@ -361,14 +382,16 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
               f"{stat(np.subtract(given, r0))} |")
     print("\nquality and time: each round's fold ensemble on the evaluation split and its wall time (training and "
           "scoring its folds), mean ± std over seeds")
-    print("| variant | round | eval macro-F1 | seconds | × round 0 |")
-    print("|---|---|---|---|---|")
+    print("| variant | round | eval macro-F1 | pseudo-label precision | seconds | × round 0 |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         for k in range(min(len(e["variants"][name]) for e in results)):
             f1 = [e["variants"][name][k]["eval_f1"] for e in results]
             sec = [e["variants"][name][k].get("seconds", np.nan) for e in results]
             r0 = [e["variants"][name][0].get("seconds", np.nan) for e in results]
-            print(f"| {name} | {k} | {stat(f1)} | {np.mean(sec):.0f} ± {np.std(sec):.0f} | "
+            hits = [e["variants"][name][k]["precision"] for e in results]
+            precision = "–" if any(h is None for h in hits) else stat(hits)
+            print(f"| {name} | {k} | {stat(f1)} | {precision} | {np.mean(sec):.0f} ± {np.std(sec):.0f} | "
                   f"{np.mean(np.divide(sec, r0)):.2f} |")
     blend = [e["teacher_blend"] for e in results]
     r0 = [e["variants"][names[0]][0]["eval_f1"] for e in results]
@@ -385,6 +408,19 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
         for name in names:
             gains = 100 * np.subtract([e["delivered"][name]["eval_f1"] for e in results], base)
             print(f"| {name} | {', '.join(f'{g:+.1f}' for g in gains)} | {gains.mean():+.2f} | {gains.min():+.1f} |")
+    if len(names) > 1:
+        print(f"\ndelivered - {names[0]}'s delivered, and - its round 0, per seed {args.seeds}, in points")
+        print(f"| variant | per seed (- {names[0]}) | mean | worst | per seed (- round 0) | mean | worst |")
+        print("|---|---|---|---|---|---|---|")
+        first = [e["delivered"][names[0]]["eval_f1"] for e in results]
+        r0 = [e["variants"][names[0]][0]["eval_f1"] for e in results]
+        for name in names:
+            given = [e["delivered"][name]["eval_f1"] for e in results]
+            cells = []
+            for base in (first, r0):
+                gains = 100 * np.subtract(given, base)
+                cells.append(f"{', '.join(f'{g:+.1f}' for g in gains)} | {gains.mean():+.2f} | {gains.min():+.1f}")
+            print(f"| {name} | {' | '.join(cells)} |")
     ran = {name: min(len(e["variants"][name]) for e in results) for name in names}  # rounds every seed ran
     supervised = [e["anchor"]["supervised"] for e in results]
     pairs = [((a, k), (b, j), [e["variants"][b][j]["eval_f1"] for e in results])

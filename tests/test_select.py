@@ -25,7 +25,7 @@ def test_threshold_out_of_range(bad):
 
 
 def test_unknown_strategy():
-    with pytest.raises(PseudoError, match="strategy must be one of threshold, per-class, class-balanced, top-k"):
+    with pytest.raises(PseudoError, match="strategy must be one of threshold, per-class, class-balanced, uncertainty, top-k"):
         select(P, "greedy", 0.9)
 
 

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, T
 from rich.table import Table
 from rich.text import Text
 
-from ..rounds.config import RunConfig
+from ..rounds.config import UNCERTAINTY_WEIGHT, RunConfig
 from ..core.errors import PseudoError
 from ..core.progress import Progress
 
@@ -264,6 +264,13 @@ def _opt(default, help: str, panel: str, *names: str):
     return typer.Option(default, *names, help=help.replace("[", "\\["), rich_help_panel=panel)
 
 
+def _weight(value) -> float | str:
+    """--pseudo-weight: a number, or 'uncertainty'."""
+    if isinstance(value, float) or str(value).strip().lower() != UNCERTAINTY_WEIGHT:
+        return _ratio(value)
+    return UNCERTAINTY_WEIGHT
+
+
 def _ratio(value) -> float | None:
     """--pseudo-ratio: a number of pseudo-labeled posts per human one, or 'all'."""
     if value is None or isinstance(value, float):
@@ -318,13 +325,20 @@ def run(
                                             "per-class: 0.9 if not given; class-balanced: a cap, none if not "
                                             "given).", _SELECT),
     strategy: str = _opt(_D["strategy"], "class-balanced (the mix follows the labeled prior; every pool row it "
-                                         "allows unless --threshold or --top-k caps it) | threshold | per-class | "
-                                         "top-k.", _SELECT),
+                                         "allows unless --threshold or --top-k caps it) | uncertainty (as many, the "
+                                         "least uncertain per class first) | threshold | per-class | top-k.",
+                         _SELECT),
     top_k: Optional[int] = _opt(None, "Rows to select (top-k) or the cap (class-balanced).", _SELECT),
     co_teacher: float = _opt(_D["co_teacher"], "Blend the pool predictions pseudo-labels come from with a char "
                                                "n-gram TF-IDF + logistic regression teacher trained on the same "
                                                "folds; its share (0: off, 0.5: an even blend).", _SELECT),
-    pseudo_weight: float = _opt(_D["pseudo_weight"], "Sample weight of pseudo-labeled rows.", _SELECT),
+    pseudo_weight: Optional[float] = typer.Option(
+        _D["pseudo_weight"], parser=_weight, metavar="W|uncertainty", rich_help_panel=_SELECT,
+        help="Sample weight of pseudo-labeled rows; 'uncertainty': each by how much the teacher's members agree on "
+             "its label (UST's -log of the label's variance over them, scaled to mean 1)."),
+    mc_passes: int = _opt(_D["mc_passes"], "MC-dropout passes of each fold's head over the pool after each round, "
+                                           "for --strategy/--pseudo-weight uncertainty (0: the folds' disagreement "
+                                           "alone).", _SELECT),
     pseudo_ratio: Optional[float] = typer.Option(
         _D["pseudo_ratio"], parser=_ratio, metavar="R|all", rich_help_panel=_STUDENT,
         help="Rounds >= 1: each epoch trains on every human-labeled post of the fold and a fresh sample of R "
@@ -438,8 +452,8 @@ def select_cmd(
                                               "class-balanced, the cap [default: the run's]."),
     run_dir: Optional[str] = typer.Option(None, help="Run directory [default: the newest under runs/]."),
     round: Optional[int] = typer.Option(None, "--round", help="Finished round to select from [default: last]."),
-    strategy: Optional[str] = typer.Option(None, help="class-balanced | threshold | per-class | top-k "
-                                                      "[default: the run's]."),
+    strategy: Optional[str] = typer.Option(None, help="class-balanced | uncertainty | threshold | per-class | "
+                                                      "top-k [default: the run's]."),
     top_k: Optional[int] = typer.Option(None, help="Rows to select (top-k) or the cap (class-balanced) "
                                                    "[default: the run's]."),
     source: Optional[str] = typer.Option(None, help="mean | fold [default: the run's]."),
@@ -471,14 +485,21 @@ def select_cmd(
         counts.add_row(label, str(n), f"{n / total:.2f}", f"{p:.2f}")
     counts.add_row("all", f"{info['n_selected']} of {shown['pool_rows']}", "", "")
     console.print(counts)
-    sweep = Table(title="threshold sweep (fold-mean pool predictions; precision on OOF rows)", title_justify="left")
-    for column in ("threshold", "selected", "-1 / 0 / 1", "OOF rows", "OOF precision"):
+    sweep = Table(title="threshold sweep (fold-mean pool predictions; precision on OOF rows; uncertainty: mean BALD "
+                        "of the rows over the threshold)", title_justify="left")
+    for column in ("threshold", "selected", "-1 / 0 / 1", "OOF rows", "OOF precision", "uncertainty"):
         sweep.add_column(column, justify="right")
     for row in shown["sweep"]:
         precision = "–" if row["oof_precision"] is None else f"{row['oof_precision']:.3f}"
+        spread = "–" if row["uncertainty"] is None else f"{row['uncertainty']:.4f}"
         sweep.add_row(f"{row['threshold']:.2f}", str(row["selected"]), " / ".join(map(str, row["per_class"])),
-                      str(row["oof_selected"]), precision)
+                      str(row["oof_selected"]), precision, spread)
     console.print(sweep)
+    spread = info["uncertainty"]
+    if spread["selected"]["mean"] is not None:
+        console.print(f"uncertainty ({spread['measure']}, {spread['over']}): the selected rows' mean "
+                      f"{spread['selected']['mean']:.4f}, 90th percentile {spread['selected']['p90']:.4f}; the "
+                      f"pool's mean {spread['pool']['mean']:.4f}")
     cal = shown["calibration"]
     if cal.get("ece") is not None:
         console.print(f"OOF calibration of round {shown['round']}: ECE {cal['ece']:.3f}; temperature "

@@ -269,6 +269,7 @@ class RoundFiles(_Folder):
     holdout_preds = _file("holdout_preds.npy")
     test_preds = _file("test_preds.npy")
     unmask_preds = _file("unmask_preds.npy")  # the pool's predictions, named as the reference script
+    pool_mc = _file("pool_mc.npy")  # --mc-passes: (F, N_pool, 7) moments of each fold's passes (rounds/uncertainty.py)
     metrics = _file("metrics.json")
     submission = _file("submission.csv")
     submission_blend = _file("submission_blend.csv")

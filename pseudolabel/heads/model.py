@@ -106,8 +106,9 @@ def recipe(name: str, **overrides) -> Recipe:
 _RANDOM_SEEDS = {"feature_noise": 1, "spatial_dropout": 2, "dropout": 3, "token_dropout": 4}
 
 
-def head_layers(x, recipe: Recipe, mask=None):
-    """Apply the head to a (B, T, H) feature tensor; returns the softmax output.
+def head_layers(x, recipe: Recipe, mask=None, mc_dropout: bool = False):
+    """Apply the head to a (B, T, H) feature tensor; returns the softmax output. With `mc_dropout` the
+    dropout layers drop in inference too (MC dropout); BatchNorm and the feature noise stay in inference.
 
     The random layers draw from a `tf.random.Generator` each (state in a variable), not from
     stateful random ops: their masks then follow from the seed set by `reset_random_layers` and
@@ -116,17 +117,19 @@ def head_layers(x, recipe: Recipe, mask=None):
     def rng(name):
         return {"seed": _RANDOM_SEEDS[name], "rng_type": "stateful"}
 
+    drop = {"training": True} if mc_dropout else {}
+
     if recipe.standardize:
         x = Standardize(name="standardize")(x)
     if recipe.feature_noise > 0:
         x = keras.layers.GaussianNoise(recipe.feature_noise, name="feature_noise", **rng("feature_noise"))(x)
     if recipe.token_dropout > 0:  # word dropout on the features: one mask value per (post, position)
         x = keras.layers.Dropout(recipe.token_dropout, noise_shape=(None, None, 1), name="token_dropout",
-                                 **rng("token_dropout"))(x)
+                                 **rng("token_dropout"))(x, **drop)
     if recipe.zero_padding and mask is not None:
         x = keras.layers.Multiply(name="zero_padding")([x, mask])
     if recipe.spatial_dropout > 0:
-        x = keras.layers.SpatialDropout1D(recipe.spatial_dropout, **rng("spatial_dropout"))(x)
+        x = keras.layers.SpatialDropout1D(recipe.spatial_dropout, **rng("spatial_dropout"))(x, **drop)
     x = keras.layers.Bidirectional(
         keras.layers.GRU(recipe.gru_units, activation=recipe.gru_activation, return_sequences=True))(x)
     x = Capsule(recipe.num_capsule, recipe.dim_capsule, recipe.routings, share_weights=True)(x)
@@ -135,7 +138,7 @@ def head_layers(x, recipe: Recipe, mask=None):
     x = keras.layers.Dense(first)(x)
     x = keras.layers.BatchNormalization(momentum=recipe.bn_momentum)(x)
     x = keras.layers.ReLU()(x)
-    x = keras.layers.Dropout(recipe.dropout, **rng("dropout"))(x)
+    x = keras.layers.Dropout(recipe.dropout, **rng("dropout"))(x, **drop)
     x = keras.layers.Dense(second)(x)
     x = keras.layers.BatchNormalization(momentum=recipe.bn_momentum)(x)
     x = keras.layers.ReLU()(x)
@@ -177,10 +180,11 @@ def compile_model(model, recipe: Recipe):
     return model
 
 
-def build_head(max_len: int, hidden: int, recipe: Recipe, compile: bool = True):
+def build_head(max_len: int, hidden: int, recipe: Recipe, compile: bool = True, mc_dropout: bool = False):
     """The head over cached features: inputs (B, T, H) float32 [and (B, T, 1) mask if zero_padding].
 
-    Uncompiled (`compile=False`) for prediction only: saved weights load without the optimizer state."""
+    Uncompiled (`compile=False`) for prediction only: saved weights load without the optimizer state.
+    `mc_dropout`: its dropout on in inference (`head_layers`), to sample the head's uncertainty."""
     steps = None if recipe.dynamic_padding else max_len
     feats = keras.Input((steps, hidden), name="features")
     inputs = [feats]
@@ -188,7 +192,7 @@ def build_head(max_len: int, hidden: int, recipe: Recipe, compile: bool = True):
     if recipe.zero_padding:
         mask = keras.Input((steps, 1), name="token_mask")
         inputs.append(mask)
-    model = keras.Model(inputs if len(inputs) > 1 else feats, head_layers(feats, recipe, mask), name="head")
+    model = keras.Model(inputs if len(inputs) > 1 else feats, head_layers(feats, recipe, mask, mc_dropout), name="head")
     return compile_model(model, recipe) if compile else model
 
 

@@ -47,7 +47,9 @@ FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encode
 # values, so every earlier run keeps its hash, its default directory name and its shared round 0
 OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4,
                       "finetune_precision": "float32", "finetune_monitor": 0.1,
-                      "pseudo_ratio": None, "student_dynamic_padding": False, "monitor_every": "epoch"}
+                      "pseudo_ratio": None, "student_dynamic_padding": False, "monitor_every": "epoch",
+                      "mc_passes": 0}
+UNCERTAINTY_WEIGHT = "uncertainty"  # --pseudo-weight uncertainty: UST's -log(variance), mean 1 (rounds/uncertainty.py)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ CONSTRAINTS: dict[str, tuple] = {
     "threshold": (None, Interval(0, 1, "right")),
     "strategy": (OneOf(STRATEGIES),),
     "top_k": (None, Interval(0, None)),
-    "pseudo_weight": (Interval(0, None, "neither"),),
+    "pseudo_weight": (Interval(0, None, "neither"), OneOf((UNCERTAINTY_WEIGHT,))),
+    "mc_passes": (Interval(0, None),),
     "pseudo_ratio": (None, Interval(0, None, "neither")),
     "monitor_every": (OneOf(MONITOR_EVERY),),
     "pseudo_source": (OneOf(PSEUDO_SOURCES),),
@@ -171,7 +174,10 @@ class RunConfig:
     threshold: float | None = None
     strategy: str = "class-balanced"  # the pseudo-label mix follows the labeled prior (no class drift)
     top_k: int | None = None
-    pseudo_weight: float = 1.0
+    pseudo_weight: float | str = 1.0  # or "uncertainty": each pseudo row by how little the teacher's members vary
+    # MC-dropout passes of each fold's head over the pool after every round (0: the folds' disagreement alone is
+    # the uncertainty `--strategy uncertainty` and `--pseudo-weight uncertainty` use); cached mode, head only
+    mc_passes: int = 0
     # rounds >= 1: each epoch passes over every human row of the fold and a fresh sample of this many pseudo
     # rows per human row (None: every pseudo row, every epoch); benchmarks/results/training-budget.md
     pseudo_ratio: float | None = 0.5
@@ -237,6 +243,9 @@ class RunConfig:
                               "--stream")
         if self.mode == "faithful" and self.student_dynamic_padding:
             raise PseudoError("student-dynamic-padding works on cached features: use --mode cached")
+        if self.mc_passes and (self.mode == "faithful" or "finetune" in (self.student, self.recipe)):
+            raise PseudoError("mc-passes samples the frozen head's dropout: it works in --mode cached with the head "
+                              "(not --student finetune or --recipe finetune)")
         if self.mode == "faithful" and "finetune" in (self.student, self.recipe):
             raise PseudoError("fine-tuning the encoder (--student finetune, --recipe finetune) works in --mode cached")
         self._validate_recipe(self.resolved_recipe())

@@ -28,6 +28,7 @@ from ..heads.model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, 
 from ..core.progress import Progress
 from .rows import Fit, FoldRows, finish_fold, fold_record, fold_rows, fold_seed  # noqa: F401  (FoldRows re-exported)
 from ..core.store import RoundFiles, atomic_write_npy, load_npy, read_json
+from .uncertainty import moments
 
 PREDICT_CHUNK = 512
 _STAT_ROWS = 4096  # rows sampled for the standardisation statistics
@@ -119,7 +120,7 @@ class Pseudo:
     source: object  # a source over the unlabeled pool
     rows: list[np.ndarray]  # per fold: pool row indices
     targets: list[np.ndarray]  # per fold: (n, 3) target rows (one-hot or soft)
-    weight: float = 1.0
+    weight: float | list[np.ndarray] = 1.0  # every pseudo row's, or per fold one per row (in `rows` order)
     ratio: float | None = None  # pseudo rows per human row in each epoch, a fresh sample (None: all of them)
     monitor_every: str = "epoch"  # early stopping looks every epoch, or every len(human) rows ("human")
 
@@ -146,6 +147,7 @@ class RoundPlan:
     tokens: dict | None = None  # split -> tokenize.Tokens, with student "finetune"
     encoder_files: object | None = None  # encoder.EncoderFiles, with student "finetune"
     mask_id: int = 103  # the vocabulary's [MASK] id (the student's token dropout)
+    mc_passes: int = 0  # MC-dropout passes of each fold's head over the pool, written once the round is scored
     n_folds: int = field(init=False)
 
     def __post_init__(self):
@@ -317,6 +319,29 @@ def score_chunk(heads: FoldHeads, source, rows: np.ndarray, dynamic: bool) -> np
     inputs = source.rows(rows)
     x = _unwrap(_trim(inputs, source.lengths(rows)) if dynamic else inputs)
     return np.stack([heads.predict_on_batch(m, x) for m in range(len(heads))])
+
+
+def mc_moments(plan: RoundPlan, passes: int, progress: Progress) -> np.ndarray:
+    """(F, N_pool, 7): the moments (`uncertainty.moments`) of `passes` MC-dropout passes of each fold's head
+    over the pool, chunk by chunk as `predict` scores; each fold's dropout streams start from its seed, so a
+    resumed round gets the same numbers."""
+    model = build_head(plan.max_len, plan.hidden, plan.recipe, compile=False, mc_dropout=True)
+    layers = keras.Model(model.inputs, model.outputs)  # loads what save_head_weights wrote
+    source, dynamic = plan.unlabeled, plan.recipe.dynamic_padding
+    idx = np.arange(len(source))
+    out = np.zeros((plan.n_folds, len(idx), 2 * N_CLASSES + 1), np.float32)
+    task = f"round {plan.round} MC dropout ({passes} passes a fold) on the pool"
+    progress.start(task, plan.n_folds * len(idx))
+    for fold in range(plan.n_folds):
+        layers.load_weights(str(plan.files.fold(fold).weights))
+        reset_random_layers(model, fold_seed(plan, fold))
+        for at in score_chunks(source, idx, dynamic):
+            inputs = source.rows(idx[at])
+            x = _unwrap(_trim(inputs, source.lengths(idx[at])) if dynamic else inputs)
+            out[fold, at] = moments(np.stack([model.predict_on_batch(x) for _ in range(passes)]))
+            progress.advance(task, len(at))
+    progress.finish(task)
+    return out
 
 
 def _batch_inputs(plan: RoundPlan, rows: FoldRows, order: np.ndarray):
@@ -544,5 +569,7 @@ def run_folds(plan: RoundPlan, progress: Progress, executor=None) -> RoundOutput
         jobs.append(("holdout", holdout_rows))
     if jobs:
         out.update((executor or LocalFolds()).score(plan, jobs, progress))
+    if plan.mc_passes and plan.unlabeled is not None and not plan.files.pool_mc.is_file():
+        atomic_write_npy(plan.files.pool_mc, mc_moments(plan, plan.mc_passes, progress))
     return RoundOutput(oof, out["test"], out["unmask"], out["holdout"], records,
                        {"train": train_seconds, "score": time.time() - started})

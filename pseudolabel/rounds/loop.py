@@ -34,8 +34,8 @@ from ..data.metrics import scores
 from ..heads.model import N_CLASSES
 from ..core.progress import Progress
 from .select import NOT_SELECTED
-from .selection import (DRIFT_WARN, changed_labels, mix_drift, pseudo_targets, read_selection, select_from_round,
-                        teacher_probs, write_selection)
+from .selection import (DRIFT_WARN, changed_labels, mix_drift, pseudo_targets, pseudo_weights, read_selection,
+                        select_from_round, teacher_probs, write_selection)
 from ..core.store import (RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, computing, load_npy,
                     read_json)
 from ..data.tokenize import tokenize
@@ -208,8 +208,8 @@ class Run:
         targets = [pseudo_targets(labels[f], rows[f], None if teacher is None else teacher[f], self.config.sharpen)
                    for f in range(len(labels))]
         source = selected_source(pool_source, np.concatenate(rows), self.dir, self.files.identity, self.progress)
-        return Pseudo(source, rows, targets, self.config.pseudo_weight, self.config.pseudo_ratio,
-                      self.config.monitor_every)
+        weight = pseudo_weights(self.dir, k - 1, labels, self.config.pseudo_weight, self.config.pseudo_source)
+        return Pseudo(source, rows, targets, weight, self.config.pseudo_ratio, self.config.monitor_every)
 
     def record(self, k: int, metrics: dict, history: "History") -> None:
         """Write round k's record and mark it finished (DONE last)."""
@@ -239,9 +239,9 @@ class Run:
         recipe = student_recipe(self.recipe, self.config, k)
         plan = RoundPlan(round=k, files=files, mode=self.config.mode, recipe=recipe,
                          max_len=self.config.max_len, hidden=int(self.files.config_dict().get("hidden_size", 0)),
-                         labels=self.labeled.labels, folds=folds, labeled=sources["labeled"],
-                         test=sources["test"], unlabeled=sources["unlabeled"], seed=self.config.seed,
-                         pseudo=pseudo, bert_factory=partial(load_bert, self.files), heads=self.heads)
+                         labels=self.labeled.labels, folds=folds, labeled=sources["labeled"], test=sources["test"],
+                         unlabeled=sources["unlabeled"], seed=self.config.seed, pseudo=pseudo, heads=self.heads,
+                         bert_factory=partial(load_bert, self.files), mc_passes=self.config.mc_passes)
         if self.config.trainer(k) == "finetune":
             plan = fine_tuned_plan(plan, self.config.finetune(k), self.all_tokens(), self.files,
                                    self._tokenizer.mask_token_id)

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ..core.constants import HOLDOUT, N_CLASSES
+from ..core.errors import PseudoError
 from ..data.metrics import scores
 from ..core.store import atomic_write_json, atomic_write_npy
 
@@ -65,13 +66,25 @@ def fold_seed(plan, fold: int) -> int:
     return plan.seed * 1000 + plan.round * 10 + fold
 
 
+def _monitor_split(plan, fold: int, human: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, monitor rows) of a fold's human part: a stratified `monitor_share` of it watches early
+    stopping, at least one post per class (sklearn's count of that share, so larger folds split as always);
+    not stratified where a class has a single post in the part."""
+    n_monitor = max(int(np.ceil(plan.recipe.monitor_share * len(human))), N_CLASSES)
+    if len(human) - n_monitor < N_CLASSES:
+        raise PseudoError(f"fold {fold} trains on {len(human)} labeled posts: too few to keep {n_monitor} aside for "
+                          f"early stopping; use fewer --folds, more labeled posts or --no-early-stopping")
+    counts = np.bincount(plan.labels[human], minlength=N_CLASSES)
+    stratify = plan.labels[human] if counts[counts > 0].min() >= 2 else None
+    train, monitor = train_test_split(human, test_size=n_monitor, stratify=stratify, random_state=seed)
+    return np.sort(train), np.sort(monitor)
+
+
 def fold_rows(plan, fold: int, seed: int) -> FoldRows:
     human = np.flatnonzero((plan.folds != fold) & (plan.folds != HOLDOUT))
     monitor = np.zeros(0, np.int64)
     if plan.recipe.early_stopping:  # a slice of the training part, never the validation part
-        human, monitor = train_test_split(human, test_size=plan.recipe.monitor_share,
-                                          stratify=plan.labels[human], random_state=seed)
-        human, monitor = np.sort(human), np.sort(monitor)
+        human, monitor = _monitor_split(plan, fold, human, seed)
     pseudo = plan.pseudo.rows[fold] if plan.pseudo is not None else np.zeros(0, np.int64)
     pseudo_targets = (plan.pseudo.targets[fold].astype(np.float32) if plan.pseudo is not None
                       else np.zeros((0, N_CLASSES), np.float32))

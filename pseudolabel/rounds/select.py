@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.errors import PseudoError
 
-STRATEGIES = ("threshold", "per-class", "class-balanced", "top-k")
+STRATEGIES = ("threshold", "per-class", "class-balanced", "uncertainty", "top-k")
 NOT_SELECTED = -1
 DEFAULT_THRESHOLD = 0.9  # of the threshold and per-class strategies when none is given
 
@@ -47,8 +47,10 @@ def per_class_mask(pred_probs: np.ndarray, thresholds) -> np.ndarray:
     return pred_probs.max(axis=1) >= thresholds[pred_probs.argmax(axis=1)]
 
 
-def class_balanced_mask(pred_probs: np.ndarray, prior, cap: int) -> np.ndarray:
-    """Most confident rows per predicted class, in the proportions of `prior`, at most `cap` rows.
+def class_balanced_mask(pred_probs: np.ndarray, prior, cap: int, uncertainty=None) -> np.ndarray:
+    """Most confident rows per predicted class, in the proportions of `prior`, at most `cap` rows; given
+    `uncertainty` (one value per row), the least uncertain rows per class instead (easy first, ties to
+    the more confident).
 
     Class c gets round(total * prior[c]) rows, where total is `cap` lowered until every class has
     enough candidates, so the selected mix equals the prior up to rounding.
@@ -59,6 +61,10 @@ def class_balanced_mask(pred_probs: np.ndarray, prior, cap: int) -> np.ndarray:
         raise PseudoError(f"prior must be {pred_probs.shape[1]} non-negative shares, got {prior.tolist()}")
     if cap < 0:
         raise PseudoError(f"cap must be >= 0, got {cap}")
+    if uncertainty is not None:
+        uncertainty = np.asarray(uncertainty, dtype=np.float64)
+        if uncertainty.shape != (len(pred_probs),) or not np.isfinite(uncertainty).all():
+            raise PseudoError(f"uncertainty must be {len(pred_probs)} finite values, got shape {uncertainty.shape}")
     prior = prior / prior.sum()
     predicted = pred_probs.argmax(axis=1)
     confidence = pred_probs.max(axis=1)
@@ -71,8 +77,9 @@ def class_balanced_mask(pred_probs: np.ndarray, prior, cap: int) -> np.ndarray:
     for c, share in enumerate(prior):
         quota = int(np.floor(total * share + 1e-9))
         rows = np.flatnonzero(predicted == c)
-        best = rows[np.argsort(-confidence[rows], kind="stable")[:quota]]
-        mask[best] = True
+        order = (np.argsort(-confidence[rows], kind="stable") if uncertainty is None
+                 else np.lexsort((-confidence[rows], uncertainty[rows])))
+        mask[rows[order[:quota]]] = True
     return mask
 
 
@@ -94,30 +101,34 @@ def select(
     class_thresholds=None,
     prior=None,
     top_k: int | None = None,
+    uncertainty=None,
 ) -> np.ndarray:
     """Labels (class index, or NOT_SELECTED) of the rows the strategy selects.
 
     `threshold` None means DEFAULT_THRESHOLD for threshold and per-class; for class-balanced it
     means no confidence cap: every row the prior allows (the cap is `top_k`, else the rows over
-    `threshold`, else all rows)."""
+    `threshold`, else all rows). `uncertainty` takes as many rows, per class, as class-balanced would,
+    the least uncertain first (`uncertainty`: one value per row, e.g. BALD)."""
     pred_probs = _check_probs(pred_probs)
-    if threshold is None and strategy != "class-balanced":
+    if threshold is None and strategy not in ("class-balanced", "uncertainty"):
         threshold = DEFAULT_THRESHOLD
     if strategy == "threshold":
         mask = threshold_mask(pred_probs, threshold)
     elif strategy == "per-class":
         mask = per_class_mask(pred_probs, class_thresholds if class_thresholds is not None
                               else [threshold] * pred_probs.shape[1])
-    elif strategy == "class-balanced":
+    elif strategy in ("class-balanced", "uncertainty"):
         if prior is None:
-            raise PseudoError("class-balanced selection needs the labeled class prior")
+            raise PseudoError(f"{strategy} selection needs the labeled class prior")
+        if strategy == "uncertainty" and uncertainty is None:
+            raise PseudoError("uncertainty selection needs each row's uncertainty")
         if top_k is not None:
             cap = top_k
         elif threshold is not None:
             cap = int(threshold_mask(pred_probs, threshold).sum())
         else:
             cap = len(pred_probs)
-        mask = class_balanced_mask(pred_probs, prior, cap)
+        mask = class_balanced_mask(pred_probs, prior, cap, uncertainty if strategy == "uncertainty" else None)
     elif strategy == "top-k":
         if top_k is None:
             raise PseudoError("strategy top-k needs --top-k")
@@ -132,14 +143,17 @@ def counts_per_class(labels: np.ndarray, n_classes: int = 3) -> list[int]:
     return np.bincount(labels[labels != NOT_SELECTED], minlength=n_classes).tolist()
 
 
-def sweep(pred_probs: np.ndarray, thresholds, oof_probs=None, oof_labels=None) -> list[dict]:
-    """Per threshold: rows selected per class, and (given OOF predictions) their OOF precision."""
+def sweep(pred_probs: np.ndarray, thresholds, oof_probs=None, oof_labels=None, uncertainty=None) -> list[dict]:
+    """Per threshold: rows selected per class, (given OOF predictions) their OOF precision, and (given each
+    row's uncertainty) the mean uncertainty of the rows selected."""
     pred_probs = _check_probs(pred_probs)
     rows = []
     for t in thresholds:
         mask = threshold_mask(pred_probs, t)
         entry = {"threshold": float(t), "selected": int(mask.sum()),
                  "per_class": np.bincount(pred_probs[mask].argmax(axis=1), minlength=pred_probs.shape[1]).tolist()}
+        if uncertainty is not None:
+            entry["uncertainty"] = float(np.mean(np.asarray(uncertainty)[mask])) if mask.any() else None
         if oof_probs is not None:
             oof_mask = threshold_mask(oof_probs, t)
             hits = (np.asarray(oof_probs)[oof_mask].argmax(axis=1) == np.asarray(oof_labels)[oof_mask])

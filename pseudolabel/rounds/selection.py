@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from .calibrate import apply_temperature, fit_temperature
-from .config import PSEUDO_SOURCES, migrate
+from .config import PSEUDO_SOURCES, UNCERTAINTY_WEIGHT, migrate
 from ..core.constants import HOLDOUT, N_CLASSES
 from .coteacher import blend
 from ..data.posts import Posts, load_labeled, load_unlabeled
 from ..core.errors import PseudoError
 from .select import NOT_SELECTED, STRATEGIES, check_threshold, counts_per_class, select, sweep
 from ..core.store import RunDir, RunLock, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy, read_json
+from .uncertainty import confidence_weights, from_moments, moments, summary
 
 
 def saved_options(run_dir: RunDir) -> dict:
@@ -63,6 +64,42 @@ def pool_probs(run_dir: RunDir, k: int, co_teacher: float) -> np.ndarray:
     return blend(load_npy(run_dir.round(k).unmask_preds), run_dir, co_teacher)
 
 
+def pool_uncertainty(run_dir: RunDir, k: int, source: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Round k's uncertainty of each pool post per fold: BALD (F, N_pool), the per-class variance (F, N_pool, 3),
+    and what they are over. Without --mc-passes: the fold heads' disagreement (their pool predictions, the
+    same for every fold; with source 'fold' a fold's choice of rows then sees the other folds' heads, its
+    labels stay its own). With --mc-passes (`pool_mc.npy`): each fold's own passes (source 'fold'), or all
+    folds' passes together (source 'mean'). The head's own predictions: the co-teacher adds the same to
+    every member, so it is left out."""
+    files = run_dir.round(k)
+    if files.pool_mc.is_file():
+        per_fold = load_npy(files.pool_mc)
+        over = f"MC dropout, {'each fold its own passes' if source == 'fold' else 'every fold and pass'}"
+        parts = ([from_moments(m) for m in per_fold] if source == "fold"
+                 else [from_moments(per_fold.mean(axis=0))] * len(per_fold))
+    else:
+        unmask = load_npy(files.unmask_preds)
+        over = f"the {len(unmask)} fold heads' disagreement"
+        parts = [from_moments(moments(unmask))] * len(unmask)
+    return np.stack([b for b, _ in parts]), np.stack([v for _, v in parts]), over
+
+
+def pseudo_weights(run_dir: RunDir, k: int, labels: np.ndarray, weight: float | str,
+                   source: str) -> float | list[np.ndarray]:
+    """The sample weight of round k+1's pseudo rows: `weight` itself, or with `--pseudo-weight uncertainty` per
+    fold one per selected row (in pool order), from round k's variance of the row's pseudo-label
+    (`confidence_weights`: mean 1 per fold)."""
+    if weight != UNCERTAINTY_WEIGHT:
+        return weight
+    variance = pool_uncertainty(run_dir, k, source)[1]
+    out = []
+    for f, fold_labels in enumerate(labels):
+        selected = fold_labels != NOT_SELECTED
+        label_var = variance[f][np.arange(len(fold_labels)), np.clip(fold_labels, 0, N_CLASSES - 1)]
+        out.append(confidence_weights(label_var, selected)[selected].astype(np.float32))
+    return out
+
+
 def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshold: float, top_k: int | None,
                       source: str, calibrate: bool, force: bool, class_thresholds=None):
     """Pseudo-labels for round k+1 from finished round k's pool predictions."""
@@ -87,12 +124,16 @@ def select_from_round(run_dir: RunDir, k: int, *, prior, strategy: str, threshol
         temperature = fit_temperature(oof[keep], labels[keep])
     probs = [unmask.mean(axis=0)] * len(unmask) if source == "mean" else list(unmask)
     probs = [apply_temperature(p, temperature) for p in probs]
-    labels = np.stack([select(p, strategy, threshold, prior=prior, top_k=top_k, class_thresholds=class_thresholds)
-                       for p in probs])
+    bald, _, over = pool_uncertainty(run_dir, k, source)
+    labels = np.stack([select(p, strategy, threshold, prior=prior, top_k=top_k, class_thresholds=class_thresholds,
+                              uncertainty=u) for p, u in zip(probs, bald)])
     confidence = np.stack([p.max(axis=1) for p in probs]).astype(np.float32)
     per_class = np.mean([counts_per_class(row) for row in labels], axis=0).round().astype(int).tolist()
+    chosen = labels != NOT_SELECTED
     info = {"from_round": k, "strategy": strategy, "threshold": threshold, "top_k": top_k, "source": source,
             "temperature": temperature, "per_class": per_class,
+            "uncertainty": {"over": over, "measure": "BALD (nats)", "pool": summary(bald.ravel()),
+                            "selected": summary(bald[chosen])},
             "co_teacher": co_teacher,
             "n_selected": int(round(float((labels != NOT_SELECTED).sum(axis=1).mean())))}
     return labels, confidence, info
@@ -194,4 +235,5 @@ def reselect(run_dir: str | Path, *, round: int | None = None, strategy: str | N
                             for key in ("ece", "temperature", "ece_scaled")},
             "selection": info, "labeled_prior": prior.tolist(), "pool_rows": int(labels.shape[1]),
             "sweep": sweep(apply_temperature(unmask, temperature), SWEEP,
-                           apply_temperature(oof[keep], temperature), human[keep])}
+                           apply_temperature(oof[keep], temperature), human[keep],
+                           uncertainty=pool_uncertainty(rd, k, "mean")[0][0])}
