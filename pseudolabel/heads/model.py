@@ -168,6 +168,30 @@ def reset_optimizer(model) -> None:
         variable.assign(tf.zeros_like(variable))
 
 
+def trace_for_any_shape(model, train: bool = True) -> None:
+    """Trace `model`'s predict function (and with `train` its training function) once, for inputs of any
+    batch size and length. Keras traces a function for the shapes of its first call, again for the next
+    shapes and only then for any shape (1-3 s a trace for this head, on every new model); length-grouped
+    batches and a short last batch meet several shapes at once.
+
+    The training trace runs one step on a one-post batch of zero weight: it moves the optimizer's step,
+    the BatchNorm statistics and the random layers' streams, so the caller sets weights, optimizer and
+    random layers afresh afterwards (as `TrainingHeads.fold_model` does for every fold)."""
+    specs = [tf.TensorSpec([None] * (len(t.shape) - 1) + [t.shape[-1]], t.dtype) for t in model.inputs]
+    x_spec = specs[0] if len(specs) == 1 else tuple(specs)  # as Keras passes one input, or several
+    x = tf.nest.map_structure(lambda spec: np.zeros([1] * (len(spec.shape) - 1) + [spec.shape[-1]],
+                                                    spec.dtype.as_numpy_dtype), x_spec)
+
+    def once(element, signature):
+        return iter(tf.data.Dataset.from_generator(lambda: iter([element]), output_signature=signature))
+
+    model.make_predict_function()(once((x,), (x_spec,)))
+    if train:
+        y_spec, w_spec = tf.TensorSpec([None, N_CLASSES], tf.float32), tf.TensorSpec([None], tf.float32)
+        model.make_train_function()(once((x, np.zeros((1, N_CLASSES), np.float32), np.zeros(1, np.float32)),
+                                         (x_spec, y_spec, w_spec)))
+
+
 LOSSES = ("focal", "crossentropy")
 
 

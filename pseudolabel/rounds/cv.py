@@ -24,7 +24,7 @@ from ..core.constants import FOLD_SEED, HOLDOUT  # noqa: F401  (re-exported)
 from ..core.errors import PseudoError
 from ..data.metrics import scores
 from ..heads.model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, reset_optimizer,
-                    reset_random_layers, save_head_weights, set_standardization)
+                    reset_random_layers, save_head_weights, set_standardization, trace_for_any_shape)
 from ..core.progress import Progress
 from .rows import Fit, FoldRows, finish_fold, fold_record, fold_rows, fold_seed  # noqa: F401  (FoldRows re-exported)
 from ..core.store import RoundFiles, atomic_write_npy, load_npy, read_json
@@ -207,29 +207,36 @@ class TrainingHeads:
 
     def fold_model(self, plan: "RoundPlan", seed: int):
         """A compiled head with fresh weights for the fold with `seed`, and its precise-BN helper."""
+        if plan.mode != "cached":  # a model per fold, as the reference script
+            keras.utils.set_random_seed(seed)
+            model = _new_model(plan)
+            reset_random_layers(model, seed)
+            return model, PreciseBatchNorm(model) if plan.recipe.precise_bn > 0 else None
         head = self.for_plan(plan)
-        if head is None:
-            self.release()
         start = self.starts.pop((_head_key(plan), seed), None)
         if start is None:
             keras.utils.set_random_seed(seed)
-            fresh = _new_model(plan)
-            start = fresh.get_weights()
+            start = _new_model(plan, compile=False).get_weights()
         else:  # seeded in `prepare`; Python's and NumPy's global streams as if seeded here
             random.seed(seed)
             np.random.seed(seed)
-            fresh = None if head is not None else _new_model(plan)
-        if head is not None:
-            head.model.set_weights(start)
-            reset_optimizer(head.model)
-        else:
-            fresh.set_weights(start)
-            head = _TrainingHead(_head_key(plan), fresh,
-                                 PreciseBatchNorm(fresh) if plan.recipe.precise_bn > 0 else None)
-            if plan.mode == "cached":
-                self.kept = head
+        if head is None:
+            head = self._keep(plan)
+        head.model.set_weights(start)
+        reset_optimizer(head.model)
         reset_random_layers(head.model, seed)
         return head.model, head.precise
+
+    def _keep(self, plan: "RoundPlan") -> _TrainingHead:
+        """A new training head for the plan's shape and recipe, its functions traced for any batch (once)."""
+        self.release()
+        model = _new_model(plan)
+        precise = PreciseBatchNorm(model) if plan.recipe.precise_bn > 0 else None
+        trace_for_any_shape(model)
+        if precise is not None and precise.to_first is not None:
+            trace_for_any_shape(precise.to_first, train=False)
+        self.kept = _TrainingHead(_head_key(plan), model, precise)
+        return self.kept
 
     def release(self) -> None:
         """Drop the kept head (a later fold with another shape or recipe builds a new one)."""
