@@ -7,7 +7,7 @@ import subprocess
 import sys
 import pytest
 
-from conftest import REPO
+from conftest import REPO, read_rows
 
 
 @pytest.mark.slow
@@ -16,14 +16,16 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     variants = ["threshold 0.9 (reference)", "class-balanced soft +noise"]
     command = [sys.executable, str(REPO / "benchmarks" / "scarce_labels.py"), "--train",
                str(REPO / "data" / "train.labeled.csv"), "--encoder", str(tiny_encoder), "--rows", "300",
-               "--labeled-share", "0.3", "--max-len", "16", "--epochs", "2", "--batch-size", "16", "--min-steps", "0",
+               "--labeled-per-class", "25", "--max-len", "16", "--epochs", "2", "--batch-size", "16", "--min-steps", "0",
                "--folds", "2", "--seeds", "0", "--force", "--work", str(tmp_path / "work"), "--json", str(out)]
     done = subprocess.run(command + ["--rounds", "1", "--variants", ",".join(variants)],
                           capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     [entry] = json.loads(out.read_text())
     labeled, pool, evaluation = entry["sizes"]
-    assert labeled + pool + evaluation == 300 and evaluation == 60
+    assert labeled + pool + evaluation == 300 and evaluation == 60 and labeled == 75  # 25 of each class
+    labels = [row[-1] for row in read_rows(tmp_path / "work" / "seed0" / "labeled.csv")[1:]]
+    assert sorted(set(labels)) == ["-1", "0", "1"] and all(labels.count(c) == 25 for c in set(labels))
     assert set(entry["anchor"]) == {"supervised", "self-training 0.9", "self-training k_best"}
     first, second = (entry["variants"][v] for v in variants)
     assert first[0]["eval_f1"] == second[0]["eval_f1"]  # round 0 is shared by the variants of a seed
@@ -36,6 +38,7 @@ def test_scarce_labels_runs_at_a_tiny_size(tmp_path, tiny_encoder):
             if r["round"] >= 1 and r["n_pseudo"]:
                 assert 0.0 <= r["precision"] <= 1.0
     assert "| class-balanced soft +noise |" in done.stdout
+    assert "delivered - threshold 0.9 (reference)'s delivered" in done.stdout
     # --resume continues a variant's run (its rounds kept) and gives a new variant the seed's round 0
     kept = tmp_path / "work" / "seed0" / "threshold_0.9__reference" / "round_1" / "DONE"
     before = kept.stat().st_mtime_ns
