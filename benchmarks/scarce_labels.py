@@ -115,6 +115,10 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     "uncertainty": dict(strategy="uncertainty"),
     "uncertainty +weights": dict(strategy="uncertainty", pseudo_weight="uncertainty"),
     "uncertainty +weights +MC dropout 10": dict(strategy="uncertainty", pseudo_weight="uncertainty", mc_passes=10),
+    # the same with at most 500 posts selected (a quarter of a 2,000-post pool: easy first matters most when
+    # few are taken), and the default capped alike
+    "uncertainty top 500 +weights": dict(strategy="uncertainty", pseudo_weight="uncertainty", top_k=500),
+    "default top 500": dict(top_k=500),
 }
 # (variant, round) pairs compared seed by seed where both ran: what the fine-tuned student adds over the
 # frozen head trained on the same pseudo-labels, over fine-tuning alone, and what fine-tuning alone adds
@@ -133,13 +137,17 @@ COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("uncertainty +weights", 1), ("default", 1)),
                (("uncertainty +weights", 1), ("uncertainty", 1)),
                (("uncertainty", 1), ("default", 0)),
-               (("uncertainty +weights", 1), ("default", 0)))
+               (("uncertainty +weights", 1), ("default", 0)),
+               (("uncertainty +weights +MC dropout 10", 1), ("uncertainty +weights", 1)),
+               (("uncertainty top 500 +weights", 1), ("default top 500", 1)),
+               (("default top 500", 1), ("default", 1)))
 ON_TODAYS_DEFAULTS = ("default", "ratio 1 (the default before)", "ratio 1 +dynamic later rounds", "full pass",
                       "ratio 1 +monitor every human", "ratio 1 +monitor every human +dynamic later rounds",
                       "round 0 alone (no holdout)", "default +fine-tuned student",
                       "default +fine-tuned soft student", "default +fine-tuned student +last epoch",
                       "fine-tuned round 0", "fine-tuned round 0 + student", "fine-tuned round 0 + soft student",
-                      "uncertainty", "uncertainty +weights", "uncertainty +weights +MC dropout 10")
+                      "uncertainty", "uncertainty +weights", "uncertainty +weights +MC dropout 10",
+                      "uncertainty top 500 +weights", "default top 500")
 for _name, _options in VARIANTS.items():
     if _name not in ON_TODAYS_DEFAULTS:
         VARIANTS[_name] = {**BEFORE, **_options}
@@ -370,8 +378,13 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
     print("|---|---|---|---|---|---|")
 
     def stat(values) -> str:
+        """mean ± std over the seeds that have a value (a run whose round 0 collapsed has no later round)."""
         values = np.asarray(values, float)
-        return f"{values.mean():.4f} ± {values.std():.4f}"
+        kept = values[~np.isnan(values)]
+        if not len(kept):
+            return "–"
+        seeds = "" if len(kept) == len(values) else f" ({len(kept)} of {len(values)} seeds)"
+        return f"{kept.mean():.4f} ± {kept.std():.4f}{seeds}"
 
     alone = "round 0 alone (no holdout)"
     for name in names:
@@ -385,14 +398,15 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
     print("| variant | round | eval macro-F1 | pseudo-label precision | seconds | × round 0 |")
     print("|---|---|---|---|---|---|")
     for name in names:
-        for k in range(min(len(e["variants"][name]) for e in results)):
-            f1 = [e["variants"][name][k]["eval_f1"] for e in results]
-            sec = [e["variants"][name][k].get("seconds", np.nan) for e in results]
-            r0 = [e["variants"][name][0].get("seconds", np.nan) for e in results]
-            hits = [e["variants"][name][k]["precision"] for e in results]
+        for k in range(max(len(e["variants"][name]) for e in results)):
+            ran = [e["variants"][name] for e in results if len(e["variants"][name]) > k]
+            f1 = [rounds[k]["eval_f1"] for rounds in ran] + [np.nan] * (len(results) - len(ran))
+            sec = np.array([rounds[k].get("seconds", np.nan) for rounds in ran], float)
+            r0 = np.array([rounds[0].get("seconds", np.nan) for rounds in ran], float)
+            hits = [rounds[k]["precision"] for rounds in ran]
             precision = "–" if any(h is None for h in hits) else stat(hits)
             print(f"| {name} | {k} | {stat(f1)} | {precision} | {np.mean(sec):.0f} ± {np.std(sec):.0f} | "
-                  f"{np.mean(np.divide(sec, r0)):.2f} |")
+                  f"{np.mean(sec / r0):.2f} |")
     blend = [e["teacher_blend"] for e in results]
     r0 = [e["variants"][names[0]][0]["eval_f1"] for e in results]
     print(f"| round 0 + TF-IDF + LR, even blend (a teacher, not delivered) | | | | {stat(blend)} | "
@@ -421,20 +435,28 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
                 gains = 100 * np.subtract(given, base)
                 cells.append(f"{', '.join(f'{g:+.1f}' for g in gains)} | {gains.mean():+.2f} | {gains.min():+.1f}")
             print(f"| {name} | {' | '.join(cells)} |")
-    ran = {name: min(len(e["variants"][name]) for e in results) for name in names}  # rounds every seed ran
+    def f1_at(e: dict, name: str, k: int) -> float:
+        rounds = e["variants"][name]
+        return rounds[k]["eval_f1"] if k < len(rounds) else np.nan  # nan: that seed's run stopped before round k
+
+    ran = {name: max(len(e["variants"][name]) for e in results) for name in names}  # rounds any seed ran
     supervised = [e["anchor"]["supervised"] for e in results]
-    pairs = [((a, k), (b, j), [e["variants"][b][j]["eval_f1"] for e in results])
+    pairs = [((a, k), (b, j), [f1_at(e, b, j) for e in results])
              for (a, k), (b, j) in COMPARISONS if k < ran.get(a, 0) and j < ran.get(b, 0)]
     pairs += [((name, k), ("char TF-IDF + LR (supervised)", None), supervised)
               for name in names for k in range(ran[name])]
-    print(f"\nevaluation macro-F1, one round's fold ensemble against another's, per seed {args.seeds}, in points")
+    print(f"\nevaluation macro-F1, one round's fold ensemble against another's, per seed {args.seeds}, in points "
+          "(–: a seed whose run stopped before that round; mean and worst over the others)")
     print("| round | against | per seed | mean | worst |")
     print("|---|---|---|---|---|")
     for (name, k), (other, j), against in pairs:
-        gains = 100 * np.subtract([e["variants"][name][k]["eval_f1"] for e in results], against)
-        print(f"| {name}, round {k} | {other}{'' if j is None else f', round {j}'} | "
-              f"{', '.join(f'{g:+.1f}' for g in gains)} | {gains.mean():+.2f} | {gains.min():+.1f} |")
-
+        gains = 100 * np.subtract([f1_at(e, name, k) for e in results], against)
+        kept = gains[~np.isnan(gains)]
+        if not len(kept):
+            continue
+        cells = ", ".join("–" if np.isnan(g) else f"{g:+.1f}" for g in gains)
+        print(f"| {name}, round {k} | {other}{'' if j is None else f', round {j}'} | {cells} | {kept.mean():+.2f} | "
+              f"{kept.min():+.1f} |")
 
 if __name__ == "__main__":
     main()
