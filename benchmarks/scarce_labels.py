@@ -435,6 +435,7 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
                 gains = 100 * np.subtract(given, base)
                 cells.append(f"{', '.join(f'{g:+.1f}' for g in gains)} | {gains.mean():+.2f} | {gains.min():+.1f}")
             print(f"| {name} | {' | '.join(cells)} |")
+
     def f1_at(e: dict, name: str, k: int) -> float:
         rounds = e["variants"][name]
         return rounds[k]["eval_f1"] if k < len(rounds) else np.nan  # nan: that seed's run stopped before round k
@@ -457,6 +458,7 @@ def report(results: list[dict], names: list[str], args, seconds: float) -> None:
         cells = ", ".join("–" if np.isnan(g) else f"{g:+.1f}" for g in gains)
         print(f"| {name}, round {k} | {other}{'' if j is None else f', round {j}'} | {cells} | {kept.mean():+.2f} | "
               f"{kept.min():+.1f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -119,3 +119,32 @@ def test_full_labels_with_a_pool_file_compares_the_student_seed_by_seed(tmp_path
                           timeout=300, cwd=REPO)
     assert done.returncode == 1 and "fine-tuned_round_0: no co-teacher predictions" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_tables_average_over_the_seeds_that_reached_a_round(capsys):
+    """A seed whose run stopped at round 0 (a collapsed round 0) leaves later rounds to the other seeds: the
+    tables say how many seeds a mean is over and mark the missing seed, instead of printing nan."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("scarce_labels", REPO / "benchmarks" / "scarce_labels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def rounds(*f1s):
+        return [{"round": k, "eval_f1": f, "oof_f1": f, "n_pseudo": 10 * k, "precision": 0.8 if k else None,
+                 "mix": [k, k, k], "delivered": k == 0, "seconds": 10.0} for k, f in enumerate(f1s)]
+
+    names = ["default", "uncertainty"]
+    results = [{"seed": 0, "sizes": [90, 200, 100], "anchor": {"supervised": 0.6}, "teacher_blend": 0.65,
+                "variants": {"default": rounds(0.60, 0.62), "uncertainty": rounds(0.60, 0.65)},
+                "delivered": {n: {"eval_f1": 0.60} for n in names}},
+               {"seed": 1, "sizes": [90, 200, 100], "anchor": {"supervised": 0.6}, "teacher_blend": 0.65,
+                "variants": {"default": rounds(0.50), "uncertainty": rounds(0.50)},
+                "delivered": {n: {"eval_f1": 0.50} for n in names}}]
+    args = SimpleNamespace(train="train.csv", seeds="0,1", folds=5, max_len=16, epochs=None, encoder="enc")
+    module.report(results, names, args, 1.0)
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    assert "| uncertainty | 1 | 0.6500 ± 0.0000 (1 of 2 seeds) | 0.8000 ± 0.0000 | 10 ± 0 | 1.00 |" in out
+    assert "| uncertainty, round 1 | default, round 1 | +3.0, – | +3.00 | +3.0 |" in out
