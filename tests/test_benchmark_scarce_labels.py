@@ -111,7 +111,7 @@ def test_full_labels_with_a_pool_file_compares_the_student_seed_by_seed(tmp_path
     for name, run in runs.items():
         table = done.stdout.split(f"\n{run.name}: ")[1].split("\n\n")[0]
         values = {line.split(" | ")[0].lstrip("| "): float(line.split(" | ")[1]) for line in table.splitlines()[3:]}
-        assert len(values) == 5 and values["holdout (today's rule)"] == round(entry["delivered"][name]["eval_f1"], 4)
+        assert len(values) == 7 and values["holdout (today's rule)"] == round(entry["delivered"][name]["eval_f1"], 4)
         picks = ("holdout (today's rule)", "holdout + OOF", "last round, even blend", "best on evaluation")
         assert max(values[rule] for rule in picks) == values["best on evaluation"]
     # a run without a co-teacher (--rounds 0) has no blend to replay: one line, exit 1
