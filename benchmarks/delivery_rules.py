@@ -55,8 +55,8 @@ def weighted_f1(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> f
 
 
 def class_weights(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """(w_-1, 1, w_1) from WEIGHT_GRID with the best macro-F1 of argmax(probs * w) on these rows; ties keep
-    the weights nearest 1 (no weighting first)."""
+    """(w_-1, 1, w_1) from WEIGHT_GRID with the best macro-F1 of argmax(probs * w) on these rows; a tie keeps
+    no weighting, else the first weights in grid order."""
     best, best_f1 = np.ones(3), weighted_f1(labels, probs, np.ones(3))
     for a in WEIGHT_GRID:
         for b in WEIGHT_GRID:
