@@ -1,15 +1,18 @@
 """Replay delivery rules on finished benchmark runs: what each rule would have delivered, scored on the
 evaluation split.
 
-A run delivers the round and co-teacher blend that score best on its labeled holdout (pseudolabel/deliver.py).
-With scarce labels that holdout is ~100 posts, and the choice among eight candidates is mostly noise. This
-script scores, on the run's evaluation split (whose labels the run never saw), what these rules pick:
+A run delivers, by default, the mean of its usable rounds' fold ensembles blended evenly with the co-teacher;
+`--deliver auto` delivers the round and co-teacher blend that score best on its labeled holdout
+(pseudolabel/rounds/deliver.py). With scarce labels that holdout is ~100 posts, and the choice among eight
+candidates is mostly noise. This script scores, on the run's evaluation split (whose labels the run never
+saw), what these rules deliver (the co-teacher's share of the test rows: the run's refit, as delivered):
 
-- holdout (today's rule): `deliver.choose` on the run's own round records;
+- holdout (--deliver auto): `deliver.choose` on the run's own round records;
 - holdout + OOF: every candidate scored on all labeled rows, the holdout by the fold ensemble and the other
   rows by the fold model that did not train on them (6-7 times the rows; single fold models, not ensembles);
 - last round, even blend: no choice, the last usable round blended 0.5 with the co-teacher;
-- rounds' mean, even blend: no choice, the mean of the usable rounds' ensembles blended 0.5;
+- rounds' mean, even blend (the default): no choice, the mean of the usable rounds' ensembles blended 0.5
+  (`deliver.choose` with `--deliver mean`: what a default run delivers);
 - best on evaluation: the candidate that scores best on the evaluation split (a ceiling no rule can know);
 - holdout, per-class weights: today's choice, its label argmax(p * w) with w = (w_-1, 1, w_1) searched on a
   grid (0.5 to 2, 13 steps each) for the best macro-F1 on all labeled rows scored as in "holdout + OOF" (the
@@ -35,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pseudolabel.core.constants import HOLDOUT  # noqa: E402
 from pseudolabel.data.posts import load_labeled, load_unlabeled  # noqa: E402
-from pseudolabel.rounds.deliver import BLEND_WEIGHTS, choose  # noqa: E402
+from pseudolabel.rounds.deliver import BLEND_WEIGHTS, choose, delivered_probs  # noqa: E402
 from pseudolabel.data.metrics import scores  # noqa: E402
 from pseudolabel.core.store import RunDir, load_npy, read_json  # noqa: E402
 
 WEIGHTS = (0.0, *BLEND_WEIGHTS)
-RULES = ("holdout (today's rule)", "holdout + OOF", "last round, even blend", "rounds' mean, even blend",
+RULES = ("holdout (--deliver auto)", "holdout + OOF", "last round, even blend", "rounds' mean, even blend (the default)",
          "best on evaluation", "holdout, per-class weights", "rounds' mean, even blend, per-class weights")
 WEIGHT_GRID = np.exp(np.linspace(np.log(0.5), np.log(2.0), 13))  # per-class weights tried, 1 included
 
@@ -97,7 +100,8 @@ def replay(run: Path, truth: dict[str, int]) -> dict[str, float]:
     candidates = [(k, w) for k in usable for w in WEIGHTS]
     on_eval = {(k, w): scores(y_eval, (1 - w) * test[k] + w * co_test)["macro_f1"] for k, w in candidates}
     on_all = {(k, w): scores(labeled.labels, (1 - w) * everywhere[k] + w * co_rows)["macro_f1"] for k, w in candidates}
-    today = choose(rounds)
+    today = choose(rounds, "auto")
+    default = choose(rounds, "mean")
     pooled = max(candidates, key=lambda c: (on_all[c], -c[0], -abs(c[1] - 0.5)))  # deliver.py's tie order
     mean_test = np.mean([test[k] for k in usable], axis=0)
     k, w = today["round"], today["weight"]
@@ -105,7 +109,9 @@ def replay(run: Path, truth: dict[str, int]) -> dict[str, float]:
     mean_rows = 0.5 * np.mean([everywhere[r] for r in usable], axis=0) + 0.5 * co_rows
     mean_weights = class_weights(labeled.labels, mean_rows)
     return {RULES[0]: on_eval[(k, w)], RULES[1]: on_eval[pooled], RULES[2]: on_eval[(usable[-1], 0.5)],
-            RULES[3]: scores(y_eval, 0.5 * mean_test + 0.5 * co_test)["macro_f1"], RULES[4]: max(on_eval.values()),
+            RULES[3]: scores(y_eval, delivered_probs(default, [load_npy(run_dir.round(r).test_preds)
+                                                        for r in default["rounds"]], co_test))["macro_f1"],
+            RULES[4]: max(on_eval.values()),
             RULES[5]: weighted_f1(y_eval, (1 - w) * test[k] + w * co_test, weights),
             RULES[6]: weighted_f1(y_eval, 0.5 * mean_test + 0.5 * co_test, mean_weights)}
 

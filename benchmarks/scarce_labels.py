@@ -39,6 +39,7 @@ from sklearn.model_selection import train_test_split
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pseudolabel.data.posts import ID_COLUMN, LABEL_COLUMN, LABEL_VALUES, TEXT_COLUMN, load_labeled, load_unlabeled  # noqa: E402
+from pseudolabel.rounds.deliver import chosen_rounds, describe  # noqa: E402
 from pseudolabel.rounds.loop import Run, RunConfig  # noqa: E402
 from pseudolabel.data.metrics import scores  # noqa: E402
 from pseudolabel.core.progress import Progress  # noqa: E402
@@ -46,11 +47,12 @@ from pseudolabel.rounds.select import NOT_SELECTED  # noqa: E402
 from pseudolabel.core.store import load_npy, read_json  # noqa: E402
 
 # the defaults before the co-teacher and the holdout became defaults: no co-teacher, no holdout (round 0
-# delivered), class-balanced selection capped at the rows over 0.9
-BEFORE = dict(co_teacher=0.0, holdout=0.0, threshold=0.9)
+# delivered: the holdout rule, --deliver auto), class-balanced selection capped at the rows over 0.9
+BEFORE = dict(co_teacher=0.0, holdout=0.0, threshold=0.9, deliver="auto")
 VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this variant's own --rounds)
     # a plain `pseudo run --rounds R`: co-teacher 0.5, class-balanced over all the pool the prior allows,
-    # holdout 0.15, the delivered output chosen on the holdout (deliver auto)
+    # holdout 0.15 scoring the delivered output: the usable rounds' mean blended evenly with the co-teacher
+    # (deliver mean)
     "default": dict(),
     # the training budget of later rounds against the default (half a pseudo-labeled post per human one each
     # epoch, length-grouped batches): one post per human one as before, padded to max-len or length-grouped;
@@ -238,7 +240,8 @@ def delivered(folder: Path, eval_labels: np.ndarray) -> dict:
     """The run's delivered output (final.json, final_test_preds.npy) scored on the evaluation split."""
     final = read_json(folder / "final.json")
     probs = load_npy(folder / "final_test_preds.npy")
-    return {"round": final["round"], "weight": final["weight"], "estimate": final["value"],
+    return {"round": final["round"], "rounds": chosen_rounds(final), "what": describe(final),
+            "weight": final["weight"], "estimate": final["value"],
             "eval_f1": scores(eval_labels, probs)["macro_f1"]}
 
 
@@ -249,7 +252,7 @@ def round_rows(folder: Path, rounds: list[dict], eval_labels: np.ndarray, pool_l
         k = metrics["round"]
         test = load_npy(folder / f"round_{k}" / "test_preds.npy").mean(axis=0)
         row = {"round": k, "eval_f1": scores(eval_labels, test)["macro_f1"], "oof_f1": metrics["oof"]["macro_f1"],
-               "collapsed": metrics["collapsed"], "delivered": final["round"] == k, "n_pseudo": metrics["n_pseudo"],
+               "collapsed": metrics["collapsed"], "delivered": k in chosen_rounds(final), "n_pseudo": metrics["n_pseudo"],
                "mix": list(metrics["pseudo_per_class"].values()), "precision": None,
                "seconds": metrics["seconds"]["total"]}
         if k >= 1 and pool_labels is not None:
@@ -342,7 +345,7 @@ def main() -> None:
             rounds = run_variant(name, VARIANTS[name], run_dir, files, args)
             entry["variants"][name] = round_rows(run_dir, rounds, labels[evaluation], pool_labels)
             entry.setdefault("delivered", {})[name] = got = delivered(run_dir, labels[evaluation])
-            print(f"  {name}: delivered round {got['round']}, co-teacher weight {got['weight']:.2f}: evaluation "
+            print(f"  {name}: delivered {got['what']}: evaluation "
                   f"macro-F1 {got['eval_f1']:.4f} (round 0 {entry['variants'][name][0]['eval_f1']:.4f})", flush=True)
         # what a co-teacher adds to round 0 as a teacher: the head's fold ensemble blended evenly with the
         # supervised TF-IDF + LR (all labeled rows) on the evaluation split; not an output `pseudo` delivers

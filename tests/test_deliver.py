@@ -1,4 +1,5 @@
-"""The delivery rule: the round and co-teacher blend that score best on the holdout, never the test rows."""
+"""The delivery rules: the rounds' mean (the default, no choice), or the round and co-teacher blend that score
+best on the holdout; never the test rows."""
 
 from __future__ import annotations
 
@@ -10,39 +11,79 @@ from typer.testing import CliRunner
 
 from conftest import read_rows, run_args, write_rows
 from pseudolabel.cli.commands import app
-from pseudolabel.rounds.deliver import blend_scores, choose, delivered_probs, holdout_interval
+from pseudolabel.rounds.deliver import (blend_scores, choose, delivered_probs, describe, holdout_interval,
+                                       mean_scores)
 from pseudolabel.core.errors import PseudoError
 from pseudolabel.data.metrics import resampled_macro_f1, scores
 
 
-def _round(k, oof=0.6, holdout=None, blend=None, collapsed=False, leak_free=True):
+def _round(k, oof=0.6, holdout=None, blend=None, collapsed=False, leak_free=True, mean=None):
     return {"round": k, "oof": {"macro_f1": oof}, "leak_free": {"oof": leak_free, "holdout": holdout is not None},
             "holdout": {"macro_f1": holdout} if holdout is not None else None, "holdout_blend": blend,
-            "collapsed": collapsed}
+            "collapsed": collapsed, "holdout_mean": mean}
 
 
-def test_without_a_holdout_round_0_is_delivered_whatever_the_oof_says():
-    choice = choose([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)])
+def test_the_default_delivers_the_usable_rounds_mean_blended_evenly_without_a_choice():
+    mean = {"rounds": [0, 2], "macro_f1": {"0.0": 0.61, "0.5": 0.64}}
+    rounds = [_round(0, holdout=0.60, blend={"0.5": 0.70}), _round(1, holdout=0.66, collapsed=True),
+              _round(2, holdout=0.58, mean=mean)]
+    choice = choose(rounds)
+    assert (choice["rounds"], choice["round"], choice["weight"], choice["output"]) == ([0, 2], 2, 0.5, "blend")
+    # scored, not chosen: the better single candidates on the holdout (round 0's blend 0.70) do not matter
+    assert choice["value"] == 0.64 and choice["gain"] == pytest.approx(0.04) and choice["candidates"] == []
+    assert describe(choice) == "the mean of rounds 0, 2 blended evenly with the co-teacher"
+    assert "no optimism from" in choice["reason"]
+    # a record of another set of rounds (the run went on) is not this output's score
+    stale = choose(rounds[:2] + [_round(2, holdout=0.58, mean={"rounds": [0, 1, 2], "macro_f1": {"0.5": 0.9}})])
+    assert stale["value"] is None and stale["metric"] is None
+    # round 0 alone: its heads, the recipe's output
+    alone = choose([_round(0, holdout=0.60, mean={"rounds": [0], "macro_f1": {"0.0": 0.60, "0.5": 0.65}})])
+    assert (alone["rounds"], alone["weight"], alone["value"]) == ([0], 0.0, 0.60)
+    assert choose([_round(0, 0.60)])["reason"] is None
+    # without a holdout: the same output, no estimate of it
+    blind = choose([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)])
+    assert (blind["rounds"], blind["weight"], blind["metric"], blind["value"]) == ([0, 1, 2], 0.5, None, None)
+    assert "--holdout 0.15 gives one" in blind["reason"] and blind["oof_gain"] == pytest.approx(0.03)
+
+
+def test_the_rounds_mean_scores_against_an_independent_computation():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 120)
+    preds = [rng.dirichlet(np.ones(3), size=(3, 120)).astype(np.float32) for _ in range(2)]
+    co = rng.dirichlet(np.ones(3), size=(3, 120))
+    got = mean_scores(labels, preds, co, [0, 1])
+    mean = (preds[0].mean(0) + preds[1].mean(0)) / 2
+    assert got["rounds"] == [0, 1]
+    assert got["macro_f1"]["0.0"] == pytest.approx(scores(labels, mean)["macro_f1"])
+    assert got["macro_f1"]["0.5"] == pytest.approx(scores(labels, 0.5 * mean + 0.5 * co.mean(0))["macro_f1"])
+    test = [rng.dirichlet(np.ones(3), size=(3, 9)) for _ in range(3)]
+    test_co = rng.dirichlet(np.ones(3), size=9)
+    np.testing.assert_allclose(delivered_probs({"rounds": [0, 1, 2], "weight": 0.5}, test, test_co),
+                               0.5 * np.mean([t.mean(0) for t in test], axis=0) + 0.5 * test_co, rtol=1e-6)
+
+
+def test_without_a_holdout_the_choosing_rules_deliver_round_0_whatever_the_oof_says():
+    choice = choose([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)], "auto")
     assert (choice["round"], choice["weight"], choice["metric"]) == (0, 0.0, None)
     assert "--holdout" in choice["reason"] and choice["oof_gain"] == pytest.approx(0.03)
-    assert choose([_round(0, 0.60), _round(1, 0.70, leak_free=False)])["oof_gain"] is None
-    assert choose([_round(0, 0.60)])["reason"] is None
+    assert choose([_round(0, 0.60), _round(1, 0.70, leak_free=False)], "auto")["oof_gain"] is None
+    assert choose([_round(0, 0.60)], "auto")["reason"] is None
 
 
 def test_a_better_round_wins_and_a_worse_one_is_refused():
-    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.58), _round(2, holdout=0.55)])["round"] == 0
-    better = choose([_round(0, holdout=0.60), _round(1, holdout=0.63), _round(2, holdout=0.61)])
+    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.58), _round(2, holdout=0.55)], "auto")["round"] == 0
+    better = choose([_round(0, holdout=0.60), _round(1, holdout=0.63), _round(2, holdout=0.61)], "auto")
     assert better["round"] == 1 and better["gain"] == pytest.approx(0.03) and better["round0"] == 0.60
-    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.60)])["round"] == 0  # ties: the earlier round
-    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.70, collapsed=True)])["round"] == 0
+    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.60)], "auto")["round"] == 0  # ties: the earlier round
+    assert choose([_round(0, holdout=0.60), _round(1, holdout=0.70, collapsed=True)], "auto")["round"] == 0
     # the holdout decides, not the (here optimistic) OOF
-    assert choose([_round(0, 0.70, holdout=0.60), _round(1, 0.90, holdout=0.59)])["round"] == 0
+    assert choose([_round(0, 0.70, holdout=0.60), _round(1, 0.90, holdout=0.59)], "auto")["round"] == 0
 
 
 def test_the_blend_competes_with_the_heads_by_deliver_mode():
     rounds = [_round(0, holdout=0.60, blend={"0.25": 0.62, "0.5": 0.64, "0.75": 0.61}),
               _round(1, holdout=0.63, blend={"0.25": 0.65, "0.5": 0.66, "0.75": 0.62})]
-    auto = choose(rounds)
+    auto = choose(rounds, "auto")
     assert (auto["round"], auto["weight"], auto["output"]) == (1, 0.5, "blend")
     assert auto["value"] == 0.66 and auto["gain"] == pytest.approx(0.06) and len(auto["candidates"]) == 8
     head = choose(rounds, "head")
@@ -50,8 +91,8 @@ def test_the_blend_competes_with_the_heads_by_deliver_mode():
     blend = choose([_round(0, holdout=0.70, blend={"0.5": 0.64})], "blend")
     assert (blend["round"], blend["weight"]) == (0, 0.5)  # blend mode never delivers the head alone
     # a blend that does not beat the head is not delivered in auto mode
-    assert choose([_round(0, holdout=0.70, blend={"0.25": 0.69, "0.5": 0.64})])["weight"] == 0.0
-    with pytest.raises(PseudoError, match="deliver must be one of auto, head, blend, got 'best'"):
+    assert choose([_round(0, holdout=0.70, blend={"0.25": 0.69, "0.5": 0.64})], "auto")["weight"] == 0.0
+    with pytest.raises(PseudoError, match="deliver must be one of mean, auto, head, blend, got 'best'"):
         choose(rounds, "best")
 
 
@@ -118,7 +159,7 @@ def test_the_choice_never_looks_at_the_test_rows(tiny_data, tiny_encoder, tmp_pa
         run_dir = tmp_path / name
         data = {**tiny_data, "test": test_file}
         result = CliRunner().invoke(app, run_args(data, tiny_encoder, run_dir, "--rounds", "1", "--holdout", "0.2",
-                                                  "--force"), catch_exceptions=False)
+                                                  "--force", "--deliver", "auto"), catch_exceptions=False)
         assert result.exit_code == 0, result.output
         assert "final output: round" in result.output
         final = json.loads((run_dir / "final.json").read_text())

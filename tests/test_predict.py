@@ -48,6 +48,21 @@ def head_run(tiny_data, tiny_encoder, tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def mean_run(tiny_data, tiny_encoder, tmp_path_factory):
+    """The default delivery of a run with a pseudo-label round: rounds 0 and 1 averaged and blended evenly
+    with the co-teacher; round 1 cut its chunks to their longest post, round 0 padded every post."""
+    run_dir = tmp_path_factory.mktemp("runs") / "mean"
+    result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--folds", "2",
+                              "--student-dynamic-padding", "--force"))
+    assert result.exit_code == 0, result.output
+    final = json.loads((run_dir / "final.json").read_text())
+    assert (final["deliver"], final["rounds"], final["weight"]) == ("mean", [0, 1], 0.5), final
+    assert "final output: the mean of rounds 0, 1 blended evenly with the co-teacher — holdout macro-F1" \
+        in flat(result.output)
+    return run_dir
+
+
 def predictions(path):
     rows = read_rows(path)
     assert rows[0] == ["id", "y", "p_-1", "p_0", "p_1"]
@@ -73,6 +88,79 @@ def test_predict_on_the_runs_test_file_reproduces_its_submission_and_probabiliti
     np.testing.assert_allclose(small_probs, probs, atol=1e-5)
 
 
+def test_the_rounds_mean_predicts_as_the_run_delivered_it_from_the_run_and_from_an_export(mean_run, tiny_data,
+                                                                                          tmp_path):
+    """Every part of a delivered mean, each cut as its round was scored, averaged, then blended."""
+    final = json.loads((mean_run / "final.json").read_text())
+    metrics = json.loads((mean_run / "round_1" / "metrics.json").read_text())
+    assert final["value"] == metrics["holdout_mean"]["macro_f1"]["0.5"] and metrics["holdout_mean"]["rounds"] == [0, 1]
+    assert final["interval"]["rows"] > 0 and final["candidates"] == []
+    out = tmp_path / "pred.csv"
+    result = invoke("predict", tiny_data["test"], "--run-dir", mean_run, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "the mean of rounds 0 (2 fold heads), 1 (2 fold heads) blended with the co-teacher at 0.50" \
+        in flat(result.output)
+    labels, probs = predictions(out)
+    assert labels == read_rows(mean_run / "submission.csv")[1:]
+    np.testing.assert_allclose(probs, np.load(mean_run / "final_test_preds.npy"), atol=1e-5)
+    texts = load_unlabeled(tiny_data["test"], None).texts
+    model = load_model(mean_run)
+    assert [p.dynamic_padding for p in model.spec.parts] == [False, True]
+    heads = [np.load(mean_run / f"round_{k}" / "test_preds.npy").mean(0) for k in (0, 1)]
+    tokens = model.tokens(texts)
+    from pseudolabel.delivery.predict import cuts
+
+    np.testing.assert_allclose(model.head_probs(tokens, cuts(tokens.lengths, 24, True)), (heads[0] + heads[1]) / 2,
+                               atol=1e-5)
+    # short posts: round 1 cuts them short, round 0 pads them to 24 steps; the mean model does both at once
+    short = ["好", "今天很开心", "不行", "一般般"]
+    alone = [load_model(mean_run, round=k) for k in (0, 1)]
+    cut = cuts(alone[1].tokens(short).lengths, 24, True)
+    assert cut.max() < 24 and not np.allclose(alone[1].head_probs(alone[1].tokens(short), cut),
+                                              alone[1].head_probs(alone[1].tokens(short), np.full(4, 24)), atol=1e-6)
+    np.testing.assert_allclose(model.head_probs(model.tokens(short), cut),
+                               (alone[0].predict_proba(short) + alone[1].predict_proba(short)) / 2, atol=1e-6)
+
+    folder = tmp_path / "model"
+    result = invoke("export", "--run-dir", mean_run, "--out", folder, "--saved-model")
+    assert result.exit_code == 0, result.output
+    record = json.loads((folder / "model.json").read_text())
+    assert record["rounds"] == [0, 1] and [len(p["heads"]) for p in record["parts"]] == [2, 2]
+    card = (folder / "README.md").read_text()
+    assert "each round's fold mean, averaged over the rounds" in card and "| 1 |" in card
+    exported = tmp_path / "exported.csv"
+    assert invoke("predict", tiny_data["test"], "--model", folder, "--out", exported).exit_code == 0
+    exported_labels, exported_probs = predictions(exported)
+    assert exported_labels == labels
+    np.testing.assert_allclose(exported_probs, probs, atol=1e-7)
+    from pseudolabel.core._tf import tf
+
+    serve = tf.saved_model.load(str(folder / "saved_model")).signatures["serving_default"]
+    served = serve(input_ids=tf.constant(tokens.input_ids), attention_mask=tf.constant(
+        tokens.attention_mask.astype(np.int32)))["probabilities"].numpy()
+    np.testing.assert_allclose(served, model.head_probs(tokens, np.full(len(texts), 24)), atol=5e-5)
+
+
+def test_a_format_1_export_one_round_is_still_read(blend_run, tiny_data, tmp_path):
+    """Folders exported before several rounds could be delivered: one round's fields at the top."""
+    folder = tmp_path / "model"
+    assert invoke("export", "--run-dir", blend_run, "--out", folder).exit_code == 0
+    record = json.loads((folder / "model.json").read_text())
+    part = record.pop("parts")[0]
+    heads = []
+    for i, name in enumerate(part["heads"]):
+        heads.append(f"heads/fold_{i}.weights.h5")
+        (folder / name).rename(folder / heads[-1])
+    old = {**record, "format": 1, "round": part["round"], "recipe": part["recipe"], "heads": heads,
+           "dynamic_padding": part["dynamic_padding"], "student": part["student"], "finetune": None}
+    del old["rounds"], old["what"]
+    (folder / "model.json").write_text(json.dumps(old))
+    texts = load_unlabeled(tiny_data["test"], None).texts
+    model = load_model(folder)
+    assert model.spec.rounds == [0] and model.info["weight"] == record["weight"]
+    np.testing.assert_allclose(model.predict_proba(texts), np.load(blend_run / "final_test_preds.npy"), atol=1e-5)
+
+
 def test_the_python_api_and_another_round_give_the_runs_fold_means(head_run, blend_run, tiny_data):
     texts = load_unlabeled(tiny_data["test"], None).texts
     model = load_model(head_run)
@@ -96,9 +184,11 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
         assert result.exit_code == 0, result.output
         record = json.loads((folder / "model.json").read_text())
         assert record["encoder"]["copied"] is copy and (folder / "encoder" / "tf_model.h5").is_file() is copy
-        assert len(record["heads"]) == 2 and record["output"] == "blend" and record["dynamic_padding"] is True
+        assert record["format"] == 2 and record["rounds"] == [0] and record["output"] == "blend"
+        assert len(record["parts"][0]["heads"]) == 2 and record["parts"][0]["dynamic_padding"] is True
         card = (folder / "README.md").read_text()
-        assert "blended with a char TF-IDF + logistic regression model" in card and "| 0 |" in card
+        assert "blended with the co-teacher at" in card and "char TF-IDF + logistic regression" in card
+        assert "| 0 |" in card
         out = tmp_path / f"from-model-{copy}.jsonl"
         named = [] if copy else ["--encoder", tiny_encoder]  # a referenced encoder is named by the user
         result = invoke("predict", tiny_data["test"], "--model", folder, "--out", out, "--format", "jsonl", *named)
@@ -200,6 +290,13 @@ def test_a_crafted_model_folder_is_refused_in_one_line(blend_run, tiny_data, tmp
             (folder / "model.json").write_text(json.dumps({**record, **fields}))
         return change
 
+    def with_heads(heads):
+        def change(folder):
+            record = json.loads((folder / "model.json").read_text())
+            record["parts"][0]["heads"] = heads
+            (folder / "model.json").write_text(json.dumps(record))
+        return change
+
     def relink(relative, target):
         def change(folder):
             path = folder / relative
@@ -212,18 +309,22 @@ def test_a_crafted_model_folder_is_refused_in_one_line(blend_run, tiny_data, tmp
 
         model = keras.Sequential([keras.layers.Lambda(lambda x: x * 2, input_shape=(3,))])
         model.save(str(tmp_path / "lambda.h5"))
-        shutil.copyfile(tmp_path / "lambda.h5", folder / "heads" / "fold_0.weights.h5")
+        shutil.copyfile(tmp_path / "lambda.h5", folder / "heads" / "round_0" / "fold_0.weights.h5")
 
+    second = "heads/round_0/fold_1.weights.h5"
     cases = {
-        "up": (with_record(heads=["../../" + "x.weights.h5", "heads/fold_1.weights.h5"]),
+        "up": (with_heads(["../../" + "x.weights.h5", second]),
                "head '../../x.weights.h5' is not a file inside the model folder"),
-        "absolute": (with_record(heads=[str(outside.with_name("fold_0.weights.h5")), "heads/fold_1.weights.h5"]),
+        "absolute": (with_heads([str(outside.with_name("fold_0.weights.h5")), second]),
                      "is not a file inside the model folder"),
-        "not-weights": (with_record(heads=["model.json", "heads/fold_1.weights.h5"]), "heads must be a list of"),
-        "head-link": (relink("heads/fold_0.weights.h5", outside), f"a link to {outside.resolve()}, outside the model"),
+        "not-weights": (with_heads(["model.json", second]), "parts[0].heads must be a list of"),
+        "head-link": (relink("heads/round_0/fold_0.weights.h5", outside),
+                      f"a link to {outside.resolve()}, outside the model"),
         "encoder-link": (relink("encoder", blend_run), "outside the model folder"),
         "lambda": (lambda_head, "holds a whole Keras model"),
         "field": (with_record(max_len="140; rm -rf /"), "max_len must be a positive integer"),
+        "no-parts": (with_record(parts=[]), "parts must be a list of objects"),
+        "format": (with_record(format=3), "model format 3, this package reads 1 and 2"),
     }
     for name, (change, says) in cases.items():
         folder = crafted(name, change)
@@ -232,7 +333,7 @@ def test_a_crafted_model_folder_is_refused_in_one_line(blend_run, tiny_data, tmp
         line = flat(result.output)
         assert result.exit_code == 1 and line.startswith("error:") and says in line, (name, line)
         assert "Traceback" not in line and sorted(p.name for p in tmp_path.iterdir()) == before, name
-        with pytest.raises(Exception, match="model folder|whole Keras model|must be"):
+        with pytest.raises(Exception, match="model folder|whole Keras model|must be|model format"):
             load_model(folder)
     # the untouched export still predicts
     assert invoke("predict", tiny_data["test"], "--model", good, "--out", tmp_path / "out.csv").exit_code == 0

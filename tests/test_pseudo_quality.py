@@ -91,10 +91,10 @@ def test_bad_pseudo_options(tiny_data, tiny_encoder, tmp_path, args, message):
 
 def test_the_defaults_of_pseudo_rounds():
     """Rounds >= 1 learn from the co-teacher blend over all the pool the prior allows, with a holdout
-    that chooses the delivered output; a round-0-only run keeps every labeled row for training."""
+    that scores the delivered output (the rounds' mean); a round-0-only run keeps every labeled row for training."""
     common = dict(train="a.csv", test="b.csv", unlabeled="c.csv", encoder="e", run_dir="x")
     rounds = RunConfig(**common, rounds=2)
     assert (rounds.co_teacher, rounds.strategy, rounds.threshold, rounds.top_k) == (0.5, "class-balanced", None, None)
-    assert rounds.holdout == 0.15 and rounds.deliver == "auto" and rounds.pseudo_source == "fold"
+    assert rounds.holdout == 0.15 and rounds.deliver == "mean" and rounds.pseudo_source == "fold"
     assert RunConfig(**common).holdout == 0.0
     assert RunConfig(**common, rounds=2, holdout=0.0).holdout == 0.0

@@ -375,12 +375,14 @@ def run(
                                                            "epoch is kept).", _STUDENT),
     calibrate: bool = _opt(_D["calibrate"], "Temperature-scale probabilities on OOF rows before selecting.",
                            _SELECT),
-    holdout: Optional[float] = _opt(None, "Share of labeled rows held out before round 0, for choosing and "
-                                          "scoring what is delivered only [default: 0.15 with --rounds >= 1, "
+    holdout: Optional[float] = _opt(None, "Share of labeled rows held out before round 0, for scoring (and "
+                                          "with --deliver auto, choosing) what is delivered only [default: 0.15 with --rounds >= 1, "
                                           "else 0; a continued run keeps its own].", _DELIVER),
-    deliver: str = _opt(_D["deliver"], "What submission.csv holds: 'auto' (the round and co-teacher blend best on "
-                                       "the holdout), 'head' (the best round's fold heads), 'blend' (the best "
-                                       "blend).", _DELIVER),
+    deliver: str = _opt(_D["deliver"], "What submission.csv holds: 'mean' (every usable round's fold ensemble "
+                                       "averaged, blended evenly with the co-teacher; no choice, the holdout "
+                                       "only estimates it), 'auto' (the round and co-teacher blend best on the "
+                                       "holdout), 'head' (the best round's fold heads), 'blend' (the best blend).",
+                        _DELIVER),
     raw: bool = _opt(_D["raw"], "CSV files (submission.csv, pseudo_labels.csv) with ids and texts as they came "
                                 "in; by default a cell a spreadsheet would run as a formula (= + - @, a tab "
                                 "first) gets a leading '.", _DELIVER),
@@ -593,8 +595,7 @@ def predict(
                 done = loaded.predict_files(files, out, format, chunk_rows, raw=raw, scoring=scoring)
             finally:
                 getattr(scoring, "close", lambda: None)()
-    what = (f"round {done['round']}'s {done['folds']} fold {'models' if done['student'] == 'finetune' else 'heads'}"
-            + (f" blended with the co-teacher at {done['weight']:.2f}" if done["weight"] > 0 else ""))
+    what = done["what"]
     mix = " / ".join(str(n) for n in done["per_class"].values())
     console.print(f"written: {done['out']} · {done['rows']:,} posts · {what} of {done['source']} · "
                   f"predicted -1 / 0 / 1: {mix}", highlight=False)

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ..data.posts import LABEL_VALUES
 from ..core.errors import PseudoError
-from ..rounds.deliver import choose
+from ..rounds.deliver import choose, chosen_rounds, describe
 from ..core.store import RunDir, RunLock, read_json
 
 COLLAPSE_HINT = ("collapsed: the head learned nothing (a class is (almost) never predicted, or macro-F1 is not above "
@@ -95,7 +95,7 @@ def final_choice(run_dir: str | Path, rounds: list[dict]) -> dict | None:
     if not rounds:
         return None
     saved = RunDir(run_dir).saved_config()
-    return {**choose(rounds, saved.get("config", {}).get("deliver", "auto")), "written": False}
+    return {**choose(rounds, saved.get("config", {}).get("deliver", "mean")), "written": False}
 
 
 def report_json(run_dir: str | Path, resume_command: str | None = None) -> dict:
@@ -202,15 +202,15 @@ def final_line(choice: dict | None, rounds: list[dict]) -> Text:
     """What the run delivers (submission.csv at the run's top) and by how much it beats round 0."""
     if choice is None:
         return Text("not delivered yet", style="yellow")
+    label = "final output" if choice.get("written", True) else "not delivered yet; so far the rule picks"
+    if choice["metric"] is None and chosen_rounds(choice) != [0]:  # the rounds' mean, without an estimate
+        return Text(f"{label}: {choice['reason']}", style="bold yellow")
     if choice["metric"] is None:
-        label = "final output" if choice.get("written", True) else "not delivered yet; so far the rule picks"
         head = f"{label}: round 0's head (OOF macro-F1 {rounds[0]['oof']['macro_f1']:.4f})"
         oof = "" if choice.get("oof_gain") is None else \
             f"; best pseudo round's leak-free OOF macro-F1 {100 * choice['oof_gain']:+.1f} points"
         return Text(head + (f" — {choice['reason']}{oof}" if choice.get("reason") else ""), style="bold yellow")
-    what = f"round {choice['round']}" + (f" blended with the co-teacher at {choice['weight']:.2f}"
-                                         if choice["weight"] > 0 else "'s head")
-    label = "final output" if choice.get("written", True) else "not delivered yet; so far the rule picks"
+    what = describe(choice)
     interval = choice.get("interval")  # runs delivered before the interval was recorded have none
     text = f"{label}: {what} — holdout macro-F1 {choice['value']:.4f}"
     if interval:
@@ -218,7 +218,7 @@ def final_line(choice: dict | None, rounds: list[dict]) -> Text:
     if choice.get("gain") is None:
         return Text(text, style="bold")
     text += f" vs {choice['round0']:.4f} for round 0's head ({100 * choice['gain']:+.1f} points"
-    if not interval or (choice["round"] == 0 and choice["weight"] == 0):  # no interval, or round 0 itself
+    if not interval or (chosen_rounds(choice) == [0] and choice["weight"] == 0):  # no interval, or round 0 itself
         return Text(text + ")", style="bold green" if choice["gain"] > 0 else "bold yellow")
     low, high = (100 * g for g in interval["gain"])
     text += (f", interval {low:+.1f} to {high:+.1f} over {interval['draws']:,} bootstrap draws of the "

@@ -27,11 +27,11 @@ from ..rounds.config import RunConfig, migrate
 from ..core.constants import VERSION
 from ..encoding.encoder import HF_NAMES, TOKENIZER_EXTRAS
 from ..core.errors import PseudoError
-from .spec import ModelSpec
+from .spec import ModelSpec, Part
 from .untrusted import check_links, checked_record, inside, weights_only
 from ..core.store import RunDir, atomic_write_json, atomic_write_text, mark_done, read_json, written_aside
 
-FORMAT = 1
+FORMAT = 2  # 2: `parts`, one per round averaged; format 1 (one round) is still read
 MODEL_FILE = "model.json"
 
 
@@ -55,7 +55,7 @@ def load_spec(path: str | Path, round: int | None = None, encoder: str | Path | 
 
 def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
     """What run `root` delivered (final.json), or round `round`'s fold heads alone."""
-    from ..rounds.loop import student_recipe
+    from ..rounds.deliver import chosen_rounds
     from ..heads.model import Recipe
 
     run_dir = RunDir(root)
@@ -71,37 +71,40 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
                               f"with the command `pseudo report --run-dir {run_dir.root}` prints, or pass --round N "
                               f"of a finished round (finished: {', '.join(map(str, finished)) or 'none'})")
         final = read_json(run_dir.final_path)
-        round, weight = int(final["round"]), float(final["weight"])
+        rounds, weight = chosen_rounds(final), float(final["weight"])
     else:
-        final, weight = None, 0.0
-    if round not in finished:
-        raise PseudoError(f"round must be a finished round of {run_dir.root} "
-                          f"({', '.join(map(str, finished)) or 'none finished'}), got {round}")
-    metrics = read_json(run_dir.round(round).metrics)
+        final, rounds, weight = None, [round], 0.0
+    for k in rounds:
+        if k not in finished:
+            raise PseudoError(f"round must be a finished round of {run_dir.root} "
+                              f"({', '.join(map(str, finished)) or 'none finished'}), got {k}")
     config = RunConfig.from_saved(options, run_dir=str(run_dir.root), stream=tuple(options.get("stream", ())))
-    recipe = student_recipe(Recipe.from_dict(saved["recipe"]), config, round)
-    folds = sorted(p.parent for p in run_dir.round(round).trained_folds())
+    recipe = Recipe.from_dict(saved["recipe"])
     card = {"run": str(run_dir.root.resolve()), "data": saved.get("data", {}), "options": options,
-            "round": round, "delivered": final, "round_metrics": _scores(metrics),
+            "round": rounds[-1], "delivered_rounds": rounds, "delivered": final,
+            "round_metrics": _scores(read_json(run_dir.round(rounds[-1]).metrics)),
             "rounds": [_scores(read_json(run_dir.round(k).metrics)) for k in finished],
             "package": saved.get("package")}
     return ModelSpec(
-        kind="run", source=run_dir.root, round=round, weight=weight, recipe=recipe.to_dict(),
-        max_len=int(options["max_len"]),
-        hidden=int(saved["encoder"]["config"]["hidden_size"]),
-        # fine-tuned fold models cut their own batches: no cuts to reproduce, no first pass over a file
-        dynamic_padding=bool(recipe.dynamic_padding) and config.trainer(round) != "finetune",
+        kind="run", source=run_dir.root, parts=[_part(run_dir, recipe, config, k) for k in rounds], weight=weight,
+        max_len=int(options["max_len"]), hidden=int(saved["encoder"]["config"]["hidden_size"]),
         feature_dtype="float32" if "test" in options.get("stream", []) else "float16",
-        heads=[run_dir.fold(round, int(p.name.split("_")[1])).weights for p in folds],
-        encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card,
-        **_student(config, round))
+        encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card)
 
 
-def _student(config: RunConfig, round: int) -> dict:
-    """What round `round` trained per fold: heads on the frozen encoder, or fine-tuned fold models."""
-    if config.trainer(round) != "finetune":
-        return {}
-    return {"student": "finetune", "finetune": config.finetune(round).to_dict()}
+def _part(run_dir: RunDir, recipe, config: RunConfig, round: int) -> Part:
+    """Round `round`'s fold models: heads on the frozen encoder, or fine-tuned fold models."""
+    from ..rounds.loop import student_recipe
+
+    recipe = student_recipe(recipe, config, round)
+    tuned = config.trainer(round) == "finetune"
+    folds = sorted(p.parent for p in run_dir.round(round).trained_folds())
+    return Part(round=round, recipe=recipe.to_dict(),
+                heads=[run_dir.fold(round, int(p.name.split("_")[1])).weights for p in folds],
+                # fine-tuned fold models cut their own batches: no cuts to reproduce, no first pass over a file
+                dynamic_padding=bool(recipe.dynamic_padding) and not tuned,
+                student="finetune" if tuned else "head",
+                finetune=config.finetune(round).to_dict() if tuned else None)
 
 
 def _scores(metrics: dict) -> dict:
@@ -113,27 +116,27 @@ def _scores(metrics: dict) -> dict:
 
 
 def from_export(folder: str | Path) -> ModelSpec:
-    """The spec of an exported folder, read as untrusted input (untrusted.py): only files inside it."""
+    """The spec of an exported folder, read as untrusted input (untrusted.py): only files inside it. A format 1
+    folder (one round, written before several could be delivered) reads as one part."""
     folder = Path(folder)
     check_links(folder)
     record = checked_record(read_json(folder / MODEL_FILE), folder / MODEL_FILE)
-    if record.get("format") != FORMAT:
-        raise PseudoError(f"{folder / MODEL_FILE}: model format {record.get('format')!r}, this package reads "
-                          f"{FORMAT}")
     enc = record["encoder"]
-    heads = [inside(folder, p, "head") for p in record["heads"]]
-    missing = [p for p in heads if not p.is_file()]
-    if missing:
-        raise PseudoError(f"{missing[0]}: fold head weights not found")
-    heads = [weights_only(p) for p in heads]
+    parts = []
+    for part in record["parts"]:
+        heads = [inside(folder, p, "head") for p in part["heads"]]
+        missing = [p for p in heads if not p.is_file()]
+        if missing:
+            raise PseudoError(f"{missing[0]}: fold head weights not found")
+        parts.append(Part(round=part["round"], recipe=part["recipe"], heads=[weights_only(p) for p in heads],
+                          dynamic_padding=part["dynamic_padding"], student=part.get("student") or "head",
+                          finetune=part.get("finetune")))
     return ModelSpec(
-        kind="export", source=folder, round=record["round"], weight=record["weight"], recipe=record["recipe"],
-        max_len=record["max_len"], hidden=record["hidden"], dynamic_padding=record["dynamic_padding"],
-        feature_dtype=record["feature_dtype"], heads=heads,
+        kind="export", source=folder, parts=parts, weight=record["weight"], max_len=record["max_len"],
+        hidden=record["hidden"], feature_dtype=record["feature_dtype"],
         # a referenced encoder is read only from the folder the user names (--encoder), never from model.json
         encoder_folder=folder / "encoder" if enc.get("copied") else None, encoder_sha256=enc["sha256"],
-        encoder_hint=None if enc.get("copied") else str(enc.get("folder")),
-        card=record.get("card", {}), student=record.get("student", "head"), finetune=record.get("finetune"))
+        encoder_hint=None if enc.get("copied") else str(enc.get("folder")), card=record.get("card", {}))
 
 
 def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, round: int | None = None,
@@ -141,9 +144,11 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
     """Write the delivered model of `run_dir` (or round `round`'s heads) to the folder `out`; with
     `saved_model`, also a TensorFlow SavedModel of the fold heads in `<out>/saved_model` (serving.py)."""
     spec = from_run(run_dir, round)
-    if saved_model and spec.student == "finetune":
-        raise PseudoError(f"--saved-model: round {spec.round} of {run_dir} fine-tuned the encoder per fold; the "
-                          f"SavedModel holds fold heads on one frozen encoder (export without --saved-model)")
+    tuned = [p.round for p in spec.parts if p.student == "finetune"]
+    if saved_model and tuned:
+        raise PseudoError(f"--saved-model: round {tuned[0]} of {run_dir} fine-tuned the encoder per fold; the "
+                          f"SavedModel holds fold heads on one frozen encoder (export without --saved-model, or "
+                          f"--round N of a round of heads)")
     files = spec.encoder()  # the encoder must be there, and the one the heads were trained on
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -151,10 +156,13 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
             raise PseudoError(f"{out}: exists and is not an exported model; choose an empty or new folder")
         (out / MODEL_FILE).unlink()  # an export in progress is not a model until model.json is written last
     out.mkdir(parents=True, exist_ok=True)
-    heads = []
-    for i, path in enumerate(spec.heads):
-        heads.append(f"heads/fold_{i}.weights.h5")
-        _copy(path, out / heads[-1])
+    parts = []
+    for part in spec.parts:
+        heads = [f"heads/round_{part.round}/fold_{i}.weights.h5" for i in range(len(part.heads))]
+        for path, name in zip(part.heads, heads):
+            _copy(path, out / name)
+        parts.append({"round": part.round, "recipe": part.recipe, "heads": heads,
+                      "dynamic_padding": part.dynamic_padding, "student": part.student, "finetune": part.finetune})
     if spec.weight > 0:
         spec.text_model(progress).save(out / "co_teacher")
     _copy(files.vocab, out / "vocab.txt")
@@ -170,10 +178,10 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
             progress.note(f"writing the TensorFlow SavedModel of {len(spec.heads)} fold heads and the encoder")
         shutil.rmtree(out / "saved_model", ignore_errors=True)
         save_serving(spec, out / "saved_model")
-    record = {"format": FORMAT, "package": f"pseudolabel {VERSION}", "round": spec.round, "weight": spec.weight,
-              "output": "blend" if spec.weight > 0 else "head", "recipe": spec.recipe, "max_len": spec.max_len,
-              "hidden": spec.hidden, "dynamic_padding": spec.dynamic_padding, "feature_dtype": spec.feature_dtype,
-              "heads": heads, "labels": ["-1", "0", "1"], "student": spec.student, "finetune": spec.finetune,
+    record = {"format": FORMAT, "package": f"pseudolabel {VERSION}", "rounds": spec.rounds, "weight": spec.weight,
+              "output": "blend" if spec.weight > 0 else "head", "max_len": spec.max_len, "hidden": spec.hidden,
+              "feature_dtype": spec.feature_dtype, "parts": parts, "what": spec.describe(),
+              "labels": ["-1", "0", "1"],
               "saved_model": {"path": "saved_model", "signature": "serving_default", "inputs": ["input_ids",
                                                                                               "attention_mask"],
                               "output": "probabilities", "blend": False} if saved_model else None,
@@ -197,25 +205,27 @@ def model_card(record: dict) -> str:
     data = card.get("data", {})
     options = card.get("options", {})
     enc = record["encoder"]
-    tuned = record.get("student") == "finetune"
-    what = (f"round {record['round']}'s {len(record['heads'])} fold "
-            + ("models (each its own fine-tuned copy of the encoder with a classifier)" if tuned else "heads")
-            + (f", blended with a char TF-IDF + logistic regression model at {record['weight']:.2f}"
-               if record["weight"] > 0 else ""))
+    parts = record["parts"]
+    tuned = any(part.get("student") == "finetune" for part in parts)
+    frozen = not all(part.get("student") == "finetune" for part in parts)
+    what = record["what"] + (" (a char TF-IDF + logistic regression model)" if record["weight"] > 0 else "")
+    averaged = "the mean of the fold models" if len(parts) == 1 else "each round's fold mean, averaged over the rounds"
     lines = [
         "# Model card", "",
         f"3-class sentiment (-1 negative, 0 neutral, 1 positive) of Chinese Weibo posts, exported by "
         f"{record['package']} from the run `{card.get('run')}`.", "",
         "## What predicts",
-        f"- {what}; the probabilities are the mean of the fold {'models' if tuned else 'heads'}"
+        f"- {what}; the probabilities are {averaged}"
         + (" blended with the text model" if record["weight"] > 0 else "") + ".",
         f"- Encoder: {enc['config'].get('num_hidden_layers')} layers, hidden {enc['config'].get('hidden_size')}, "
         f"content sha256 {enc['sha256'][:16]}… ({'copied into encoder/' if enc['copied'] else 'at ' + enc['folder']}"
-        f"); " + ("each fold fine-tuned it from these weights." if tuned else "frozen, features = hidden_states[-2]."),
-        f"- {'Fine-tuned' if tuned else 'Head recipe'} `{record['recipe'].get('name')}`"
-        + f"; {record['max_len']} tokens per post"
-        + ("; length-sorted chunks cut to their longest post, as the run scored" if record["dynamic_padding"] else "")
-        + ".", "",
+        f"); " + "; ".join((["frozen for the fold heads, features = hidden_states[-2]"] if frozen else [])
+                           + (["fine-tuned by each fold model from these weights"] if tuned else [])) + ".",
+        *[f"- Round {part['round']}: " + ("fold models, each its own fine-tuned copy of the encoder with a classifier"
+                                           if part.get("student") == "finetune" else "fold heads")
+          + f", recipe `{part['recipe'].get('name')}`; {record['max_len']} tokens per post"
+          + ("; length-sorted chunks cut to their longest post, as the run scored" if part["dynamic_padding"] else "")
+          + "." for part in parts], "",
         "## Data",
         f"- Labeled: {data.get('train_rows', '?')} posts (`{options.get('train')}`), "
         f"{options.get('folds')} folds, holdout share {options.get('holdout')}.",
@@ -226,7 +236,7 @@ def model_card(record: dict) -> str:
     ]
     for m in card.get("rounds", []):
         held = "–" if m["holdout_macro_f1"] is None else f"{m['holdout_macro_f1']:.4f}"
-        mark = "collapsed" if m["collapsed"] else ("exported" if m["round"] == record["round"] else "")
+        mark = "collapsed" if m["collapsed"] else ("exported" if m["round"] in record["rounds"] else "")
         lines.append(f"| {m['round']} | {m['oof_macro_f1']:.4f} | {held} | {m['n_pseudo']} | {mark} |")
     lines.append("")
     if delivered:
@@ -240,7 +250,7 @@ def model_card(record: dict) -> str:
         lines += ["## TensorFlow Serving",
                   "`saved_model/` has the signature `serving_default(input_ids, attention_mask)` (int32, [batch, "
                   f"steps], steps <= {record['max_len']}, WordPiece ids of `vocab.txt`) -> `probabilities` [batch, 3] "
-                  "(-1, 0, 1): the mean of the fold heads"
+                  f"(-1, 0, 1): {'the mean of the fold heads' if len(parts) == 1 else averaged}"
                   + ("; the text model of the blend is not inside (`pseudo predict` applies it)"
                      if record["weight"] > 0 else "") + ".", ""]
     lines += ["## Use", "```bash", "pseudo predict posts.csv --model <this folder> --out predictions.csv", "```",

@@ -5,8 +5,9 @@ A round that fine-tuned the encoder (`--student finetune`, `--recipe finetune`) 
 models, each its own encoder and classifier, averaged.
 
 The model reproduces how the run scored its own test file: the encoder's features (rounded to
-float16 where the run cached them), every fold head of the delivered round, their mean, and the
-blend with the co-teacher's refit text model when a blend was delivered. A run made with
+float16 where the run cached them), every fold head of each delivered round, their mean per round, the
+rounds' mean (`--deliver mean`), and the blend with the co-teacher's refit text model when a blend was
+delivered. A run made with
 `--dynamic-padding` scored a file in chunks of PREDICT_CHUNK posts sorted by length, each cut to
 its longest post; that cut changes a post's prediction (padding runs through the BiGRU), so each
 file's lengths are read first and every post gets the cut the run would have given it.
@@ -25,7 +26,7 @@ from ..core.constants import LABEL_VALUES, N_CLASSES
 from ..rounds.cv import PREDICT_CHUNK  # the run's scoring chunks: the cuts of dynamic padding follow from them
 from ..data.posts import EMPTY_TEXT, iter_posts
 from .delivered import load_spec
-from .spec import ModelSpec
+from .spec import ModelSpec, Part
 from ..core.errors import PseudoError
 from ..encoding.features import ENCODE_BATCH
 from ..core.progress import Progress
@@ -50,44 +51,56 @@ def cuts(lengths: np.ndarray, max_len: int, dynamic: bool) -> np.ndarray:
     return out
 
 
+class LoadedPart:
+    """One part of a delivered output, loaded: its fold heads (on the shared frozen encoder's features) or its
+    fine-tuned fold models."""
+
+    def __init__(self, part: Part, spec: ModelSpec, files):
+        from ..rounds.cv import FoldHeads
+        from ..heads.model import Recipe, build_head
+
+        self.part, self.heads, self.students = part, None, None
+        if part.student == "finetune":  # fold models with their own encoders: no frozen features, no heads
+            from ..heads.finetune import FineTune, FoldStudents
+
+            self.students = FoldStudents(files, FineTune(**part.finetune), part.heads)
+            return
+        # built with free time steps: the weights are those of any length, each chunk is cut as the run cut it
+        self.recipe = replace(Recipe.from_dict(part.recipe), dynamic_padding=True)
+        model = build_head(spec.max_len, spec.hidden, self.recipe, compile=False)
+        with naming(Path(part.heads[0])):
+            self.heads = FoldHeads.load(model, part.heads)
+
+
 class DeliveredModel:
     """A run's delivered output (or one round's fold heads) as a model of texts."""
 
     def __init__(self, spec: ModelSpec, progress: Progress | None = None):
-        from ..rounds.cv import FoldHeads
         from ..encoding.encoder import FrozenEncoder, load_tokenizer, quiet_transformers
-        from ..heads.model import Recipe, build_head
 
         quiet_transformers()
         self.spec = spec
         self.progress = progress or Progress()
         files = spec.encoder()
         missing = [str(p) for p in spec.heads if not Path(p).is_file()]
-        if missing or not spec.heads:
+        if missing or not all(p.heads for p in spec.parts):
             raise PseudoError(f"{missing[0] if missing else spec.source}: fold head weights not found")
         self.tokenizer = load_tokenizer(files)
         self.text_model = spec.text_model(self.progress) if spec.weight > 0 else None
-        if spec.student == "finetune":  # fold models with their own encoders: no frozen features, no heads
-            from ..heads.finetune import FineTune, FoldStudents
-
-            self.students = FoldStudents(files, FineTune(**spec.finetune), spec.heads)
-            return
-        self.students = None
-        self.encoder = FrozenEncoder(files)
-        if self.encoder.hidden_size != spec.hidden:
-            raise PseudoError(f"{files.folder}: hidden size {self.encoder.hidden_size}, the heads expect {spec.hidden}")
-        # built with free time steps: the weights are those of any length, each chunk is cut as the run cut it
-        self.recipe = replace(Recipe.from_dict(spec.recipe), dynamic_padding=True)
-        model = build_head(spec.max_len, spec.hidden, self.recipe, compile=False)
-        with naming(Path(spec.heads[0])):
-            self.heads = FoldHeads.load(model, spec.heads)
+        self.encoder = None
+        if any(p.student != "finetune" for p in spec.parts):
+            self.encoder = FrozenEncoder(files)
+            if self.encoder.hidden_size != spec.hidden:
+                raise PseudoError(f"{files.folder}: hidden size {self.encoder.hidden_size}, the heads expect "
+                                  f"{spec.hidden}")
+        self.parts = [LoadedPart(p, spec, files) for p in spec.parts]
 
     @property
     def info(self) -> dict:
-        """What predicts: round, blend weight, folds, encoder hash, and the model card's scores."""
+        """What predicts: rounds, blend weight, folds, encoder hash, and the model card's scores."""
         s = self.spec
-        return {"source": str(s.source), "round": s.round, "weight": s.weight, "folds": len(s.heads),
-                "student": s.student,
+        return {"source": str(s.source), "round": s.round, "rounds": s.rounds, "weight": s.weight,
+                "folds": len(s.parts[-1].heads), "student": s.parts[-1].student, "what": s.describe(),
                 "output": "blend" if s.weight > 0 else "head", "max_len": s.max_len,
                 "dynamic_padding": s.dynamic_padding, "encoder_sha256": s.encoder_sha256, "card": s.card}
 
@@ -114,29 +127,40 @@ class DeliveredModel:
         return self.predict_proba(texts).argmax(axis=1) - 1
 
     def head_probs(self, tokens, steps: np.ndarray) -> np.ndarray:
-        """(N, 3): the mean of the fold heads, each post cut to `steps[i]` time steps (fine-tuned fold
-        models: batches cut to their longest post, as the round scored)."""
-        if self.students is not None:
-            return self.students.predict(tokens)
-        out = np.zeros((len(self.heads), len(tokens), N_CLASSES), np.float32)
+        """(N, 3): each part's fold mean, averaged over the parts (as the run averaged its rounds). A part
+        scored with dynamic padding cuts each post to `steps[i]` time steps, another to the maximum length
+        (fine-tuned fold models: batches cut to their longest post, as the round scored). The encoder's
+        features are computed once per chunk for every part cut alike."""
+        means = [p.students.predict(tokens) if p.students is not None else None for p in self.parts]
+        for dynamic in (True, False):
+            group = [i for i, p in enumerate(self.parts) if p.heads is not None and p.part.dynamic_padding == dynamic]
+            if group:
+                cut = steps if dynamic else np.full(len(tokens), self.spec.max_len)
+                for i, mean in zip(group, self._fold_means([self.parts[i] for i in group], tokens, cut)):
+                    means[i] = mean
+        return np.mean(means, axis=0)
+
+    def _fold_means(self, parts: list[LoadedPart], tokens, steps: np.ndarray) -> list[np.ndarray]:
+        """(N, 3) per part: the mean of its fold heads, each post cut to `steps[i]`."""
+        out = [np.zeros((len(p.heads), len(tokens), N_CLASSES), np.float32) for p in parts]
         for cut in np.unique(steps):
             rows = np.flatnonzero(steps == cut)
             for start in range(0, len(rows), PREDICT_CHUNK):
-                part = rows[start:start + PREDICT_CHUNK]
-                x = self._inputs(tokens, part, int(cut))
-                for m in range(len(self.heads)):
-                    out[m, part] = self.heads.predict_on_batch(m, x)
-        return out.mean(axis=0)
+                chunk = rows[start:start + PREDICT_CHUNK]
+                feats, mask = self._features(tokens, chunk, int(cut))
+                for part, probs in zip(parts, out):
+                    x = [feats, mask] if part.recipe.zero_padding else feats
+                    for m in range(len(part.heads)):
+                        probs[m, chunk] = part.heads.predict_on_batch(m, x)
+        return [probs.mean(axis=0) for probs in out]
 
-    def _inputs(self, tokens, rows: np.ndarray, cut: int):
+    def _features(self, tokens, rows: np.ndarray, cut: int):
         ids, mask = tokens.input_ids[rows, :cut], tokens.attention_mask[rows, :cut]
         feats = np.concatenate([self.encoder(ids[s:s + ENCODE_BATCH], mask[s:s + ENCODE_BATCH])
                                 for s in range(0, len(rows), ENCODE_BATCH)])
         if self.spec.feature_dtype == "float16":  # the heads saw features cached as float16
             feats = feats.astype(np.float16).astype(np.float32)
-        if not self.recipe.zero_padding:
-            return feats
-        return [feats, mask.astype(np.float32)[:, :, None]]
+        return feats, mask.astype(np.float32)[:, :, None]
 
     def blend(self, texts: list[str], head: np.ndarray) -> np.ndarray:
         """The delivered output: the heads' mean, blended with the text model as the run delivered it."""

@@ -1,7 +1,8 @@
-"""What prediction needs to know of a delivered model (`ModelSpec`): the encoder (folder and content hash),
-the round's fold heads (their weight files and recipe), how the run fed them (maximum length, feature
-precision, dynamic padding), and the share and files of the co-teacher blend when a blend was delivered.
-Read from a run directory or an exported folder by delivered.py; used by predict.py and serving.py.
+"""What prediction needs to know of a delivered model (`ModelSpec`): the encoder (folder and content hash), the
+parts it averages (`Part`: one round's fold heads or fine-tuned fold models, their weight files and recipe, and
+whether the run cut that round's chunks to their longest post), how the run fed them (maximum length, feature
+precision), and the share and files of the co-teacher blend when a blend was delivered. Read from a run
+directory or an exported folder by delivered.py; used by predict.py and serving.py.
 """
 
 from __future__ import annotations
@@ -15,23 +16,64 @@ from ..core.store import RunDir
 
 
 @dataclass
+class Part:
+    """One round's fold models in a delivered output; the output averages its parts' fold means."""
+
+    round: int
+    recipe: dict  # the round's head recipe (model.Recipe fields)
+    heads: list[Path]  # the fold heads' (or fine-tuned fold models') weight files, fold order
+    dynamic_padding: bool  # the run scored this round in length-sorted chunks cut to their longest post
+    student: str = "head"  # "finetune": `heads` are fold models that fine-tuned the encoder (finetune.py)
+    finetune: dict | None = None  # their finetune.FineTune settings, with student "finetune"
+
+    @property
+    def models(self) -> str:
+        return "models" if self.student == "finetune" else "heads"
+
+
+@dataclass
 class ModelSpec:
     kind: str  # "run" (a run directory) or "export" (an exported folder)
     source: Path  # the run directory or export folder it was read from
-    round: int
+    parts: list[Part]  # the rounds averaged (one part: a single round's fold ensemble)
     weight: float  # share of the co-teacher in the delivered blend (0: the heads alone)
-    recipe: dict  # the round's head recipe (model.Recipe fields)
     max_len: int
     hidden: int
-    dynamic_padding: bool  # the run scored in length-sorted chunks cut to their longest post
     feature_dtype: str  # "float16": the heads saw cached features; "float32": streamed ones
-    heads: list[Path]  # the fold heads' (or fine-tuned fold models') weight files, fold order
     encoder_folder: Path | None  # None: an export that references its encoder, named by --encoder only
     encoder_sha256: str
     card: dict = field(default_factory=dict)  # what the model card says: data, rounds, scores
-    student: str = "head"  # "finetune": `heads` are fold models that fine-tuned the encoder (finetune.py)
-    finetune: dict | None = None  # their finetune.FineTune settings, with student "finetune"
     encoder_hint: str | None = None  # where an export's referenced encoder was (shown, never read)
+
+    @property
+    def rounds(self) -> list[int]:
+        return [p.round for p in self.parts]
+
+    @property
+    def round(self) -> int:
+        """The last round averaged (the only one, for a single round)."""
+        return self.parts[-1].round
+
+    @property
+    def heads(self) -> list[Path]:
+        """Every part's weight files."""
+        return [h for p in self.parts for h in p.heads]
+
+    @property
+    def dynamic_padding(self) -> bool:
+        """A file's posts need the run's chunk cuts (some part was scored with them)."""
+        return any(p.dynamic_padding for p in self.parts)
+
+    def describe(self) -> str:
+        """What predicts, in words: "round 0's 2 fold heads", "the mean of rounds 0 (5 fold heads), 1 (5 fold
+        models)", each with the blend when there is one."""
+        if len(self.parts) == 1:
+            p = self.parts[0]
+            what = f"round {p.round}'s {len(p.heads)} fold {p.models}"
+        else:
+            what = "the mean of rounds " + ", ".join(f"{p.round} ({len(p.heads)} fold {p.models})"
+                                                     for p in self.parts)
+        return what + (f" blended with the co-teacher at {self.weight:.2f}" if self.weight > 0 else "")
 
     def text_model(self, progress=None):
         """The co-teacher refit on every labeled row, which the delivered blend mixes in (weight > 0)."""

@@ -58,24 +58,45 @@ def weights_only(path: Path) -> Path:
 
 
 def checked_record(record, path: Path) -> dict:
-    """model.json's fields as prediction uses them; a wrong type or range is one line naming the field."""
+    """model.json's fields as prediction uses them, a format 1 record (one round) read as one part; a wrong
+    type or range is one line naming the field."""
     if not isinstance(record, dict):
         raise PseudoError(f"{path}: expected a JSON object")
-
-    def need(key, ok, expected):
-        if key not in record or not ok(record[key]):
-            raise PseudoError(f"{path}: {key} must be {expected}, got {record.get(key)!r}")
-
-    positive = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
-    need("round", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a round number")
-    need("weight", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
-         "a share in [0, 1]")
-    need("max_len", positive, "a positive integer")
-    need("hidden", positive, "a positive integer")
-    need("dynamic_padding", lambda v: isinstance(v, bool), "true or false")
-    need("feature_dtype", lambda v: v in ("float16", "float32"), "'float16' or 'float32'")
-    need("recipe", lambda v: isinstance(v, dict), "an object")
-    need("heads", lambda v: isinstance(v, list) and v and all(isinstance(h, str) and h.endswith(HEAD_SUFFIX)
-                                                              for h in v), f"a list of {HEAD_SUFFIX} file names")
-    need("encoder", lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str), "an object with sha256")
+    if record.get("format") not in FORMATS:
+        raise PseudoError(f"{path}: model format {record.get('format')!r}, this package reads "
+                          f"{' and '.join(map(str, FORMATS))}")
+    if record["format"] == 1:
+        record = {**record, "parts": [{k: record.get(k) for k in PART_FIELDS}]}
+    _need(record, "weight", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+          "a share in [0, 1]", path)
+    _need(record, "max_len", _positive, "a positive integer", path)
+    _need(record, "hidden", _positive, "a positive integer", path)
+    _need(record, "feature_dtype", lambda v: v in ("float16", "float32"), "'float16' or 'float32'", path)
+    _need(record, "encoder", lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str),
+          "an object with sha256", path)
+    _need(record, "parts", lambda v: isinstance(v, list) and v and all(isinstance(p, dict) for p in v),
+          "a list of objects", path)
+    for i, part in enumerate(record["parts"]):
+        where = "" if record["format"] == 1 else f"parts[{i}]."
+        _need(part, "round", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a round number",
+              path, where)
+        _need(part, "dynamic_padding", lambda v: isinstance(v, bool), "true or false", path, where)
+        _need(part, "recipe", lambda v: isinstance(v, dict), "an object", path, where)
+        _need(part, "heads", lambda v: isinstance(v, list) and v and all(isinstance(h, str) and h.endswith(HEAD_SUFFIX)
+                                                                         for h in v),
+              f"a list of {HEAD_SUFFIX} file names", path, where)
+        _need(part, "student", lambda v: v in (None, "head", "finetune"), "'head' or 'finetune'", path, where)
     return record
+
+
+FORMATS = (1, 2)
+PART_FIELDS = ("round", "recipe", "heads", "dynamic_padding", "student", "finetune")
+
+
+def _positive(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _need(record: dict, key: str, ok, expected: str, path: Path, where: str = "") -> None:
+    if key not in record or not ok(record[key]):
+        raise PseudoError(f"{path}: {where}{key} must be {expected}, got {record.get(key)!r}")

@@ -193,7 +193,7 @@ class RunConfig:
     monitor_every: str = "epoch"
     co_teacher: float = 0.5  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
     holdout: float | None = None  # None: DEFAULT_HOLDOUT when rounds >= 1, else 0 (a continued run: its own)
-    deliver: str = "auto"  # auto | head | blend: what the run hands over (see deliver.py); not in the hash
+    deliver: str = "mean"  # mean | auto | head | blend: what the run hands over (see deliver.py); not in the hash
     raw: bool = False  # CSV text cells as they came in, not made spreadsheet-safe (store.spreadsheet_safe)
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway

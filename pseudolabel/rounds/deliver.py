@@ -1,19 +1,25 @@
-"""What a run hands the user: the round, and the blend with the co-teacher, that score best on the holdout.
+"""What a run hands the user (`--deliver`): the mean of its rounds, or the round and blend the holdout picks.
 
-The submission is the fold ensemble's mean prediction (optionally blended with the co-teacher), so
-candidates are compared on what scores exactly that on labeled posts no fold model trained on: the
-labeled holdout carved out before round 0 (`--holdout`, on by default when --rounds >= 1). A
-round's OOF macro-F1 scores single fold heads, and its gains need not carry over to the ensemble
-(benchmarks/scarce_labels.py), so without a holdout round 0's head is delivered.
+`mean` (the default) makes no choice: it delivers the mean of every usable (not collapsed) round's fold
+ensemble, blended evenly (MEAN_WEIGHT) with the co-teacher once the run has a pseudo-label round; a run of
+round 0 alone delivers round 0's heads, the recipe's output. Replayed on finished runs
+(benchmarks/delivery_rules.py, results/delivered-output.md) it beat round 0 on every seed and the holdout's
+choice on average. The labeled holdout (`--holdout`, on by default when --rounds >= 1) only estimates it, so
+that estimate carries no optimism from a choice; without a holdout there is no estimate of it.
 
-Candidates: every non-collapsed round's head ensemble (weight 0) and, for `blend`/`auto`, its
-blend (1 - w) * head + w * co-teacher for w in BLEND_WEIGHTS. The best holdout macro-F1 wins; ties
-go to the earlier round, then to the weight nearer an even blend. The delivered blend scores the
-test file with the co-teacher refit on every labeled row (the holdout scores its fold models).
+`auto`, `head` and `blend` choose on the holdout. The submission is the fold ensemble's mean prediction
+(optionally blended with the co-teacher), so candidates are compared on what scores exactly that on labeled
+posts no fold model trained on. A round's OOF macro-F1 scores single fold heads, and its gains need not carry
+over to the ensemble (benchmarks/scarce_labels.py), so without a holdout round 0's head is delivered.
+Candidates: every non-collapsed round's head ensemble (weight 0) and, for `blend`/`auto`, its blend
+(1 - w) * head + w * co-teacher for w in BLEND_WEIGHTS. The best holdout macro-F1 wins; ties go to the
+earlier round, then to the weight nearer an even blend.
 
-How sure the holdout estimate is: a percentile bootstrap over the holdout posts (INTERVAL_DRAWS resamples
-with replacement, seeded), each resample scoring the delivered output and round 0's head on the same
-posts, gives the interval of the delivered macro-F1 and of its gain over round 0 (`holdout_interval`).
+A delivered blend scores the test file with the co-teacher refit on every labeled row (the holdout scores its
+fold models). How sure the holdout estimate is: a percentile bootstrap over the holdout posts
+(INTERVAL_DRAWS resamples with replacement, seeded), each resample scoring the delivered output and round 0's
+head on the same posts, gives the interval of the delivered macro-F1 and of its gain over round 0
+(`holdout_interval`).
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from ..core.errors import PseudoError
 from ..data.metrics import resampled_macro_f1, scores
 from ..core.store import RunDir, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy
 
-DELIVER = ("auto", "head", "blend")
+DELIVER = ("mean", "auto", "head", "blend")
 BLEND_WEIGHTS = (0.25, 0.5, 0.75)
+MEAN_WEIGHT = 0.5  # the co-teacher's share in the rounds' mean (`mean`)
 INTERVAL_DRAWS = 1000  # bootstrap resamples of the holdout behind the delivered estimate's interval
 INTERVAL_LEVEL = 0.95
 
@@ -55,10 +62,48 @@ def blend(head: np.ndarray, co_teacher: np.ndarray, weight: float) -> np.ndarray
     return (1.0 - weight) * head + weight * co_teacher
 
 
+def usable_rounds(rounds: list[dict]) -> list[int]:
+    """The rounds a delivered output may use: those that did not collapse (all, if every one did)."""
+    return [m["round"] for m in rounds if not m["collapsed"]] or [m["round"] for m in rounds]
+
+
+def mean_weight(rounds: list[dict]) -> float:
+    """The co-teacher's share in the rounds' mean: MEAN_WEIGHT once a pseudo-label round finished."""
+    return MEAN_WEIGHT if len(rounds) > 1 else 0.0
+
+
+def mean_scores(labels: np.ndarray, holdout_preds: list[np.ndarray], co_teacher: np.ndarray | None,
+                rounds: list[int]) -> dict:
+    """Holdout macro-F1 of the rounds' mean (each (folds, rows, 3), fold-averaged, then averaged over the
+    rounds), alone and blended with the co-teacher at MEAN_WEIGHT: a round record's `holdout_mean`."""
+    mean = rounds_mean(holdout_preds)
+    out = {"0.0": scores(labels, mean)["macro_f1"]}
+    if co_teacher is not None:
+        out[str(MEAN_WEIGHT)] = scores(labels, blend(mean, np.asarray(co_teacher).mean(axis=0), MEAN_WEIGHT))["macro_f1"]
+    return {"rounds": [int(k) for k in rounds], "macro_f1": out}
+
+
+def rounds_mean(preds: list[np.ndarray]) -> np.ndarray:
+    """(rows, 3): each round's fold mean ((folds, rows, 3)), averaged over the rounds (one round: its fold mean)."""
+    return np.mean([np.asarray(p).mean(axis=0) for p in preds], axis=0)
+
+
+def describe(choice: dict) -> str:
+    """What a choice delivers, in words: "round 1's head", "round 0 blended with the co-teacher at 0.25", "the
+    mean of rounds 0, 1, 2 blended evenly with the co-teacher"."""
+    rounds = choice.get("rounds") or [choice["round"]]
+    what = f"round {rounds[0]}" if len(rounds) == 1 else f"the mean of rounds {', '.join(map(str, rounds))}"
+    if choice["weight"] <= 0:
+        return what + ("'s head" if len(rounds) == 1 else "' fold ensembles")
+    if choice["weight"] == MEAN_WEIGHT and len(rounds) > 1:
+        return what + " blended evenly with the co-teacher"
+    return what + f" blended with the co-teacher at {choice['weight']:.2f}"
+
+
 def candidates(rounds: list[dict], deliver: str = "auto") -> list[dict]:
     """(round, weight, holdout macro-F1) of every output the rule may deliver."""
     check_deliver(deliver)
-    usable = [m for m in rounds if not m["collapsed"]] or rounds
+    usable = [m for m in rounds if m["round"] in usable_rounds(rounds)]
     out = []
     for m in usable:
         if not m.get("holdout"):
@@ -71,33 +116,60 @@ def candidates(rounds: list[dict], deliver: str = "auto") -> list[dict]:
     return out
 
 
-def choose(rounds: list[dict], deliver: str = "auto") -> dict:
-    """Which output a run delivers, its holdout score, round 0's head on the same rows, and why."""
+def choose(rounds: list[dict], deliver: str = "mean", scored: dict | None = None) -> dict:
+    """Which output a run delivers (`rounds`: the rounds whose fold ensembles it averages), its holdout score,
+    round 0's head on the same rows, and why. `scored`: the rounds' mean's holdout scores (`mean_scores`),
+    else the last round's record of them."""
     if not rounds:
         raise PseudoError("no finished round to deliver")
     oof = [m["oof"]["macro_f1"] for m in rounds]
     oof_gain = (max(oof[1:]) - oof[0]) if len(rounds) > 1 and all(m["leak_free"]["oof"] for m in rounds) else None
+    round0 = rounds[0]["holdout"]["macro_f1"] if rounds[0].get("holdout") else None
+    if check_deliver(deliver) == "mean":
+        return _mean_choice(rounds, oof_gain, round0, scored or rounds[-1].get("holdout_mean"))
     pool = candidates(rounds, deliver)
     if not pool:
         reason = NO_HOLDOUT if (len(rounds) > 1 or deliver == "blend") else None
-        return {"round": 0, "weight": 0.0, "output": "head", "deliver": deliver, "metric": None, "value": None,
-                "round0": None, "gain": None, "oof_gain": oof_gain, "candidates": [], "reason": reason}
+        return {"round": 0, "rounds": [0], "weight": 0.0, "output": "head", "deliver": deliver, "metric": None,
+                "value": None, "round0": None, "gain": None, "oof_gain": oof_gain, "candidates": [], "reason": reason}
     best = max(pool, key=lambda c: (c["value"], -c["round"], -abs(c["weight"] - 0.5)))
-    round0 = rounds[0]["holdout"]["macro_f1"] if rounds[0].get("holdout") else None
     if best["weight"] > 0:
         why = (f"round {best['round']} blended with the co-teacher at {best['weight']:.2f} scores best on the "
                f"holdout among {len(pool)} candidates")
     else:
         why = f"round {best['round']}'s head scores best on the holdout among {len(pool)} candidates"
-    return {"round": best["round"], "weight": best["weight"], "output": "blend" if best["weight"] > 0 else "head",
+    return {"round": best["round"], "rounds": [best["round"]], "weight": best["weight"],
+            "output": "blend" if best["weight"] > 0 else "head",
             "deliver": deliver, "metric": "holdout", "value": best["value"], "round0": round0,
             "gain": None if round0 is None else best["value"] - round0, "oof_gain": oof_gain, "candidates": pool,
             "reason": why + " (chosen on the same rows: the estimate is optimistic by that choice)"}
 
 
-def delivered_probs(choice: dict, head_test: np.ndarray, co_teacher_test: np.ndarray | None) -> np.ndarray:
-    """(N_test, 3): the chosen round's fold-mean test predictions, blended as chosen."""
-    head = np.asarray(head_test).mean(axis=0)
+def _mean_choice(rounds: list[dict], oof_gain, round0, scored: dict | None) -> dict:
+    """`mean`: every usable round's fold ensemble averaged, blended at `mean_weight`; scored, not chosen."""
+    usable, weight = usable_rounds(rounds), mean_weight(rounds)
+    value = None
+    if scored is not None and scored.get("rounds") == usable:
+        value = scored["macro_f1"].get(str(weight))
+    choice = {"round": usable[-1], "rounds": usable, "weight": weight, "output": "blend" if weight > 0 else "head",
+              "deliver": "mean", "metric": None if value is None else "holdout", "value": value,
+              "round0": None if value is None else round0, "gain": None if value is None or round0 is None
+              else value - round0, "oof_gain": oof_gain, "candidates": []}
+    if value is None:
+        why = "no labeled holdout to estimate it on (--holdout 0.15 gives one)" if round0 is None else \
+            "its holdout score was not recorded (a run made before it was)"
+    else:
+        why = "delivered without a choice, so the holdout estimate carries no optimism from one"
+    # round 0 alone without a holdout: the recipe's output, as --deliver auto delivers it (no reason to give)
+    choice["reason"] = None if value is None and len(rounds) == 1 else f"{describe(choice)}: {why}"
+    return choice
+
+
+def delivered_probs(choice: dict, head_test: np.ndarray | list[np.ndarray],
+                    co_teacher_test: np.ndarray | None) -> np.ndarray:
+    """(N_test, 3): the chosen rounds' fold-mean test predictions (a (folds, N, 3) array per round, or one
+    array of one round), averaged over the rounds and blended as chosen."""
+    head = rounds_mean(head_test if isinstance(head_test, list) else [head_test])
     if choice["weight"] <= 0:
         return head
     if co_teacher_test is None or co_teacher_test.shape != head.shape:
@@ -131,12 +203,17 @@ def delivered_interval(run_dir: RunDir, choice: dict, labels: np.ndarray,
     """`holdout_interval` of what `choice` delivers (None where nothing was chosen on a holdout)."""
     if choice["metric"] != "holdout":
         return None
-    head = load_npy(run_dir.round(choice["round"]).holdout_preds).mean(axis=0)
+    head = rounds_mean([load_npy(run_dir.round(k).holdout_preds) for k in chosen_rounds(choice)])
     if choice["weight"] > 0:
         head = blend(head, np.asarray(co_teacher_holdout).mean(axis=0), choice["weight"])
     round0 = load_npy(run_dir.round(0).holdout_preds).mean(axis=0)
     held = load_npy(run_dir.round(0).folds) == HOLDOUT
     return holdout_interval(np.asarray(labels)[held], head, round0)
+
+
+def chosen_rounds(choice: dict) -> list[int]:
+    """The rounds a choice averages (a final.json written before several could be: its one round)."""
+    return [int(k) for k in choice.get("rounds") or [choice["round"]]]
 
 
 def submission_rows(ids: list[str], probs: np.ndarray):
@@ -147,12 +224,12 @@ def submission_rows(ids: list[str], probs: np.ndarray):
 def write_final(run_dir: RunDir, choice: dict, test_ids: list[str] | None,
                 co_teacher_test: np.ndarray | None, raw: bool = False) -> dict:
     """Write what the run delivers: final.json, and with a test file the top submission.csv and its
-    probabilities (final_test_preds.npy); a delivered blend also goes to round_k/submission_blend.csv."""
-    chosen = run_dir.round(choice["round"])
-    if test_ids is not None and chosen.test_preds.is_file():
-        probs = delivered_probs(choice, load_npy(chosen.test_preds), co_teacher_test)
-        if choice["weight"] > 0:
-            atomic_write_csv(chosen.submission_blend, ["id", "y"], submission_rows(test_ids, probs), raw=raw)
+    probabilities (final_test_preds.npy); a delivered blend of one round also goes to round_k/submission_blend.csv."""
+    chosen = [run_dir.round(k) for k in chosen_rounds(choice)]
+    if test_ids is not None and all(files.test_preds.is_file() for files in chosen):
+        probs = delivered_probs(choice, [load_npy(files.test_preds) for files in chosen], co_teacher_test)
+        if choice["weight"] > 0 and len(chosen) == 1:
+            atomic_write_csv(chosen[0].submission_blend, ["id", "y"], submission_rows(test_ids, probs), raw=raw)
         atomic_write_npy(run_dir.final_test_preds, probs)
         atomic_write_csv(run_dir.submission, ["id", "y"], submission_rows(test_ids, probs), raw=raw)
         choice["submission"] = str(run_dir.submission)

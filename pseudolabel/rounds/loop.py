@@ -24,7 +24,7 @@ from ..core.constants import VERSION
 from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
-from .deliver import blend_scores, choose, delivered_interval, write_final
+from .deliver import blend_scores, choose, delivered_interval, mean_scores, usable_rounds, write_final
 from .costs import NOMINAL, estimated, length_share, round_work
 from .executor import RayEncoder, make_executor
 from ..encoding.encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
@@ -164,7 +164,7 @@ class Run:
                 self.record(k, metrics, history)
             self.progress.round_finished(history.rounds)
         stop = stop or stop_reason(self.config, history) or "max_rounds"
-        final = self.deliver(history.rounds) if history.rounds else None
+        final = deliver(self, history.rounds) if history.rounds else None
         atomic_write_json(self.dir.status_path, {"stop_reason": stop, "rounds_finished": len(history.rounds)})
         return RunResult(self.dir.root, history.rounds, stop, final=final,
                          encoder_rows=self._encoder.rows if self._encoder is not None else 0)
@@ -217,6 +217,7 @@ class Run:
         if self.pool:
             atomic_write_npy(files.selected_round, history.first_selected)
         history.rounds.append(metrics)
+        metrics["holdout_mean"] = holdout_mean(self, history.rounds)
         reason = stop_reason(self.config, history)  # only all_labeled is the round's own: a longer run goes on
         metrics["stop_reason"] = reason if reason == "all_labeled" else None
         atomic_write_json(files.metrics, metrics)
@@ -224,13 +225,6 @@ class Run:
 
     def co_teacher(self) -> tuple[dict, dict]:
         return co_teacher_outputs(self.dir, self.labeled, self.pool, self.test, self.progress)
-
-    def deliver(self, rounds: list[dict]) -> dict:
-        """The run's final output (deliver.py): the round and blend that score best on the holdout."""
-        choice = choose(rounds, self.config.deliver)
-        co = self.co_teacher()[0] if choice["weight"] > 0 else {"test": None, "holdout": None}
-        choice["interval"] = delivered_interval(self.dir, choice, self.labeled.labels, co["holdout"])
-        return write_final(self.dir, choice, self.test.ids if self.test else None, co["test"], raw=self.config.raw)
 
     def train_round(self, k, folds, sources, pseudo, info) -> dict:
         """Train (or resume) every fold of round k, write the round's predictions, return its metrics."""
@@ -255,6 +249,24 @@ class Run:
                              student=plan.student, mode=self.config.mode,
                              leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
+
+
+def holdout_mean(run: Run, rounds: list[dict]) -> dict | None:
+    """The holdout scores of the usable rounds' mean, alone and blended (None without a holdout)."""
+    if not rounds[0].get("holdout"):
+        return None
+    usable = usable_rounds(rounds)
+    held = load_npy(run.dir.round(0).folds) == HOLDOUT
+    return mean_scores(run.labeled.labels[held], [load_npy(run.dir.round(k).holdout_preds) for k in usable],
+                       run.co_teacher()[0]["holdout"], usable)
+
+
+def deliver(run: Run, rounds: list[dict]) -> dict:
+    """The run's final output (deliver.py): the rounds' mean, or the round and blend best on the holdout."""
+    choice = choose(rounds, run.config.deliver, holdout_mean(run, rounds))
+    co = run.co_teacher()[0] if choice["weight"] > 0 else {"test": None, "holdout": None}
+    choice["interval"] = delivered_interval(run.dir, choice, run.labeled.labels, co["holdout"])
+    return write_final(run.dir, choice, run.test.ids if run.test else None, co["test"], raw=run.config.raw)
 
 
 def feature_encoder(run: Run):
