@@ -36,9 +36,14 @@ def test_the_default_delivers_the_usable_rounds_mean_blended_evenly_without_a_ch
     # a record of another set of rounds (the run went on) is not this output's score
     stale = choose(rounds[:2] + [_round(2, holdout=0.58, mean={"rounds": [0, 1, 2], "macro_f1": {"0.5": 0.9}})])
     assert stale["value"] is None and stale["metric"] is None
-    # round 0 alone: its heads, the recipe's output
-    alone = choose([_round(0, holdout=0.60, mean={"rounds": [0], "macro_f1": {"0.0": 0.60, "0.5": 0.65}})])
+    # round 0 alone (--rounds 0): its heads, the recipe's output; a run asked for pseudo-label rounds that
+    # stopped after round 0 (collapsed) still blends it with the co-teacher
+    only = [_round(0, holdout=0.60, collapsed=True, mean={"rounds": [0], "macro_f1": {"0.0": 0.60, "0.5": 0.65}})]
+    alone = choose(only, pseudo_rounds=False)
     assert (alone["rounds"], alone["weight"], alone["value"]) == ([0], 0.0, 0.60)
+    stopped = choose(only, pseudo_rounds=True)
+    assert (stopped["rounds"], stopped["weight"], stopped["value"]) == ([0], 0.5, 0.65)
+    assert describe(stopped) == "round 0 blended with the co-teacher at 0.50"
     assert choose([_round(0, 0.60)])["reason"] is None
     # without a holdout: the same output, no estimate of it
     blind = choose([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)])

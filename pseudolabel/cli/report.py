@@ -95,7 +95,10 @@ def final_choice(run_dir: str | Path, rounds: list[dict]) -> dict | None:
     if not rounds:
         return None
     saved = RunDir(run_dir).saved_config()
-    return {**choose(rounds, saved.get("config", {}).get("deliver", "mean")), "written": False}
+    asked = saved.get("invocation") or {}  # the options of the command that ran it, not only those hashed
+    deliver = asked.get("deliver") or saved.get("config", {}).get("deliver", "mean")
+    planned = asked.get("rounds")
+    return {**choose(rounds, deliver, pseudo_rounds=None if planned is None else planned >= 1), "written": False}
 
 
 def report_json(run_dir: str | Path, resume_command: str | None = None) -> dict:

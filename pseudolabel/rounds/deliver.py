@@ -1,11 +1,12 @@
 """What a run hands the user (`--deliver`): the mean of its rounds, or the round and blend the holdout picks.
 
 `mean` (the default) makes no choice: it delivers the mean of every usable (not collapsed) round's fold
-ensemble, blended evenly (MEAN_WEIGHT) with the co-teacher once the run has a pseudo-label round; a run of
-round 0 alone delivers round 0's heads, the recipe's output. Replayed on finished runs
-(benchmarks/delivery_rules.py, results/delivered-output.md) it beat round 0 on every seed and the holdout's
-choice on average. The labeled holdout (`--holdout`, on by default when --rounds >= 1) only estimates it, so
-that estimate carries no optimism from a choice; without a holdout there is no estimate of it.
+ensemble, blended evenly (MEAN_WEIGHT) with the co-teacher in a run of pseudo-label rounds (--rounds >= 1,
+even one that stopped after round 0); a run of round 0 alone (--rounds 0) delivers round 0's heads, the
+recipe's output. Replayed on finished runs (benchmarks/delivery_rules.py, results/delivered-output.md) it
+beat round 0 on every seed and the holdout's choice on average. The labeled holdout (`--holdout`, on by
+default when --rounds >= 1) only estimates it, so that estimate carries no optimism from a choice; without a
+holdout there is no estimate of it.
 
 `auto`, `head` and `blend` choose on the holdout. The submission is the fold ensemble's mean prediction
 (optionally blended with the co-teacher), so candidates are compared on what scores exactly that on labeled
@@ -67,9 +68,11 @@ def usable_rounds(rounds: list[dict]) -> list[int]:
     return [m["round"] for m in rounds if not m["collapsed"]] or [m["round"] for m in rounds]
 
 
-def mean_weight(rounds: list[dict]) -> float:
-    """The co-teacher's share in the rounds' mean: MEAN_WEIGHT once a pseudo-label round finished."""
-    return MEAN_WEIGHT if len(rounds) > 1 else 0.0
+def mean_weight(rounds: list[dict], pseudo_rounds: bool | None = None) -> float:
+    """The co-teacher's share in the rounds' mean: MEAN_WEIGHT in a run of pseudo-label rounds (`pseudo_rounds`:
+    it was asked for --rounds >= 1, even if it stopped after round 0; None: a pseudo-label round finished)."""
+    blended = len(rounds) > 1 if pseudo_rounds is None else pseudo_rounds
+    return MEAN_WEIGHT if blended else 0.0
 
 
 def mean_scores(labels: np.ndarray, holdout_preds: list[np.ndarray], co_teacher: np.ndarray | None,
@@ -116,17 +119,18 @@ def candidates(rounds: list[dict], deliver: str = "auto") -> list[dict]:
     return out
 
 
-def choose(rounds: list[dict], deliver: str = "mean", scored: dict | None = None) -> dict:
+def choose(rounds: list[dict], deliver: str = "mean", scored: dict | None = None,
+           pseudo_rounds: bool | None = None) -> dict:
     """Which output a run delivers (`rounds`: the rounds whose fold ensembles it averages), its holdout score,
     round 0's head on the same rows, and why. `scored`: the rounds' mean's holdout scores (`mean_scores`),
-    else the last round's record of them."""
+    else the last round's record of them; `pseudo_rounds`: the run was asked for --rounds >= 1 (`mean_weight`)."""
     if not rounds:
         raise PseudoError("no finished round to deliver")
     oof = [m["oof"]["macro_f1"] for m in rounds]
     oof_gain = (max(oof[1:]) - oof[0]) if len(rounds) > 1 and all(m["leak_free"]["oof"] for m in rounds) else None
     round0 = rounds[0]["holdout"]["macro_f1"] if rounds[0].get("holdout") else None
     if check_deliver(deliver) == "mean":
-        return _mean_choice(rounds, oof_gain, round0, scored or rounds[-1].get("holdout_mean"))
+        return _mean_choice(rounds, oof_gain, round0, scored or rounds[-1].get("holdout_mean"), pseudo_rounds)
     pool = candidates(rounds, deliver)
     if not pool:
         reason = NO_HOLDOUT if (len(rounds) > 1 or deliver == "blend") else None
@@ -145,9 +149,9 @@ def choose(rounds: list[dict], deliver: str = "mean", scored: dict | None = None
             "reason": why + " (chosen on the same rows: the estimate is optimistic by that choice)"}
 
 
-def _mean_choice(rounds: list[dict], oof_gain, round0, scored: dict | None) -> dict:
+def _mean_choice(rounds: list[dict], oof_gain, round0, scored: dict | None, pseudo_rounds: bool | None) -> dict:
     """`mean`: every usable round's fold ensemble averaged, blended at `mean_weight`; scored, not chosen."""
-    usable, weight = usable_rounds(rounds), mean_weight(rounds)
+    usable, weight = usable_rounds(rounds), mean_weight(rounds, pseudo_rounds)
     value = None
     if scored is not None and scored.get("rounds") == usable:
         value = scored["macro_f1"].get(str(weight))
@@ -161,7 +165,7 @@ def _mean_choice(rounds: list[dict], oof_gain, round0, scored: dict | None) -> d
     else:
         why = "delivered without a choice, so the holdout estimate carries no optimism from one"
     # round 0 alone without a holdout: the recipe's output, as --deliver auto delivers it (no reason to give)
-    choice["reason"] = None if value is None and len(rounds) == 1 else f"{describe(choice)}: {why}"
+    choice["reason"] = None if value is None and usable == [0] and weight == 0 else f"{describe(choice)}: {why}"
     return choice
 
 

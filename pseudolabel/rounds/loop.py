@@ -263,7 +263,7 @@ def holdout_mean(run: Run, rounds: list[dict]) -> dict | None:
 
 def deliver(run: Run, rounds: list[dict]) -> dict:
     """The run's final output (deliver.py): the rounds' mean, or the round and blend best on the holdout."""
-    choice = choose(rounds, run.config.deliver, holdout_mean(run, rounds))
+    choice = choose(rounds, run.config.deliver, holdout_mean(run, rounds), pseudo_rounds=run.config.rounds >= 1)
     co = run.co_teacher()[0] if choice["weight"] > 0 else {"test": None, "holdout": None}
     choice["interval"] = delivered_interval(run.dir, choice, run.labeled.labels, co["holdout"])
     return write_final(run.dir, choice, run.test.ids if run.test else None, co["test"], raw=run.config.raw)
