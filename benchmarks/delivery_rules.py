@@ -14,10 +14,11 @@ saw), what these rules deliver (the co-teacher's share of the test rows: the run
 - rounds' mean, even blend (the default): no choice, the mean of the usable rounds' ensembles blended 0.5
   (`deliver.choose` with `--deliver mean`: what a default run delivers);
 - best on evaluation: the candidate that scores best on the evaluation split (a ceiling no rule can know);
-- holdout, per-class weights: today's choice, its label argmax(p * w) with w = (w_-1, 1, w_1) searched on a
-  grid (0.5 to 2, 13 steps each) for the best macro-F1 on all labeled rows scored as in "holdout + OOF" (the
-  competition teams' per-class weights; a new output, so no candidate bounds it);
-- rounds' mean, even blend, per-class weights: the same weights searched for the rounds' mean blend.
+- holdout, per-class weights: the holdout's choice, its label argmax(p * w) with w = (w_-1, 1, w_1) searched
+  on a grid (0.5 to 2, 13 steps each) for the best macro-F1 on all labeled rows scored as in "holdout + OOF"
+  (the competition teams' per-class weights; a new output, so no candidate bounds it);
+- rounds' mean, even blend, per-class weights: the same weights searched for the rounds' mean blend (what
+  `--class-weights auto` delivers: `class_weights.search` on the same rows).
 
 The runs are `benchmarks/scarce_labels.py` variant folders (`<work>/seed<N>/<variant>`): the seed folder holds
 eval.csv and labeled.csv, whose ids are rows of --train. Nothing is trained or written.
@@ -38,36 +39,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pseudolabel.core.constants import HOLDOUT  # noqa: E402
 from pseudolabel.data.posts import load_labeled, load_unlabeled  # noqa: E402
+from pseudolabel.rounds.class_weights import search, weighted_labels  # noqa: E402
 from pseudolabel.rounds.deliver import BLEND_WEIGHTS, choose, delivered_probs  # noqa: E402
+from pseudolabel.data.metrics import macro_f1_rows  # noqa: E402
 from pseudolabel.data.metrics import scores  # noqa: E402
 from pseudolabel.core.store import RunDir, load_npy, read_json  # noqa: E402
 
 WEIGHTS = (0.0, *BLEND_WEIGHTS)
 RULES = ("holdout (--deliver auto)", "holdout + OOF", "last round, even blend", "rounds' mean, even blend (the default)",
          "best on evaluation", "holdout, per-class weights", "rounds' mean, even blend, per-class weights")
-WEIGHT_GRID = np.exp(np.linspace(np.log(0.5), np.log(2.0), 13))  # per-class weights tried, 1 included
 
 
 def fold_mean(array: np.ndarray) -> np.ndarray:
     return array.mean(axis=0) if array.ndim == 3 else array
 
 
-def weighted_f1(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
-    """Macro-F1 of the labels argmax(probs * weights) (as one-hot rows, which `scores` takes)."""
-    return scores(labels, np.eye(probs.shape[1])[(probs * weights).argmax(axis=1)])["macro_f1"]
-
-
-def class_weights(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """(w_-1, 1, w_1) from WEIGHT_GRID with the best macro-F1 of argmax(probs * w) on these rows; a tie keeps
-    no weighting, else the first weights in grid order."""
-    best, best_f1 = np.ones(3), weighted_f1(labels, probs, np.ones(3))
-    for a in WEIGHT_GRID:
-        for b in WEIGHT_GRID:
-            w = np.array([a, 1.0, b])
-            value = weighted_f1(labels, probs, w)
-            if value > best_f1 + 1e-12:
-                best, best_f1 = w, value
-    return best
+def weighted_f1(labels: np.ndarray, probs: np.ndarray, weights) -> float:
+    """Macro-F1 of the labels argmax(probs * weights), as a run with --class-weights auto labels its posts."""
+    return float(macro_f1_rows(np.asarray(labels)[None], weighted_labels(probs, weights)[None])[0])
 
 
 def replay(run: Path, truth: dict[str, int]) -> dict[str, float]:
@@ -105,9 +94,9 @@ def replay(run: Path, truth: dict[str, int]) -> dict[str, float]:
     pooled = max(candidates, key=lambda c: (on_all[c], -c[0], -abs(c[1] - 0.5)))  # deliver.py's tie order
     mean_test = np.mean([test[k] for k in usable], axis=0)
     k, w = today["round"], today["weight"]
-    weights = class_weights(labeled.labels, (1 - w) * everywhere[k] + w * co_rows)
+    weights = search(labeled.labels, (1 - w) * everywhere[k] + w * co_rows)
     mean_rows = 0.5 * np.mean([everywhere[r] for r in usable], axis=0) + 0.5 * co_rows
-    mean_weights = class_weights(labeled.labels, mean_rows)
+    mean_weights = search(labeled.labels, mean_rows)
     return {RULES[0]: on_eval[(k, w)], RULES[1]: on_eval[pooled], RULES[2]: on_eval[(usable[-1], 0.5)],
             RULES[3]: scores(y_eval, delivered_probs(default, [load_npy(run_dir.round(r).test_preds)
                                                         for r in default["rounds"]], co_test))["macro_f1"],

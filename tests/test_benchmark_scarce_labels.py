@@ -150,21 +150,3 @@ def test_tables_average_over_the_seeds_that_reached_a_round(capsys):
     assert "nan" not in out
     assert "| uncertainty | 1 | 0.6500 ± 0.0000 (1 of 2 seeds) | 0.8000 ± 0.0000 | 10 ± 0 | 1.00 |" in out
     assert "| uncertainty, round 1 | default, round 1 | +3.0, – | +3.00 | +3.0 |" in out
-
-
-def test_replayed_class_weights_find_the_smallest_grid_weight_that_fixes_a_shy_class():
-    """delivery_rules.class_weights: the negative class is under-predicted (0.4 against 0.6); the grid's first
-    weight above 1.5 makes every row right, and rows already right keep no weighting."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("delivery_rules", REPO / "benchmarks" / "delivery_rules.py")
-    rules = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rules)
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    probs = np.array([[0.4, 0.6, 0.0], [0.4, 0.6, 0.0], [0.3, 0.7, 0.0], [0.1, 0.9, 0.0],
-                      [0.0, 0.2, 0.8], [0.1, 0.1, 0.8]])
-    assert rules.weighted_f1(labels, probs, np.ones(3)) < 1.0
-    weights = rules.class_weights(labels, probs)
-    assert rules.weighted_f1(labels, probs, weights) == 1.0
-    assert weights[1] == 1.0 and weights[0] == min(w for w in rules.WEIGHT_GRID if w > 1.5)
-    assert np.array_equal(rules.class_weights(labels, np.eye(3)[labels]), np.ones(3))

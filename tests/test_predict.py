@@ -54,11 +54,15 @@ def mean_run(tiny_data, tiny_encoder, tmp_path_factory):
     with the co-teacher; round 1 cut its chunks to their longest post, round 0 padded every post."""
     run_dir = tmp_path_factory.mktemp("runs") / "mean"
     result = invoke(*run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--folds", "2",
-                              "--student-dynamic-padding", "--force"))
+                              "--student-dynamic-padding", "--force", "--class-weights", "auto"))
     assert result.exit_code == 0, result.output
     final = json.loads((run_dir / "final.json").read_text())
     assert (final["deliver"], final["rounds"], final["weight"]) == ("mean", [0, 1], 0.5), final
     assert "final output: the mean of rounds 0, 1 blended evenly with the co-teacher — holdout macro-F1" \
+        in flat(result.output)
+    weights = final["class_weights"]  # searched on every labeled post: the holdout and the OOF rows
+    assert weights["rows"] == len(read_rows(tiny_data["train"], "gb18030")) - 1 and weights["weights"][1] == 1.0
+    assert f"cross-fitted on {weights['rows']} labeled posts against {weights['unweighted']:.4f} unweighted" \
         in flat(result.output)
     return run_dir
 
@@ -98,13 +102,21 @@ def test_the_rounds_mean_predicts_as_the_run_delivered_it_from_the_run_and_from_
     out = tmp_path / "pred.csv"
     result = invoke("predict", tiny_data["test"], "--run-dir", mean_run, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "the mean of rounds 0 (2 fold heads), 1 (2 fold heads) blended with the co-teacher at 0.50" \
-        in flat(result.output)
+    assert "the mean of rounds 0 (2 fold heads), 1 (2 fold heads) blended with the co-teacher at 0.50, labels " \
+        "weighted per class" in flat(result.output)
     labels, probs = predictions(out)
-    assert labels == read_rows(mean_run / "submission.csv")[1:]
+    assert labels == read_rows(mean_run / "submission.csv")[1:]  # labelled with the run's class weights
     np.testing.assert_allclose(probs, np.load(mean_run / "final_test_preds.npy"), atol=1e-5)
+    weights = np.array(final["class_weights"]["weights"])
+    assert [int(y) for _, y in labels] == ((probs * weights).argmax(axis=1) - 1).tolist()
     texts = load_unlabeled(tiny_data["test"], None).texts
     model = load_model(mean_run)
+    assert model.spec.class_weights == final["class_weights"]["weights"]
+    model.spec.class_weights = [2.0, 0.5, 2.0]  # weights that move labels: predict applies them
+    moved = model.predict(texts)
+    assert moved.tolist() == ((model.predict_proba(texts) * [2.0, 0.5, 2.0]).argmax(axis=1) - 1).tolist()
+    assert moved.tolist() != (model.predict_proba(texts).argmax(axis=1) - 1).tolist()
+    model.spec.class_weights = final["class_weights"]["weights"]
     assert [p.dynamic_padding for p in model.spec.parts] == [False, True]
     heads = [np.load(mean_run / f"round_{k}" / "test_preds.npy").mean(0) for k in (0, 1)]
     tokens = model.tokens(texts)
@@ -126,6 +138,7 @@ def test_the_rounds_mean_predicts_as_the_run_delivered_it_from_the_run_and_from_
     assert result.exit_code == 0, result.output
     record = json.loads((folder / "model.json").read_text())
     assert record["rounds"] == [0, 1] and [len(p["heads"]) for p in record["parts"]] == [2, 2]
+    assert record["class_weights"] == final["class_weights"]["weights"]
     card = (folder / "README.md").read_text()
     assert "each round's fold mean, averaged over the rounds" in card and "| 1 |" in card
     exported = tmp_path / "exported.csv"
@@ -324,6 +337,7 @@ def test_a_crafted_model_folder_is_refused_in_one_line(blend_run, tiny_data, tmp
         "lambda": (lambda_head, "holds a whole Keras model"),
         "field": (with_record(max_len="140; rm -rf /"), "max_len must be a positive integer"),
         "no-parts": (with_record(parts=[]), "parts must be a list of objects"),
+        "weights": (with_record(class_weights=[1, "x", 1]), "class_weights must be three positive weights"),
         "format": (with_record(format=3), "model format 3, this package reads 1 and 2"),
     }
     for name, (change, says) in cases.items():

@@ -383,6 +383,9 @@ def run(
                                        "only estimates it), 'auto' (the round and co-teacher blend best on the "
                                        "holdout), 'head' (the best round's fold heads), 'blend' (the best blend).",
                         _DELIVER),
+    class_weights: str = _opt(_D["class_weights"], "'auto': label posts argmax(p · w), per-class weights w searched "
+                                                   "for the best macro-F1 on every labeled post (holdout and OOF), "
+                                                   "with a cross-fitted estimate; 'none': argmax(p).", _DELIVER),
     raw: bool = _opt(_D["raw"], "CSV files (submission.csv, pseudo_labels.csv) with ids and texts as they came "
                                 "in; by default a cell a spreadsheet would run as a formula (= + - @, a tab "
                                 "first) gets a leading '.", _DELIVER),

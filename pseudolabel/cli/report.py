@@ -202,7 +202,19 @@ def _best_blend(by_weight: dict | None) -> Text:
 
 
 def final_line(choice: dict | None, rounds: list[dict]) -> Text:
-    """What the run delivers (submission.csv at the run's top) and by how much it beats round 0."""
+    """What the run delivers (submission.csv at the run's top), by how much it beats round 0, and its
+    per-class decision weights with their cross-fitted estimate (--class-weights auto)."""
+    line = _final_line(choice, rounds)
+    weights = (choice or {}).get("class_weights")
+    if weights:
+        star = "" if weights["leak_free"] else " (OOF rows not leak-free)"
+        line.append(f"; labels argmax(p · w), w -1/0/1 {'/'.join(f'{w:.2f}' for w in weights['weights'])}: "
+                    f"macro-F1 {weights['estimate']:.4f} cross-fitted on {weights['rows']:,} labeled posts against "
+                    f"{weights['unweighted']:.4f} unweighted{star}")
+    return line
+
+
+def _final_line(choice: dict | None, rounds: list[dict]) -> Text:
     if choice is None:
         return Text("not delivered yet", style="yellow")
     label = "final output" if choice.get("written", True) else "not delivered yet; so far the rule picks"

@@ -41,10 +41,16 @@ def resampled_macro_f1(labels: np.ndarray, predicted: np.ndarray, draws: np.ndar
     """(len(draws),): the macro-F1 of `predicted` against `labels` on each row of `draws` (row indices, one
     resample per row), as `scores` computes it (a class with neither support nor predictions scores 0)."""
     labels, predicted = np.asarray(labels), np.asarray(predicted)
-    cells = labels[draws] * N_CLASSES + predicted[draws]  # a confusion-matrix cell per drawn row
-    offsets = np.arange(len(draws))[:, None] * N_CLASSES ** 2
-    confusion = np.bincount((cells + offsets).ravel(), minlength=len(draws) * N_CLASSES ** 2)
-    confusion = confusion.reshape(len(draws), N_CLASSES, N_CLASSES)
+    return macro_f1_rows(labels[draws], predicted[draws])
+
+
+def macro_f1_rows(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(D,): the macro-F1 of each row of `predicted` (D, N) against the same row of `labels` (D, N), class
+    indices, as `scores` computes it."""
+    cells = np.asarray(labels) * N_CLASSES + np.asarray(predicted)  # a confusion-matrix cell per row and post
+    offsets = np.arange(len(cells))[:, None] * N_CLASSES ** 2
+    confusion = np.bincount((cells + offsets).ravel(), minlength=len(cells) * N_CLASSES ** 2)
+    confusion = confusion.reshape(len(cells), N_CLASSES, N_CLASSES)
     hits = np.diagonal(confusion, axis1=1, axis2=2)
     denominator = confusion.sum(axis=1) + confusion.sum(axis=2)  # 2 TP + FP + FN, per class
     f1 = np.divide(2 * hits, denominator, out=np.zeros(hits.shape), where=denominator > 0)

@@ -55,7 +55,7 @@ def load_spec(path: str | Path, round: int | None = None, encoder: str | Path | 
 
 def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
     """What run `root` delivered (final.json), or round `round`'s fold heads alone."""
-    from ..rounds.deliver import chosen_rounds
+    from ..rounds.deliver import chosen_rounds, decision_weights
     from ..heads.model import Recipe
 
     run_dir = RunDir(root)
@@ -89,7 +89,8 @@ def from_run(root: str | Path, round: int | None = None) -> ModelSpec:
         kind="run", source=run_dir.root, parts=[_part(run_dir, recipe, config, k) for k in rounds], weight=weight,
         max_len=int(options["max_len"]), hidden=int(saved["encoder"]["config"]["hidden_size"]),
         feature_dtype="float32" if "test" in options.get("stream", []) else "float16",
-        encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card)
+        encoder_folder=Path(options["encoder"]), encoder_sha256=saved["encoder"]["sha256"], card=card,
+        class_weights=decision_weights(final) if final else None)
 
 
 def _part(run_dir: RunDir, recipe, config: RunConfig, round: int) -> Part:
@@ -136,7 +137,8 @@ def from_export(folder: str | Path) -> ModelSpec:
         hidden=record["hidden"], feature_dtype=record["feature_dtype"],
         # a referenced encoder is read only from the folder the user names (--encoder), never from model.json
         encoder_folder=folder / "encoder" if enc.get("copied") else None, encoder_sha256=enc["sha256"],
-        encoder_hint=None if enc.get("copied") else str(enc.get("folder")), card=record.get("card", {}))
+        encoder_hint=None if enc.get("copied") else str(enc.get("folder")), card=record.get("card", {}),
+        class_weights=record.get("class_weights"))
 
 
 def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, round: int | None = None,
@@ -181,6 +183,7 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
     record = {"format": FORMAT, "package": f"pseudolabel {VERSION}", "rounds": spec.rounds, "weight": spec.weight,
               "output": "blend" if spec.weight > 0 else "head", "max_len": spec.max_len, "hidden": spec.hidden,
               "feature_dtype": spec.feature_dtype, "parts": parts, "what": spec.describe(),
+              "class_weights": spec.class_weights,
               "labels": ["-1", "0", "1"],
               "saved_model": {"path": "saved_model", "signature": "serving_default", "inputs": ["input_ids",
                                                                                               "attention_mask"],
@@ -216,7 +219,9 @@ def model_card(record: dict) -> str:
         f"{record['package']} from the run `{card.get('run')}`.", "",
         "## What predicts",
         f"- {what}; the probabilities are {averaged}"
-        + (" blended with the text model" if record["weight"] > 0 else "") + ".",
+        + (" blended with the text model" if record["weight"] > 0 else "")
+        + (f"; a post's label is argmax(p · w) with per-class weights w (-1/0/1) "
+           f"{'/'.join(f'{w:.3f}' for w in record['class_weights'])}" if record.get("class_weights") else "") + ".",
         f"- Encoder: {enc['config'].get('num_hidden_layers')} layers, hidden {enc['config'].get('hidden_size')}, "
         f"content sha256 {enc['sha256'][:16]}… ({'copied into encoder/' if enc['copied'] else 'at ' + enc['folder']}"
         f"); " + "; ".join((["frozen for the fold heads, features = hidden_states[-2]"] if frozen else [])

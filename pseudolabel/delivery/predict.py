@@ -23,6 +23,7 @@ import numpy as np
 
 from ..data.batching import padded_length
 from ..core.constants import LABEL_VALUES, N_CLASSES
+from ..rounds.class_weights import weighted_labels
 from ..rounds.cv import PREDICT_CHUNK  # the run's scoring chunks: the cuts of dynamic padding follow from them
 from ..data.posts import EMPTY_TEXT, iter_posts
 from .delivered import load_spec
@@ -123,8 +124,12 @@ class DeliveredModel:
                                                               self.spec.dynamic_padding)))
 
     def predict(self, texts: list[str]) -> np.ndarray:
-        """Labels -1, 0, 1 for `texts`."""
-        return self.predict_proba(texts).argmax(axis=1) - 1
+        """Labels -1, 0, 1 for `texts` (argmax(p · w) where the run delivered per-class weights w)."""
+        return self.labels(self.predict_proba(texts)) - 1
+
+    def labels(self, probs: np.ndarray) -> np.ndarray:
+        """Class indices of (N, 3) probabilities, as the run labeled its submission."""
+        return weighted_labels(probs, self.spec.class_weights)
 
     def head_probs(self, tokens, steps: np.ndarray) -> np.ndarray:
         """(N, 3): each part's fold mean, averaged over the parts (as the run averaged its rounds). A part
@@ -190,8 +195,9 @@ class DeliveredModel:
             writer = _writer(fh, fmt, raw)
             for path, steps in zip(paths, plans):
                 for ids, probs in (scoring or self.score_file)(path, steps, chunk_rows):
-                    writer(ids, probs)
-                    counts += np.bincount(probs.argmax(axis=1), minlength=N_CLASSES)
+                    labels = self.labels(probs)
+                    writer(ids, labels, probs)
+                    counts += np.bincount(labels, minlength=N_CLASSES)
                     self.progress.advance(task, len(ids))
             fh.flush()
         self.progress.finish(task)
@@ -232,14 +238,12 @@ def _writer(fh, fmt: str, raw: bool = False):
         rows.writerow(COLUMNS)
         cell = (lambda i: i) if raw else spreadsheet_safe
 
-        def write(ids, probs):
-            labels = probs.argmax(axis=1) - 1
-            rows.writerows([cell(i), int(y), *(f"{p:.8f}" for p in row)] for i, y, row in zip(ids, labels, probs))
+        def write(ids, labels, probs):
+            rows.writerows([cell(i), int(y) - 1, *(f"{p:.8f}" for p in row)] for i, y, row in zip(ids, labels, probs))
         return write
 
-    def write_jsonl(ids, probs):
-        labels = probs.argmax(axis=1) - 1
-        fh.writelines(json.dumps(dict(zip(COLUMNS, [i, int(y), *(round(float(p), 8) for p in row)])),
+    def write_jsonl(ids, labels, probs):
+        fh.writelines(json.dumps(dict(zip(COLUMNS, [i, int(y) - 1, *(round(float(p), 8) for p in row)])),
                                  ensure_ascii=False) + "\n" for i, y, row in zip(ids, labels, probs))
     return write_jsonl
 

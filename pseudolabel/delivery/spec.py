@@ -44,6 +44,7 @@ class ModelSpec:
     encoder_sha256: str
     card: dict = field(default_factory=dict)  # what the model card says: data, rounds, scores
     encoder_hint: str | None = None  # where an export's referenced encoder was (shown, never read)
+    class_weights: list[float] | None = None  # labels argmax(p · w) (--class-weights auto); None: argmax(p)
 
     @property
     def rounds(self) -> list[int]:
@@ -73,7 +74,10 @@ class ModelSpec:
         else:
             what = "the mean of rounds " + ", ".join(f"{p.round} ({len(p.heads)} fold {p.models})"
                                                      for p in self.parts)
-        return what + (f" blended with the co-teacher at {self.weight:.2f}" if self.weight > 0 else "")
+        what += f" blended with the co-teacher at {self.weight:.2f}" if self.weight > 0 else ""
+        if self.class_weights:
+            what += ", labels weighted per class " + "/".join(f"{w:.2f}" for w in self.class_weights)
+        return what
 
     def text_model(self, progress=None):
         """The co-teacher refit on every labeled row, which the delivered blend mixes in (weight > 0)."""

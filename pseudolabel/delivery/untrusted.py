@@ -76,6 +76,10 @@ def checked_record(record, path: Path) -> dict:
           "an object with sha256", path)
     _need(record, "parts", lambda v: isinstance(v, list) and v and all(isinstance(p, dict) for p in v),
           "a list of objects", path)
+    if record.get("class_weights") is not None:
+        _need(record, "class_weights", lambda v: isinstance(v, list) and len(v) == 3 and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < 100 for w in v),
+            "three positive weights (-1, 0, 1) or null", path)
     for i, part in enumerate(record["parts"]):
         where = "" if record["format"] == 1 else f"parts[{i}]."
         _need(part, "round", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a round number",

@@ -17,6 +17,7 @@ import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+from .class_weights import CLASS_WEIGHTS
 from .deliver import DELIVER
 from ..core.errors import PseudoError
 from ..heads.finetune import PRECISIONS, STUDENTS, FineTune
@@ -33,8 +34,8 @@ RECIPE_OVERRIDES = ("epochs", "batch_size", "min_steps", "standardize", "spatial
                     "precise_bn", "zero_padding", "early_stopping", "dynamic_padding")
 DEFAULT_HOLDOUT = 0.15  # share of labeled rows held out when --rounds >= 1 and --holdout is not given
 PATHS = ("train", "test", "unlabeled", "encoder")  # input files and folders: hashed as absolute paths
-NOT_RESULTS = ("run_dir", "rounds", "force", "deliver", "raw", "executor", "ray_address", "fold_cpus",
-               "fold_gpus")  # options that never change a round's numbers
+NOT_RESULTS = ("run_dir", "rounds", "force", "deliver", "class_weights", "raw", "executor", "ray_address",
+               "fold_cpus", "fold_gpus")  # options that never change a round's numbers
 # options that act from round 1 on: runs that differ only in these share round 0 (`round0_key`)
 LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_source", "soft_targets", "sharpen",
                 "student_noise", "student_token_dropout", "co_teacher", "calibrate", "force", "student",
@@ -110,6 +111,7 @@ CONSTRAINTS: dict[str, tuple] = {
     "co_teacher": (Interval(0, 1),),
     "holdout": (None, Interval(0, 0.5, "left")),
     "deliver": (OneOf(DELIVER),),
+    "class_weights": (OneOf(CLASS_WEIGHTS),),
     "student": (OneOf(STUDENTS),),
     "finetune_layers": (Interval(0, None),),
     "finetune_epochs": (Interval(1, None),),
@@ -194,6 +196,7 @@ class RunConfig:
     co_teacher: float = 0.5  # share of a TF-IDF + LR model in the probabilities pseudo-labels come from
     holdout: float | None = None  # None: DEFAULT_HOLDOUT when rounds >= 1, else 0 (a continued run: its own)
     deliver: str = "mean"  # mean | auto | head | blend: what the run hands over (see deliver.py); not in the hash
+    class_weights: str = "none"  # none | auto: per-class decision weights of the delivered labels (class_weights.py)
     raw: bool = False  # CSV text cells as they came in, not made spreadsheet-safe (store.spreadsheet_safe)
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway

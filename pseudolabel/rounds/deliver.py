@@ -31,6 +31,7 @@ from ..core.constants import HOLDOUT
 from ..core.errors import PseudoError
 from ..data.metrics import resampled_macro_f1, scores
 from ..core.store import RunDir, atomic_write_csv, atomic_write_json, atomic_write_npy, load_npy
+from .class_weights import weighted_labels
 
 DELIVER = ("mean", "auto", "head", "blend")
 BLEND_WEIGHTS = (0.25, 0.5, 0.75)
@@ -215,27 +216,55 @@ def delivered_interval(run_dir: RunDir, choice: dict, labels: np.ndarray,
     return holdout_interval(np.asarray(labels)[held], head, round0)
 
 
+def estimation_probs(run_dir: RunDir, choice: dict, co_teacher: dict | None) -> np.ndarray:
+    """(N_labeled, 3): the delivered output on every labeled post no model trained on it: the holdout by the
+    chosen rounds' fold ensembles, the other posts by their OOF fold models, averaged over the rounds and
+    blended with the co-teacher's (`co_teacher`: its "oof" and "holdout") as delivered."""
+    held = load_npy(run_dir.round(0).folds) == HOLDOUT
+    rows = []
+    for k in chosen_rounds(choice):
+        files = run_dir.round(k)
+        oof = np.array(load_npy(files.oof_preds), np.float32)
+        if held.any():
+            oof[held] = load_npy(files.holdout_preds).mean(axis=0)
+        rows.append(oof)
+    mean = np.mean(rows, axis=0)
+    if choice["weight"] <= 0:
+        return mean
+    co = np.array(co_teacher["oof"], np.float32)
+    if held.any():
+        co[held] = np.asarray(co_teacher["holdout"]).mean(axis=0)
+    return blend(mean, co, choice["weight"])
+
+
 def chosen_rounds(choice: dict) -> list[int]:
     """The rounds a choice averages (a final.json written before several could be: its one round)."""
     return [int(k) for k in choice.get("rounds") or [choice["round"]]]
 
 
-def submission_rows(ids: list[str], probs: np.ndarray):
-    """(id, label -1/0/1) rows of a submission file."""
-    return zip(ids, (np.asarray(probs).argmax(axis=1) - 1).tolist())
+def submission_rows(ids: list[str], probs: np.ndarray, weights=None):
+    """(id, label -1/0/1) rows of a submission file; `weights`: per-class decision weights (class_weights.py)."""
+    return zip(ids, (weighted_labels(probs, weights) - 1).tolist())
+
+
+def decision_weights(choice: dict) -> list[float] | None:
+    """The per-class decision weights a choice delivers with (None: plain argmax)."""
+    return (choice.get("class_weights") or {}).get("weights")
 
 
 def write_final(run_dir: RunDir, choice: dict, test_ids: list[str] | None,
                 co_teacher_test: np.ndarray | None, raw: bool = False) -> dict:
-    """Write what the run delivers: final.json, and with a test file the top submission.csv and its
-    probabilities (final_test_preds.npy); a delivered blend of one round also goes to round_k/submission_blend.csv."""
+    """Write what the run delivers: final.json, and with a test file the top submission.csv (its labels weighted
+    per class where the choice has `class_weights`) and its probabilities (final_test_preds.npy, unweighted); a
+    delivered blend of one round also goes to round_k/submission_blend.csv (unweighted)."""
     chosen = [run_dir.round(k) for k in chosen_rounds(choice)]
     if test_ids is not None and all(files.test_preds.is_file() for files in chosen):
         probs = delivered_probs(choice, [load_npy(files.test_preds) for files in chosen], co_teacher_test)
         if choice["weight"] > 0 and len(chosen) == 1:
             atomic_write_csv(chosen[0].submission_blend, ["id", "y"], submission_rows(test_ids, probs), raw=raw)
         atomic_write_npy(run_dir.final_test_preds, probs)
-        atomic_write_csv(run_dir.submission, ["id", "y"], submission_rows(test_ids, probs), raw=raw)
+        atomic_write_csv(run_dir.submission, ["id", "y"], submission_rows(test_ids, probs, decision_weights(choice)),
+                         raw=raw)
         choice["submission"] = str(run_dir.submission)
     atomic_write_json(run_dir.final_path, choice)
     return choice

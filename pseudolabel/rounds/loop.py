@@ -24,7 +24,9 @@ from ..core.constants import VERSION
 from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
-from .deliver import blend_scores, choose, delivered_interval, mean_scores, usable_rounds, write_final
+from .class_weights import class_weight_record
+from .deliver import (blend_scores, choose, delivered_interval, estimation_probs, mean_scores, usable_rounds,
+                      write_final)
 from .costs import NOMINAL, estimated, length_share, round_work
 from .executor import RayEncoder, make_executor
 from ..encoding.encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
@@ -266,6 +268,10 @@ def deliver(run: Run, rounds: list[dict]) -> dict:
     choice = choose(rounds, run.config.deliver, holdout_mean(run, rounds), pseudo_rounds=run.config.rounds >= 1)
     co = run.co_teacher()[0] if choice["weight"] > 0 else {"test": None, "holdout": None}
     choice["interval"] = delivered_interval(run.dir, choice, run.labeled.labels, co["holdout"])
+    if run.config.class_weights == "auto":
+        leak_free = all(m["leak_free"]["oof"] for m in rounds if m["round"] in choice["rounds"])
+        choice["class_weights"] = class_weight_record(run.labeled.labels, estimation_probs(run.dir, choice, co),
+                                                      leak_free)
     return write_final(run.dir, choice, run.test.ids if run.test else None, co["test"], raw=run.config.raw)
 
 
