@@ -98,7 +98,7 @@ def describe(choice: dict) -> str:
     rounds = choice.get("rounds") or [choice["round"]]
     what = f"round {rounds[0]}" if len(rounds) == 1 else f"the mean of rounds {', '.join(map(str, rounds))}"
     if choice["weight"] <= 0:
-        return what + ("'s head" if len(rounds) == 1 else "' fold ensembles")
+        return what + ("'s head" if len(rounds) == 1 else "")
     if choice["weight"] == MEAN_WEIGHT and len(rounds) > 1:
         return what + " blended evenly with the co-teacher"
     return what + f" blended with the co-teacher at {choice['weight']:.2f}"
