@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: round 0 and two pseudo-label rounds on the bundled sample and encoder, with the defaults
-# (co-teacher, class-balanced selection, a 15% labeled holdout that chooses what is delivered) and
+# (co-teacher, class-balanced selection, the rounds' mean delivered, a 15% labeled holdout that scores it) and
 # length-grouped batches cut to their longest post (--dynamic-padding), which keep it near ten minutes on
 # two CPU cores (benchmarks/README.md); `pseudo run --rounds 2` alone pads every post to 140 tokens.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
