@@ -190,7 +190,9 @@ def render_html(run_dir: str | Path, rounds: list[dict], state_lines: list[str],
     delivered = next((m for m in rounds if final and m["round"] == final.get("round")), rounds[-1])
     figures = [
         (f1_chart(rounds, final), "Macro-F1 per round. OOF scores single fold heads on their validation parts; "
-                                  "the holdout scores the fold ensemble — what is delivered."),
+                                  "the holdout scores the fold ensemble; the star is the holdout score of what is "
+                                  "delivered (by default the rounds' mean blended with the co-teacher), placed at "
+                                  "the last round it uses."),
         (per_class_chart(rounds), "Out-of-fold F1 of each class per round."),
     ]
     if len(rounds) > 1:
