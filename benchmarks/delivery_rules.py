@@ -90,7 +90,7 @@ def replay(run: Path, truth: dict[str, int]) -> dict[str, float]:
     on_eval = {(k, w): scores(y_eval, (1 - w) * test[k] + w * co_test)["macro_f1"] for k, w in candidates}
     on_all = {(k, w): scores(labeled.labels, (1 - w) * everywhere[k] + w * co_rows)["macro_f1"] for k, w in candidates}
     today = choose(rounds, "auto")
-    default = choose(rounds, "mean", pseudo_rounds=True)
+    default = choose(rounds, "mean", blended=True)
     pooled = max(candidates, key=lambda c: (on_all[c], -c[0], -abs(c[1] - 0.5)))  # deliver.py's tie order
     mean_test = np.mean([test[k] for k in usable], axis=0)
     k, w = today["round"], today["weight"]

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from conftest import read_rows, run_args, write_rows
 from pseudolabel.cli.commands import app
-from pseudolabel.rounds.deliver import (blend_scores, choose, delivered_probs, describe, holdout_interval,
-                                       mean_scores)
+from pseudolabel.rounds.deliver import (blend_scores, blends_rounds, choose, delivered_probs, describe,
+                                       holdout_interval, mean_scores)
 from pseudolabel.core.errors import PseudoError
 from pseudolabel.data.metrics import resampled_macro_f1, scores
 
@@ -39,11 +39,12 @@ def test_the_default_delivers_the_usable_rounds_mean_blended_evenly_without_a_ch
     # round 0 alone (--rounds 0): its heads, the recipe's output; a run asked for pseudo-label rounds that
     # stopped after round 0 (collapsed) still blends it with the co-teacher
     only = [_round(0, holdout=0.60, collapsed=True, mean={"rounds": [0], "macro_f1": {"0.0": 0.60, "0.5": 0.65}})]
-    alone = choose(only, pseudo_rounds=False)
+    alone = choose(only, blended=False)
     assert (alone["rounds"], alone["weight"], alone["value"]) == ([0], 0.0, 0.60)
-    stopped = choose(only, pseudo_rounds=True)
+    stopped = choose(only, blended=True)
     assert (stopped["rounds"], stopped["weight"], stopped["value"]) == ([0], 0.5, 0.65)
     assert describe(stopped) == "round 0 blended with the co-teacher at 0.50"
+    assert blends_rounds(2, 0.5) and not blends_rounds(0, 0.5) and not blends_rounds(2, 0.0)
     assert choose([_round(0, 0.60)])["reason"] is None
     # without a holdout: the same output, no estimate of it
     blind = choose([_round(0, 0.60), _round(1, 0.63), _round(2, 0.61)])

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ..data.posts import LABEL_VALUES
 from ..core.errors import PseudoError
-from ..rounds.deliver import choose, chosen_rounds, describe
+from ..rounds.deliver import blends_rounds, choose, chosen_rounds, describe
 from ..core.store import RunDir, RunLock, read_json
 
 COLLAPSE_HINT = ("collapsed: the head learned nothing (a class is (almost) never predicted, or macro-F1 is not above "
@@ -97,8 +97,9 @@ def final_choice(run_dir: str | Path, rounds: list[dict]) -> dict | None:
     saved = RunDir(run_dir).saved_config()
     asked = saved.get("invocation") or {}  # the options of the command that ran it, not only those hashed
     deliver = asked.get("deliver") or saved.get("config", {}).get("deliver", "mean")
-    planned = asked.get("rounds")
-    return {**choose(rounds, deliver, pseudo_rounds=None if planned is None else planned >= 1), "written": False}
+    planned, co_teacher = asked.get("rounds"), asked.get("co_teacher", saved.get("config", {}).get("co_teacher", 0.5))
+    blended = None if planned is None else blends_rounds(planned, co_teacher)
+    return {**choose(rounds, deliver, blended=blended), "written": False}
 
 
 def report_json(run_dir: str | Path, resume_command: str | None = None) -> dict:

@@ -2,8 +2,8 @@
 
 `mean` (the default) makes no choice: it delivers the mean of every usable (not collapsed) round's fold
 ensemble, blended evenly (MEAN_WEIGHT) with the co-teacher in a run of pseudo-label rounds (--rounds >= 1,
-even one that stopped after round 0); a run of round 0 alone (--rounds 0) delivers round 0's heads, the
-recipe's output. Replayed on finished runs (benchmarks/delivery_rules.py, results/delivered-output.md) it
+even one that stopped after round 0) unless --co-teacher 0; a run of round 0 alone (--rounds 0) delivers round
+0's heads, the recipe's output. Replayed on finished runs (benchmarks/delivery_rules.py, results/delivered-output.md) it
 beat round 0 on every seed and the holdout's choice on average. The labeled holdout (`--holdout`, on by
 default when --rounds >= 1) only estimates it, so that estimate carries no optimism from a choice; without a
 holdout there is no estimate of it.
@@ -69,11 +69,17 @@ def usable_rounds(rounds: list[dict]) -> list[int]:
     return [m["round"] for m in rounds if not m["collapsed"]] or [m["round"] for m in rounds]
 
 
-def mean_weight(rounds: list[dict], pseudo_rounds: bool | None = None) -> float:
-    """The co-teacher's share in the rounds' mean: MEAN_WEIGHT in a run of pseudo-label rounds (`pseudo_rounds`:
-    it was asked for --rounds >= 1, even if it stopped after round 0; None: a pseudo-label round finished)."""
-    blended = len(rounds) > 1 if pseudo_rounds is None else pseudo_rounds
+def mean_weight(rounds: list[dict], blended: bool | None = None) -> float:
+    """The co-teacher's share in the rounds' mean: MEAN_WEIGHT where it is `blended` (`blends_rounds`; None:
+    where a pseudo-label round finished), else 0."""
+    blended = len(rounds) > 1 if blended is None else blended
     return MEAN_WEIGHT if blended else 0.0
+
+
+def blends_rounds(rounds: int, co_teacher: float) -> bool:
+    """Whether a run's rounds' mean is blended with the co-teacher: in a run asked for pseudo-label rounds
+    (--rounds >= 1, even one that stopped after round 0) with a co-teacher (--co-teacher > 0)."""
+    return rounds >= 1 and co_teacher > 0
 
 
 def mean_scores(labels: np.ndarray, holdout_preds: list[np.ndarray], co_teacher: np.ndarray | None,
@@ -121,17 +127,17 @@ def candidates(rounds: list[dict], deliver: str = "auto") -> list[dict]:
 
 
 def choose(rounds: list[dict], deliver: str = "mean", scored: dict | None = None,
-           pseudo_rounds: bool | None = None) -> dict:
+           blended: bool | None = None) -> dict:
     """Which output a run delivers (`rounds`: the rounds whose fold ensembles it averages), its holdout score,
     round 0's head on the same rows, and why. `scored`: the rounds' mean's holdout scores (`mean_scores`),
-    else the last round's record of them; `pseudo_rounds`: the run was asked for --rounds >= 1 (`mean_weight`)."""
+    else the last round's record of them; `blended`: the mean is blended with the co-teacher (`blends_rounds`)."""
     if not rounds:
         raise PseudoError("no finished round to deliver")
     oof = [m["oof"]["macro_f1"] for m in rounds]
     oof_gain = (max(oof[1:]) - oof[0]) if len(rounds) > 1 and all(m["leak_free"]["oof"] for m in rounds) else None
     round0 = rounds[0]["holdout"]["macro_f1"] if rounds[0].get("holdout") else None
     if check_deliver(deliver) == "mean":
-        return _mean_choice(rounds, oof_gain, round0, scored or rounds[-1].get("holdout_mean"), pseudo_rounds)
+        return _mean_choice(rounds, oof_gain, round0, scored or rounds[-1].get("holdout_mean"), blended)
     pool = candidates(rounds, deliver)
     if not pool:
         reason = NO_HOLDOUT if (len(rounds) > 1 or deliver == "blend") else None
@@ -150,9 +156,9 @@ def choose(rounds: list[dict], deliver: str = "mean", scored: dict | None = None
             "reason": why + " (chosen on the same rows: the estimate is optimistic by that choice)"}
 
 
-def _mean_choice(rounds: list[dict], oof_gain, round0, scored: dict | None, pseudo_rounds: bool | None) -> dict:
+def _mean_choice(rounds: list[dict], oof_gain, round0, scored: dict | None, blended: bool | None) -> dict:
     """`mean`: every usable round's fold ensemble averaged, blended at `mean_weight`; scored, not chosen."""
-    usable, weight = usable_rounds(rounds), mean_weight(rounds, pseudo_rounds)
+    usable, weight = usable_rounds(rounds), mean_weight(rounds, blended)
     value = None
     if scored is not None and scored.get("rounds") == usable:
         value = scored["macro_f1"].get(str(weight))

@@ -25,8 +25,8 @@ from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
 from .class_weights import class_weight_record
-from .deliver import (blend_scores, choose, delivered_interval, estimation_probs, mean_scores, usable_rounds,
-                      write_final)
+from .deliver import (blend_scores, blends_rounds, choose, delivered_interval, estimation_probs, mean_scores,
+                      usable_rounds, write_final)
 from .costs import NOMINAL, estimated, length_share, round_work
 from .executor import RayEncoder, make_executor
 from ..encoding.encoder import EncoderFiles, FrozenEncoder, find_encoder, load_bert, load_tokenizer, quiet_transformers
@@ -265,7 +265,8 @@ def holdout_mean(run: Run, rounds: list[dict]) -> dict | None:
 
 def deliver(run: Run, rounds: list[dict]) -> dict:
     """The run's final output (deliver.py): the rounds' mean, or the round and blend best on the holdout."""
-    choice = choose(rounds, run.config.deliver, holdout_mean(run, rounds), pseudo_rounds=run.config.rounds >= 1)
+    choice = choose(rounds, run.config.deliver, holdout_mean(run, rounds),
+                    blended=blends_rounds(run.config.rounds, run.config.co_teacher))
     co = run.co_teacher()[0] if choice["weight"] > 0 else {"test": None, "holdout": None}
     choice["interval"] = delivered_interval(run.dir, choice, run.labeled.labels, co["holdout"])
     if run.config.class_weights == "auto":
