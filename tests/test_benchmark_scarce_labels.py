@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import numpy as np
 import pytest
 
 from conftest import REPO, read_rows
