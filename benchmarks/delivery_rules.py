@@ -21,9 +21,12 @@ saw), what these rules deliver (the co-teacher's share of the test rows: the run
   `--class-weights auto` delivers: `class_weights.search` on the same rows).
 
 The runs are `benchmarks/scarce_labels.py` variant folders (`<work>/seed<N>/<variant>`): the seed folder holds
-eval.csv and labeled.csv, whose ids are rows of --train. Nothing is trained or written.
+eval.csv and labeled.csv, whose ids are rows of --train. Nothing is trained or written. `--through-round K`
+replays each run as if it had stopped after round K (its later rounds ignored; a run that stopped earlier, as
+one whose round 0 collapsed, as it is), so runs of different lengths compare round for round.
 
     python benchmarks/delivery_rules.py runs/.scarce-student/seed*/default__fine-tuned_student
+    python benchmarks/delivery_rules.py --through-round 1 runs/.budget/seed?/default runs/.budget/seed?/uncertainty
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ def weighted_f1(labels: np.ndarray, probs: np.ndarray, weights) -> float:
     return float(macro_f1_rows(np.asarray(labels)[None], weighted_labels(probs, weights)[None])[0])
 
 
-def replay(run: Path, truth: dict[str, int]) -> dict[str, float]:
-    """Evaluation macro-F1 of what each rule delivers for one run."""
+def replay(run: Path, truth: dict[str, int], through: int | None = None) -> dict[str, float]:
+    """Evaluation macro-F1 of what each rule delivers for one run (its rounds up to `through`: all if None)."""
     run_dir = RunDir(run)
     eval_ids = load_unlabeled(str(run.parent / "eval.csv"), limit=None).ids
     labeled = load_labeled(str(run.parent / "labeled.csv"))
@@ -68,7 +71,8 @@ def replay(run: Path, truth: dict[str, int]) -> dict[str, float]:
     if missing:
         raise SystemExit(f"{run.parent / 'eval.csv'}: id {missing[0]} is not a row of --train")
     y_eval = np.array([truth[i] for i in eval_ids])
-    rounds = [read_json(run_dir.round(k).metrics) for k in run_dir.finished_rounds()]
+    finished = [k for k in run_dir.finished_rounds() if through is None or k <= through]
+    rounds = [read_json(run_dir.round(k).metrics) for k in finished]
     usable = [m["round"] for m in rounds if not m["collapsed"]] or [m["round"] for m in rounds]
     folds = load_npy(run_dir.round(0).folds)
     held = folds == HOLDOUT
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="finished variant run folders of benchmarks/scarce_labels.py")
     parser.add_argument("--train", default="../shared/data/smp_virus_train.labeled.csv",
                         help="the labeled file the benchmark split (its ids label the evaluation split)")
+    parser.add_argument("--through-round", type=int, default=None, metavar="K",
+                        help="replay each run as if it had stopped after round K (default: all its finished rounds)")
     args = parser.parse_args()
     source = load_labeled(args.train)
     truth = dict(zip(source.ids, source.labels.tolist()))
@@ -117,10 +123,11 @@ def main() -> None:
     for run in map(Path, args.runs):
         if not (run / "final.json").is_file():
             raise SystemExit(f"{run}: not a finished run (no final.json)")
-        groups[run.name].append((run.parent.name, replay(run, truth)))
+        groups[run.name].append((run.parent.name, replay(run, truth, args.through_round)))
     for variant, results in groups.items():
         seeds = [seed for seed, _ in results]
-        print(f"\n{variant}: evaluation macro-F1 of the delivered output, per {', '.join(seeds)}")
+        upto = "" if args.through_round is None else f" (rounds up to {args.through_round})"
+        print(f"\n{variant}{upto}: evaluation macro-F1 of the delivered output, per {', '.join(seeds)}")
         print("| rule | mean | " + " | ".join(seeds) + " |")
         print("|---|---|" + "---|" * len(seeds))
         for rule in RULES:
