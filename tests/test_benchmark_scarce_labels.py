@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import numpy as np
 import pytest
 
 from conftest import REPO, read_rows
+from pseudolabel.core.store import load_npy
+from pseudolabel.data.metrics import scores
+from pseudolabel.data.posts import load_labeled, load_unlabeled
 
 
 @pytest.mark.slow
@@ -115,6 +119,21 @@ def test_full_labels_with_a_pool_file_compares_the_student_seed_by_seed(tmp_path
         assert values["rounds' mean, even blend (the default)"] == round(entry["delivered"][name]["eval_f1"], 4)
         picks = ("holdout (--deliver auto)", "holdout + OOF", "last round, even blend", "best on evaluation")
         assert max(values[rule] for rule in picks) == values["best on evaluation"]
+    # --through-round 0: each run replayed as if it had stopped after round 0, whose rounds' mean is round 0's
+    # fold ensemble blended evenly with the co-teacher's evaluation rows
+    done = subprocess.run(replay + ["--through-round", "0", str(runs[variants[0]])], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout.split(f"\n{runs[variants[0]].name} (rounds up to 0): ")[1]
+    values = {line.split(" | ")[0].lstrip("| "): float(line.split(" | ")[1]) for line in table.splitlines()[3:10]}
+    first = runs[variants[0]]
+    source = load_labeled(str(REPO / "data" / "train.labeled.csv"))
+    truth = dict(zip(source.ids, source.labels))
+    eval_labels = np.array([truth[i] for i in load_unlabeled(str(seed_dir / "eval.csv"), limit=None).ids])
+    probs = 0.5 * load_npy(first / "round_0" / "test_preds.npy").mean(axis=0) + 0.5 * load_npy(
+        first / "co_teacher" / "test_preds.npy")
+    expected = scores(eval_labels, probs)["macro_f1"]
+    assert values["rounds' mean, even blend (the default)"] == values["last round, even blend"] == round(expected, 4)
     # a run without a co-teacher (--rounds 0) has no blend to replay: one line, exit 1
     done = subprocess.run(replay + [str(seed_dir / "fine-tuned_round_0")], capture_output=True, text=True,
                           timeout=300, cwd=REPO)
