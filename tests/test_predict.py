@@ -243,6 +243,17 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
     result = invoke("predict", tiny_data["test"], "--model", folder, "--out", tmp_path / "x.csv", "--encoder", other)
     assert result.exit_code == 1 and "not the encoder the model was trained with" in flat(result.output)
 
+    # exporting again into an export replaces it whole: no encoder copy, SavedModel or head file of the
+    # earlier one stays behind (a file of the user's own does)
+    folder = tmp_path / "model-True"
+    (folder / "heads" / "fold_9.weights.h5").write_bytes(b"stale")
+    (folder / "notes.txt").write_text("mine")
+    assert invoke("export", "--run-dir", blend_run, "--out", folder, "--reference-encoder").exit_code == 0
+    assert not (folder / "encoder").exists() and not (folder / "saved_model").exists()
+    record = json.loads((folder / "model.json").read_text())
+    heads = sorted(str(p.relative_to(folder)) for p in (folder / "heads").rglob("*.h5"))
+    assert heads == sorted(record["parts"][0]["heads"]) and (folder / "notes.txt").read_text() == "mine"
+
 
 def test_a_plain_text_column_file_and_bad_input(head_run, tiny_data, tmp_path):
     texts = load_unlabeled(tiny_data["test"], None).texts

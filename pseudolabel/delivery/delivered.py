@@ -33,6 +33,7 @@ from ..core.store import RunDir, atomic_write_json, atomic_write_text, mark_done
 
 FORMAT = 2  # 2: `parts`, one per round averaged; format 1 (one round) is still read
 MODEL_FILE = "model.json"
+EXPORT_ENTRIES = ("heads", "co_teacher", "encoder", "saved_model", "vocab.txt", "README.md")  # what export writes
 
 
 def load_spec(path: str | Path, round: int | None = None, encoder: str | Path | None = None) -> ModelSpec:
@@ -157,6 +158,7 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
         if not (out / MODEL_FILE).is_file():
             raise PseudoError(f"{out}: exists and is not an exported model; choose an empty or new folder")
         (out / MODEL_FILE).unlink()  # an export in progress is not a model until model.json is written last
+        _clear_export(out, keep=Path(files.folder))
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for part in spec.parts:
@@ -194,6 +196,21 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
     atomic_write_text(out / "README.md", model_card(record))
     atomic_write_json(out / MODEL_FILE, record)  # last: a folder without it is not a model
     return out
+
+
+def _clear_export(out: Path, keep: Path) -> None:
+    """Remove what an earlier export wrote into `out` (its heads, co-teacher, encoder copy, SavedModel, card),
+    so a re-export holds only what its model.json names; anything else in the folder is left alone, and so is
+    the entry holding `keep` (the encoder the run trained with, should it live in the old export)."""
+    keep = keep.resolve()
+    for name in EXPORT_ENTRIES:
+        path = out / name
+        if keep == path.resolve() or path.resolve() in keep.parents:
+            continue
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
 
 
 def _copy(source: Path, target: Path) -> None:
