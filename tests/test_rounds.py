@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import read_rows, run_args
 from pseudolabel.cli.commands import app
+from pseudolabel.data.metrics import scores
 from pseudolabel.data.posts import load_labeled, load_unlabeled
 from pseudolabel.rounds.select import NOT_SELECTED, select
 
@@ -141,7 +142,7 @@ class _Page(HTMLParser):
         self.links += [v for k, v in attrs if k in ("src", "href") and v and not v.startswith("#")]
 
 
-def test_html_report_is_one_self_contained_page_of_charts(two_rounds, tmp_path):
+def test_html_report_is_one_self_contained_page_of_charts(two_rounds, tiny_data, tmp_path):
     run_dir, _ = two_rounds
     page_path = tmp_path / "report.html"
     result = invoke("report", "--run-dir", str(run_dir), "--html", str(page_path))
@@ -158,6 +159,14 @@ def test_html_report_is_one_self_contained_page_of_charts(two_rounds, tmp_path):
     assert f"{metrics['oof']['macro_f1']:.4f}" in page  # the table holds the run's own numbers
     interval = json.loads((run_dir / "final.json").read_text())["interval"]  # what was delivered, how surely
     assert f"95% interval {interval['value'][0]:.4f}–{interval['value'][1]:.4f}" in page
+    # the confusion matrix is the delivered output's on the holdout: the rounds' mean blended with the co-teacher
+    final = json.loads((run_dir / "final.json").read_text())
+    held = load(run_dir / "round_0" / "folds.npy") == -1
+    mean = np.mean([load(run_dir / f"round_{k}" / "holdout_preds.npy").mean(axis=0) for k in final["rounds"]], axis=0)
+    probs = (1 - final["weight"]) * mean + final["weight"] * load(run_dir / "co_teacher" / "holdout_preds.npy").mean(0)
+    expected = scores(load_labeled(tiny_data["train"]).labels[held], probs)["confusion"]
+    assert final["rounds"] == [0, 1, 2] and final["confusion"] == expected and sum(map(sum, expected)) == 18
+    assert "Confusion matrix of what is delivered (the mean of rounds 0, 1, 2) on the 18-post holdout" in page
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium here: the page was checked by parsing only")

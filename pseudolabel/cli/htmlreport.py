@@ -16,6 +16,7 @@ import numpy as np
 
 from ..core.constants import LABEL_VALUES
 from ..core.store import RunDir, atomic_write_text, load_npy
+from ..rounds.deliver import describe
 
 CLASS_COLORS = ("#c0392b", "#7f8c8d", "#27ae60")  # -1, 0, 1
 ROUND_CMAP = "viridis"
@@ -142,11 +143,10 @@ def reliability_chart(rounds: list[dict]) -> str:
     return _svg(fig)
 
 
-def confusion_chart(m: dict) -> tuple[str, str]:
-    """The confusion matrix of one round: on the holdout (fold ensemble) if it has one, else OOF."""
+def confusion_chart(matrix: list[list[int]]) -> str:
+    """A confusion matrix (rows: labeled -1/0/1, columns: predicted)."""
     plt = _pyplot()
-    where = "holdout" if m.get("holdout") else "oof"
-    matrix = np.array(m[where]["confusion"])
+    matrix = np.array(matrix)
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
     ax.imshow(matrix, cmap="Blues")
     for i in range(matrix.shape[0]):
@@ -157,7 +157,20 @@ def confusion_chart(m: dict) -> tuple[str, str]:
     ax.set_yticks(range(3), LABEL_VALUES)
     ax.set_xlabel("predicted")
     ax.set_ylabel("labeled")
-    return _svg(fig), "their fold ensemble on the holdout" if where == "holdout" else "out-of-fold"
+    return _svg(fig)
+
+
+def delivered_confusion(rounds: list[dict], final: dict | None) -> tuple[list[list[int]], str]:
+    """The confusion matrix of what is delivered, on the holdout (final.json records it), with its caption;
+    for a run without one (or delivered before it was recorded): the delivered round's heads alone."""
+    if final and final.get("confusion"):
+        return final["confusion"], (f"Confusion matrix of what is delivered ({describe(final)}) on the "
+                                    f"{sum(map(sum, final['confusion']))}-post holdout.")
+    m = next((m for m in rounds if final and m["round"] == final.get("round")), rounds[-1])
+    where = "holdout" if m.get("holdout") else "oof"
+    shown = "their fold ensemble on the holdout" if where == "holdout" else "out-of-fold"
+    return m[where]["confusion"], (f"Confusion matrix of round {m['round']}'s heads, {shown} (without the "
+                                   f"co-teacher blend).")
 
 
 def _table(rounds: list[dict]) -> str:
@@ -187,7 +200,6 @@ td,th{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:right}.note{col
 def render_html(run_dir: str | Path, rounds: list[dict], state_lines: list[str], final: dict | None) -> str:
     """The page: a summary, the round table and the charts (each an inline <svg> in a <figure>)."""
     rd = RunDir(run_dir)
-    delivered = next((m for m in rounds if final and m["round"] == final.get("round")), rounds[-1])
     figures = [
         (f1_chart(rounds, final), "Macro-F1 per round. OOF scores single fold heads on their validation parts; "
                                   "the holdout scores the fold ensemble; the star is the holdout score of what is "
@@ -204,9 +216,8 @@ def render_html(run_dir: str | Path, rounds: list[dict], state_lines: list[str],
                                     "posts pseudo-labels are selected from."))
     figures.append((reliability_chart(rounds), "Reliability of the OOF predictions: accuracy against confidence "
                                                "per bin."))
-    matrix, where = confusion_chart(delivered)
-    figures.append((matrix, f"Confusion matrix of round {delivered['round']}'s heads, {where} (without the "
-                            f"co-teacher blend)."))
+    matrix, caption = delivered_confusion(rounds, final)
+    figures.append((confusion_chart(matrix), caption))
     body = "".join(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
                    for svg, caption in figures)
     state = "".join(f"<p class='note'>{html.escape(line)}</p>" for line in state_lines)

@@ -209,17 +209,18 @@ def holdout_interval(labels: np.ndarray, delivered: np.ndarray, round0: np.ndarr
             "gain_covers_zero": bool(gain_range[0] <= 0.0 <= gain_range[1])}
 
 
-def delivered_interval(run_dir: RunDir, choice: dict, labels: np.ndarray,
-                       co_teacher_holdout: np.ndarray | None) -> dict | None:
-    """`holdout_interval` of what `choice` delivers (None where nothing was chosen on a holdout)."""
+def delivered_holdout(run_dir: RunDir, choice: dict, labels: np.ndarray,
+                      co_teacher_holdout: np.ndarray | None) -> dict | None:
+    """What `choice` delivers on the holdout (None where nothing was chosen on a holdout): the interval of its
+    macro-F1 and of its gain over round 0's head (`holdout_interval`), and its confusion matrix."""
     if choice["metric"] != "holdout":
         return None
     head = rounds_mean([load_npy(run_dir.round(k).holdout_preds) for k in chosen_rounds(choice)])
     if choice["weight"] > 0:
         head = blend(head, np.asarray(co_teacher_holdout).mean(axis=0), choice["weight"])
     round0 = load_npy(run_dir.round(0).holdout_preds).mean(axis=0)
-    held = load_npy(run_dir.round(0).folds) == HOLDOUT
-    return holdout_interval(np.asarray(labels)[held], head, round0)
+    held = np.asarray(labels)[load_npy(run_dir.round(0).folds) == HOLDOUT]
+    return {"interval": holdout_interval(held, head, round0), "confusion": scores(held, head)["confusion"]}
 
 
 def estimation_probs(run_dir: RunDir, choice: dict, co_teacher: dict | None) -> np.ndarray:

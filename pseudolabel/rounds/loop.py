@@ -25,7 +25,7 @@ from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
 from ..data.posts import LABEL_VALUES, label_values, load_labeled, load_unlabeled
 from .class_weights import class_weight_record
-from .deliver import (blend_scores, blends_rounds, choose, delivered_interval, estimation_probs, mean_scores,
+from .deliver import (blend_scores, blends_rounds, choose, delivered_holdout, estimation_probs, mean_scores,
                       usable_rounds, write_final)
 from .costs import NOMINAL, estimated, length_share, round_work
 from .executor import RayEncoder, make_executor
@@ -268,7 +268,10 @@ def deliver(run: Run, rounds: list[dict]) -> dict:
     choice = choose(rounds, run.config.deliver, holdout_mean(run, rounds),
                     blended=blends_rounds(run.config.rounds, run.config.co_teacher))
     co = run.co_teacher()[0] if choice["weight"] > 0 else {"test": None, "holdout": None}
-    choice["interval"] = delivered_interval(run.dir, choice, run.labeled.labels, co["holdout"])
+    held = delivered_holdout(run.dir, choice, run.labeled.labels, co["holdout"])
+    choice["interval"] = held["interval"] if held else None
+    if held:
+        choice["confusion"] = held["confusion"]  # on the holdout; rows: labeled -1/0/1, columns: delivered
     if run.config.class_weights == "auto":
         leak_free = all(m["leak_free"]["oof"] for m in rounds if m["round"] in choice["rounds"])
         choice["class_weights"] = class_weight_record(run.labeled.labels, estimation_probs(run.dir, choice, co),
