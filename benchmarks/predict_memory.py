@@ -3,6 +3,8 @@
     python benchmarks/predict_memory.py                          # 10k and 100k posts, a tiny run built here
     python benchmarks/predict_memory.py --run-dir runs/run-XXXX  # with a run of yours (e.g. the demo's)
     python benchmarks/predict_memory.py --rows 2000,20000 --max-len 32   # a quick look
+    python benchmarks/predict_memory.py --run-dir runs/run-XXXX --rows 2000 --each-round
+        # what the delivered output costs against each round it averages, predicted alone (--round K)
 
 Posts come from the shared pool (`../shared/data/covid_weibo_200k.unlabeled.csv`: real Weibo posts,
 the first N rows; repeated if N is larger), else from the bundled sample. Without --run-dir a run is
@@ -64,11 +66,13 @@ def tiny_run(folder: Path, max_len: int) -> Path:
     return run_dir
 
 
-def measure(run_dir: Path, posts: Path, out: Path) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of `pseudo predict` over `posts` in a fresh process."""
+def measure(run_dir: Path, posts: Path, out: Path, round: int | None = None) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of `pseudo predict` over `posts` in a fresh process (`round`: that round alone)."""
     started = time.time()
+    alone = [] if round is None else ["--round", str(round)]
     done = subprocess.run([sys.executable, "-c", WRAP, sys.executable, "-m", "pseudolabel", "predict", str(posts),
-                           "--run-dir", str(run_dir), "--out", str(out)], capture_output=True, text=True, check=True)
+                           "--run-dir", str(run_dir), "--out", str(out), *alone], capture_output=True, text=True,
+                          check=True)
     peak_kib, code = done.stdout.split()
     if code != "0":
         raise SystemExit(f"pseudo predict failed on {posts} (exit {code}): {done.stderr[-2000:]}")
@@ -82,7 +86,11 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=64, help="Tokens per post of the tiny run.")
     parser.add_argument("--source", type=Path, default=None, help="CSV to draw posts from [default: the shared "
                                                                   "pool, else the bundled sample].")
+    parser.add_argument("--each-round", action="store_true", help="With --run-dir: also time the first size "
+                        "predicted by each round the delivered output averages, alone (--round K).")
     args = parser.parse_args()
+    if args.each_round and not args.run_dir:
+        parser.error("--each-round needs --run-dir (a run that delivered several rounds)")
     sizes = [int(n) for n in args.rows.split(",")]
     source = args.source or (SHARED_POOL if SHARED_POOL.is_file() else ROOT / "data" / "unlabeled.csv")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -99,6 +107,32 @@ def main() -> None:
             peaks.append(peak)
             print(f"{n:>9,} {seconds:>9.1f} {n / seconds:>9.0f} {peak:>13.0f}", flush=True)
         print(f"peak RSS ratio {sizes[-1]:,} / {sizes[0]:,} posts: {peaks[-1] / peaks[0]:.2f}")
+        if args.each_round:
+            each_round(run_dir, tmp / f"posts-{sizes[0]}.csv", sizes[0], tmp)
+
+
+def model_bytes(run_dir: Path, round: int | None = None) -> int:
+    """Bytes of the fold models a prediction loads (heads, or fine-tuned fold models with their encoders)."""
+    from pseudolabel.delivery.delivered import from_run
+
+    return sum(Path(p).stat().st_size for part in from_run(run_dir, round).parts for p in part.heads)
+
+
+def each_round(run_dir: Path, posts: Path, n: int, tmp: Path) -> None:
+    """The delivered output against each round it averages, predicted alone, on the same posts."""
+    from pseudolabel.core.store import read_json
+    from pseudolabel.rounds.deliver import chosen_rounds
+
+    rounds = chosen_rounds(read_json(run_dir / "final.json"))
+    print(f"\n{n:,} posts: the delivered output (rounds {', '.join(map(str, rounds))}) against each round alone")
+    print("| predicted with | seconds | × the last round alone | fold model MiB |")
+    print("|---|---|---|---|")
+    timed = {k: measure(run_dir, posts, tmp / f"alone-{k}.csv", k)[0] for k in rounds}
+    delivered = measure(run_dir, posts, tmp / "delivered.csv")[0]
+    last = timed[rounds[-1]]
+    for name, seconds, k in [*((f"round {k} alone", timed[k], k) for k in rounds), ("delivered", delivered, None)]:
+        print(f"| {name} | {seconds:.1f} | {seconds / last:.2f} | {model_bytes(run_dir, k) / 2 ** 20:.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
