@@ -235,3 +235,16 @@ def test_the_round_table_is_printed_once_and_no_cell_is_cut_at_100_columns(two_r
             for cell in round_cells(m):  # every cell whole on one line
                 assert any(str(cell) in line for line in lines), (str(cell), text)
         assert sum("human+pseudo" in line for line in lines) == (1 if width == 400 else 2 if shown is many else 1)
+
+
+def test_the_confusion_caption_names_what_is_delivered_and_its_unweighted_labels():
+    from pseudolabel.cli.htmlreport import delivered_confusion
+
+    final = {"round": 1, "rounds": [0, 1], "weight": 0.5, "output": "blend", "deliver": "mean",
+             "confusion": [[1, 0, 0], [0, 2, 1], [0, 0, 3]]}
+    matrix, caption = delivered_confusion([], final)
+    assert matrix == final["confusion"]
+    assert caption == ("Confusion matrix of what is delivered (the mean of rounds 0, 1 blended evenly with the "
+                       "co-teacher) on the 7-post holdout.")
+    matrix, caption = delivered_confusion([], {**final, "class_weights": {"weights": [1.25, 1.0, 0.75]}})
+    assert caption.endswith("7-post holdout (labels before the per-class decision weights).")

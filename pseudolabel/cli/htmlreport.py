@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.constants import LABEL_VALUES
 from ..core.store import RunDir, atomic_write_text, load_npy
-from ..rounds.deliver import describe
+from ..rounds.deliver import decision_weights, describe
 
 CLASS_COLORS = ("#c0392b", "#7f8c8d", "#27ae60")  # -1, 0, 1
 ROUND_CMAP = "viridis"
@@ -164,8 +164,9 @@ def delivered_confusion(rounds: list[dict], final: dict | None) -> tuple[list[li
     """The confusion matrix of what is delivered, on the holdout (final.json records it), with its caption;
     for a run without one (or delivered before it was recorded): the delivered round's heads alone."""
     if final and final.get("confusion"):
+        unweighted = " (labels before the per-class decision weights)" if decision_weights(final) else ""
         return final["confusion"], (f"Confusion matrix of what is delivered ({describe(final)}) on the "
-                                    f"{sum(map(sum, final['confusion']))}-post holdout.")
+                                    f"{sum(map(sum, final['confusion']))}-post holdout{unweighted}.")
     m = next((m for m in rounds if final and m["round"] == final.get("round")), rounds[-1])
     where = "holdout" if m.get("holdout") else "oof"
     shown = "their fold ensemble on the holdout" if where == "holdout" else "out-of-fold"
