@@ -380,8 +380,9 @@ def run(
                                           "else 0; a continued run keeps its own].", _DELIVER),
     deliver: str = _opt(_D["deliver"], "What submission.csv holds: 'mean' (every usable round's fold ensemble "
                                        "averaged, blended evenly with the co-teacher unless --co-teacher 0; no "
-                                       "choice, the holdout only estimates it), 'auto' (the round and co-teacher blend best on the "
-                                       "holdout), 'head' (the best round's fold heads), 'blend' (the best blend).",
+                                       "choice, the holdout only estimates it), 'auto' (the round and co-teacher "
+                                       "blend best on the holdout), 'head' (the best round's fold heads), 'blend' "
+                                       "(the best blend).",
                         _DELIVER),
     class_weights: str = _opt(_D["class_weights"], "'auto': label posts argmax(p · w), per-class weights w searched "
                                                    "for the best macro-F1 on every labeled post (holdout and OOF), "

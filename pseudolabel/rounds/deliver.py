@@ -2,9 +2,9 @@
 
 `mean` (the default) makes no choice: it delivers the mean of every usable (not collapsed) round's fold
 ensemble, blended evenly (MEAN_WEIGHT) with the co-teacher in a run of pseudo-label rounds (--rounds >= 1,
-even one that stopped after round 0) unless --co-teacher 0; a run of round 0 alone (--rounds 0) delivers round
-0's heads, the recipe's output. Replayed on finished runs (benchmarks/delivery_rules.py, results/delivered-output.md) it
-beat round 0 on every seed and the holdout's choice on average. The labeled holdout (`--holdout`, on by
+even one that stopped after round 0) unless --co-teacher 0; a run of round 0 alone (--rounds 0) delivers
+round 0's heads, the recipe's output. Replayed on finished runs (benchmarks/delivery_rules.py,
+results/delivered-output.md) it beat round 0 on every seed and the holdout's choice on average. The labeled holdout (`--holdout`, on by
 default when --rounds >= 1) only estimates it, so that estimate carries no optimism from a choice; without a
 holdout there is no estimate of it.
 
@@ -89,7 +89,8 @@ def mean_scores(labels: np.ndarray, holdout_preds: list[np.ndarray], co_teacher:
     mean = rounds_mean(holdout_preds)
     out = {"0.0": scores(labels, mean)["macro_f1"]}
     if co_teacher is not None:
-        out[str(MEAN_WEIGHT)] = scores(labels, blend(mean, np.asarray(co_teacher).mean(axis=0), MEAN_WEIGHT))["macro_f1"]
+        blended = blend(mean, np.asarray(co_teacher).mean(axis=0), MEAN_WEIGHT)
+        out[str(MEAN_WEIGHT)] = scores(labels, blended)["macro_f1"]
     return {"rounds": [int(k) for k in rounds], "macro_f1": out}
 
 
