@@ -228,7 +228,7 @@ def run_variant(name: str, options: dict, folder: Path, files: dict, args) -> li
     config = RunConfig(run_dir=str(folder), train=str(files["labeled"]), test=str(files["eval"]),
                        unlabeled=str(files["pool"]), encoder=args.encoder, rounds=rounds, folds=args.folds,
                        max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size, min_steps=args.min_steps,
-                       force=args.force, seed=0, **options)
+                       force=args.force, seed=0, executor=args.executor, **options)
     started = time.time()
     result = Run(config, Progress()).execute()
     print(f"  {name}: {len(result.rounds)} round(s), stop {result.stop_reason}, {time.time() - started:.0f}s",
@@ -292,6 +292,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the variants' run directories under --work instead of starting them over")
     parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="where each run's folds train: this process, or Ray tasks on a local instance (127.0.0.1),"
+                             " two folds at a time on two cores; the numbers are the same")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for TensorFlow (0: all); two calls with 1 thread each share a 2-core machine")
     args = parser.parse_args()
