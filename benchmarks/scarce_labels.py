@@ -293,8 +293,8 @@ def main() -> None:
                         help="continue the variants' run directories under --work instead of starting them over")
     parser.add_argument("--json", dest="json_out", default=None)
     parser.add_argument("--executor", choices=("local", "ray"), default="local",
-                        help="where each run's folds train: this process, or Ray tasks on a local instance (127.0.0.1),"
-                             " two folds at a time on two cores; the numbers are the same")
+                        help="where each run's folds train: this process, or Ray tasks, a fold per CPU (RAY_ADDRESS, "
+                             "else a local instance on 127.0.0.1); the numbers are the same")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for TensorFlow (0: all); two calls with 1 thread each share a 2-core machine")
     args = parser.parse_args()
