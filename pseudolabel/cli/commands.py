@@ -376,8 +376,8 @@ def run(
     calibrate: bool = _opt(_D["calibrate"], "Temperature-scale probabilities on OOF rows before selecting.",
                            _SELECT),
     holdout: Optional[float] = _opt(None, "Share of labeled rows held out before round 0, for scoring (and "
-                                          "with --deliver auto, choosing) what is delivered only [default: 0.15 with --rounds >= 1, "
-                                          "else 0; a continued run keeps its own].", _DELIVER),
+                                          "with --deliver auto, choosing) what is delivered only [default: 0.15 "
+                                          "with --rounds >= 1, else 0; a continued run keeps its own].", _DELIVER),
     deliver: str = _opt(_D["deliver"], "What submission.csv holds: 'mean' (every usable round's fold ensemble "
                                        "averaged, blended evenly with the co-teacher unless --co-teacher 0; no "
                                        "choice, the holdout only estimates it), 'auto' (the round and co-teacher "

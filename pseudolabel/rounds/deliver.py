@@ -4,9 +4,9 @@
 ensemble, blended evenly (MEAN_WEIGHT) with the co-teacher in a run of pseudo-label rounds (--rounds >= 1,
 even one that stopped after round 0) unless --co-teacher 0; a run of round 0 alone (--rounds 0) delivers
 round 0's heads, the recipe's output. Replayed on finished runs (benchmarks/delivery_rules.py,
-results/delivered-output.md) it beat round 0 on every seed and the holdout's choice on average. The labeled holdout (`--holdout`, on by
-default when --rounds >= 1) only estimates it, so that estimate carries no optimism from a choice; without a
-holdout there is no estimate of it.
+results/delivered-output.md) it beat round 0 on every seed and the holdout's choice on average. The labeled
+holdout (`--holdout`, on by default when --rounds >= 1) only estimates it, so that estimate carries no optimism
+from a choice; without a holdout there is no estimate of it.
 
 `auto`, `head` and `blend` choose on the holdout. The submission is the fold ensemble's mean prediction
 (optionally blended with the co-teacher), so candidates are compared on what scores exactly that on labeled
