@@ -52,8 +52,11 @@ BEFORE = dict(co_teacher=0.0, holdout=0.0, threshold=0.9, deliver="auto")
 VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this variant's own --rounds)
     # a plain `pseudo run --rounds R`: co-teacher 0.5, class-balanced over all the pool the prior allows,
     # holdout 0.15 scoring the delivered output: the usable rounds' mean blended evenly with the co-teacher
-    # (deliver mean)
+    # (deliver mean); --student auto: the head under AUTO_STUDENT_LABELS labeled posts, the fine-tuned student
+    # from there on
     "default": dict(),
+    # the default with the head in later rounds whatever the label count (the default before --student auto)
+    "default +frozen head": dict(student="head"),
     # the training budget of later rounds against the default (half a pseudo-labeled post per human one each
     # epoch, length-grouped batches): one post per human one as before, padded to max-len or length-grouped;
     # every pseudo-labeled post every epoch; early stopping looking every round-0-sized stretch of rows
@@ -125,6 +128,7 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
 # (variant, round) pairs compared seed by seed where both ran: what the fine-tuned student adds over the
 # frozen head trained on the same pseudo-labels, over fine-tuning alone, and what fine-tuning alone adds
 COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
+               (("default +fine-tuned student", 1), ("default +frozen head", 1)),
                (("default +fine-tuned student", 2), ("default", 2)),
                (("default +fine-tuned student", 2), ("default +fine-tuned student", 1)),
                (("default +fine-tuned soft student", 1), ("default", 1)),
@@ -143,9 +147,10 @@ COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("uncertainty +weights +MC dropout 10", 1), ("uncertainty +weights", 1)),
                (("uncertainty top 500 +weights", 1), ("default top 500", 1)),
                (("default top 500", 1), ("default", 1)))
-ON_TODAYS_DEFAULTS = ("default", "ratio 1 (the default before)", "ratio 1 +dynamic later rounds", "full pass",
-                      "ratio 1 +monitor every human", "ratio 1 +monitor every human +dynamic later rounds",
-                      "round 0 alone (no holdout)", "default +fine-tuned student",
+ON_TODAYS_DEFAULTS = ("default", "default +frozen head", "ratio 1 (the default before)",
+                      "ratio 1 +dynamic later rounds", "full pass", "ratio 1 +monitor every human",
+                      "ratio 1 +monitor every human +dynamic later rounds", "round 0 alone (no holdout)",
+                      "default +fine-tuned student",
                       "default +fine-tuned soft student", "default +fine-tuned student +last epoch",
                       "fine-tuned round 0", "fine-tuned round 0 + student", "fine-tuned round 0 + soft student",
                       "uncertainty", "uncertainty +weights", "uncertainty +weights +MC dropout 10",

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, T
 from rich.table import Table
 from rich.text import Text
 
-from ..rounds.config import UNCERTAINTY_WEIGHT, RunConfig
+from ..rounds.config import AUTO_STUDENT_LABELS, UNCERTAINTY_WEIGHT, RunConfig
 from ..core.errors import PseudoError
 from ..core.progress import Progress
 
@@ -359,9 +359,11 @@ def run(
                                                    "('epoch') or after every stretch of as many posts as the "
                                                    "fold's human-labeled part ('human': round 0's epoch; patience "
                                                    "and the best counted in those).", _STUDENT),
-    student: str = _opt(_D["student"], "Rounds >= 1: 'head' (the recipe's head on frozen features) or 'finetune' "
+    student: str = _opt(_D["student"], "Rounds >= 1: 'head' (the recipe's head on frozen features), 'finetune' "
                                        "(each fold fine-tunes the encoder on its human + pseudo-labeled posts; the "
-                                       "encoder runs again over every post).", _STUDENT),
+                                       "encoder runs again over every post) or 'auto' (finetune from "
+                                       f"{AUTO_STUDENT_LABELS:,} labeled posts on, else head; head in --mode "
+                                       "faithful, with --recipe seed or --mc-passes).", _STUDENT),
     finetune_layers: int = _opt(_D["finetune_layers"], "Fine-tuning: the top N encoder layers train (0: all, "
                                                        "embeddings too).", _STUDENT),
     finetune_epochs: int = _opt(_D["finetune_epochs"], "Fine-tuning: epochs (the best on a monitor slice of the "
@@ -408,12 +410,15 @@ def run(
     options = dict(locals())  # the parameters above, named as RunConfig's fields
     options.pop("restart")
     options.pop("plan")
+    from ..data.posts import load_labeled
     from ..rounds.loop import Run
 
     options.update(test=test or None, unlabeled=unlabeled or None, run_dir="",
                    stream=tuple(s.strip() for s in stream.split(",") if s.strip()))
     config = RunConfig(**options)
     try:
+        if not run_dir:  # the default directory is named by the options' hash: --student auto decided first
+            config.resolve_student(len(load_labeled(config.train)))
         config.run_dir = run_dir or f"runs/run-{config.results_hash()[:8]}"
     except PseudoError as exc:
         _fail(str(exc))

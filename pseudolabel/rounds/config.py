@@ -50,6 +50,12 @@ OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs"
                       "finetune_precision": "float32", "finetune_monitor": 0.1,
                       "pseudo_ratio": None, "student_dynamic_padding": False, "monitor_every": "epoch",
                       "mc_passes": 0}
+AUTO_STUDENT = "auto"  # --student auto: the trainer of rounds >= 1 chosen by the run's labeled posts (auto_student)
+# --student auto fine-tunes from this many labeled posts on: with all 6,727 labels of the full-labels benchmark the
+# student's run delivered more than the head's, with 90 or 672 it delivered the same for 1.2-2.7x the time
+# (benchmarks/results/finetuned-student.md); between those counts nothing was measured, so the switch sits near the
+# count where the student was measured better
+AUTO_STUDENT_LABELS = 5000
 UNCERTAINTY_WEIGHT = "uncertainty"  # --pseudo-weight uncertainty: UST's -log(variance), mean 1 (rounds/uncertainty.py)
 
 
@@ -112,7 +118,7 @@ CONSTRAINTS: dict[str, tuple] = {
     "holdout": (None, Interval(0, 0.5, "left")),
     "deliver": (OneOf(DELIVER),),
     "class_weights": (OneOf(CLASS_WEIGHTS),),
-    "student": (OneOf(STUDENTS),),
+    "student": (OneOf((*STUDENTS, AUTO_STUDENT)),),
     "finetune_layers": (Interval(0, None),),
     "finetune_epochs": (Interval(1, None),),
     "finetune_lr": (Interval(0, 1, "right"),),
@@ -200,7 +206,9 @@ class RunConfig:
     raw: bool = False  # CSV text cells as they came in, not made spreadsheet-safe (store.spreadsheet_safe)
     calibrate: bool = False  # fit a temperature on OOF predictions before selecting
     force: bool = False  # select from a collapsed round anyway
-    student: str = "head"  # rounds >= 1: "head" (the recipe's head on frozen features) or "finetune" (finetune.py)
+    # rounds >= 1: "head" (the recipe's head on frozen features), "finetune" (finetune.py) or "auto" (the student
+    # from AUTO_STUDENT_LABELS labeled posts on, else the head; resolved when the labeled posts are counted)
+    student: str = AUTO_STUDENT
     finetune_layers: int = 0  # fine-tuned students: the top N encoder layers train (0: all)
     finetune_epochs: int = 3
     finetune_lr: float = 2e-4  # peak learning rate of AdamW (linear warm-up and decay); benchmarks/README.md
@@ -215,6 +223,8 @@ class RunConfig:
         for name in PATHS:  # the same file given as a relative or an absolute path is the same option
             setattr(self, name, absolute(getattr(self, name)))
         self.holdout_given = self.holdout is not None  # not a field: a run continues with its own holdout
+        self.student_given = self.student != AUTO_STUDENT  # not a field: likewise its own trainer
+        self.student_reason: str | None = None  # not a field: why --student auto chose what it did
         if self.holdout is None:
             self.holdout = DEFAULT_HOLDOUT if self.rounds > 0 else 0.0
         if self.student_dynamic_padding is None:  # cached features only: the faithful graph pads to max-len
@@ -275,8 +285,16 @@ class RunConfig:
         base = "default" if self.recipe == FINETUNE_RECIPE else self.recipe
         return make_recipe(base, **{name: getattr(self, name) for name in RECIPE_OVERRIDES})
 
+    def resolve_student(self, labeled_rows: int) -> None:
+        """`--student auto` made "head" or "finetune" for a run of `labeled_rows` labeled posts (`auto_student`;
+        the reason kept in `student_reason`); a given student stays."""
+        if self.student == AUTO_STUDENT:
+            self.student, self.student_reason = auto_student(self, labeled_rows)
+
     def trainer(self, k: int) -> str:
         """What round k trains: "finetune" (the encoder with a light classifier) or "head"."""
+        if k and self.student == AUTO_STUDENT:
+            raise PseudoError("student auto is decided by the labeled posts: call resolve_student first")
         return "finetune" if (self.recipe == FINETUNE_RECIPE if k == 0 else self.student == "finetune") else "head"
 
     def finetune(self, k: int):
@@ -310,6 +328,22 @@ class RunConfig:
     def round0_key(self, encoder_identity: str) -> str:
         """What round 0's numbers depend on, hashed (see `round0_key`)."""
         return round0_key(self.results_dict(), self.resolved_recipe().to_dict(), encoder_identity)
+
+
+def auto_student(config: RunConfig, labeled_rows: int) -> tuple[str, str]:
+    """What `--student auto` trains in rounds >= 1, and why: the head where only it applies (no later round, the
+    faithful graph, MC dropout of the head, the reference recipe `seed` a reproduction keeps), else the fine-tuned
+    student from AUTO_STUDENT_LABELS labeled posts on."""
+    if config.rounds == 0:
+        return "head", "no pseudo-label round"
+    for applies, why in ((config.mode == "faithful", "--mode faithful trains the head"),
+                         (config.recipe == "seed", "the reference recipe seed keeps the head"),
+                         (config.mc_passes > 0, "--mc-passes samples the head's dropout")):
+        if applies:
+            return "head", why
+    if labeled_rows >= AUTO_STUDENT_LABELS:
+        return "finetune", f"{labeled_rows:,} labeled posts, at least {AUTO_STUDENT_LABELS:,}"
+    return "head", f"{labeled_rows:,} labeled posts, under {AUTO_STUDENT_LABELS:,}"
 
 
 def absolute(path: str | None) -> str | None:

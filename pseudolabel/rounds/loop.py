@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .calibrate import calibration_report
-from .config import SCHEMA, RunConfig, migrate, round0_key  # noqa: F401  (RunConfig re-exported)
+from .config import OMITTED_AT_DEFAULT, SCHEMA, RunConfig, migrate, round0_key  # noqa: F401  (RunConfig re-exported)
 from ..core.constants import VERSION
 from .coteacher import co_teacher_outputs
 from .cv import HOLDOUT, FeatureSource, Pseudo, RoundPlan, TokenSource, TrainingHeads, make_folds, run_folds
@@ -74,6 +74,7 @@ class Run:
         quiet_transformers()
         self.files: EncoderFiles = find_encoder(config.encoder)
         self.labeled = load_labeled(config.train)
+        config.resolve_student(len(self.labeled))
         self.test = load_unlabeled(config.test, None) if config.test else None
         self.pool = load_unlabeled(config.unlabeled, config.unlabeled_limit) if config.unlabeled else None
         for posts in (self.labeled, self.test, self.pool):
@@ -88,6 +89,9 @@ class Run:
         except BaseException:
             self.lock.release()
             raise
+        if config.rounds and config.student_reason:
+            trainer = "the fine-tuned student" if config.student == "finetune" else "the head on frozen features"
+            self.progress.note(f"rounds >= 1 train {trainer} (--student auto: {config.student_reason})")
 
     # ------------------------------------------------------------ lazy encoder and tokens
 
@@ -492,12 +496,20 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
         raw = run_dir.saved_config()
         saved = migrate(raw)
         kept = saved.get("config", {}).get("holdout")
+        kept_student = saved.get("config", {}).get("student", OMITTED_AT_DEFAULT["student"])
+        own = []
         if not restart and not config.holdout_given and kept is not None and kept != config.holdout:
             config.holdout = kept  # e.g. `--rounds 0` first, `--rounds 2` later: round 0 is kept
+            own.append(f"holdout {kept:g}")
+        if not restart and not config.student_given and kept_student != config.student:
+            config.student = kept_student  # e.g. a run made before --student auto, or the labels grew past it
+            config.student_reason = None
+            own.append(f"student {kept_student}")
+        if own:
             config.validate()
             resolved = config.results_dict()
             record.update(config=resolved, hash=config.results_hash(), invocation=config.invocation())
-            progress.note(f"{run_dir.root}: continuing with the run's own holdout {kept:g}")
+            progress.note(f"{run_dir.root}: continuing with the run's own {' and '.join(own)}")
         if restart:
             for name in [*run_dir.round_names(), run_dir.CO_TEACHER]:
                 run_dir.remove(name)

@@ -103,6 +103,7 @@ def plan_run(config: RunConfig, progress) -> tuple[list[dict], Costs]:
     quiet_transformers()
     files = find_encoder(config.encoder)
     labeled = load_labeled(config.train)
+    config.resolve_student(len(labeled))
     test = load_unlabeled(config.test, None) if config.test else None
     pool = load_unlabeled(config.unlabeled, config.unlabeled_limit) if config.unlabeled else None
     for posts in (labeled, test, pool):
