@@ -4,13 +4,16 @@ continued run."""
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import read_rows, run_args, write_rows
 from test_rounds import invoke
+from pseudolabel.core.constants import HOLDOUT
 from pseudolabel.core.errors import PseudoError
 from pseudolabel.core.progress import Progress
 from pseudolabel.rounds.config import AUTO_STUDENT_LABELS, RunConfig, auto_student
+from pseudolabel.rounds.costs import Costs, student_work
 from pseudolabel.rounds.loop import Run
 
 COMMON = dict(train="a.csv", test=None, unlabeled="c.csv", encoder="enc", run_dir="x", rounds=2)
@@ -73,7 +76,25 @@ def test_auto_names_the_run_as_the_student_it_chose_so_earlier_runs_keep_their_n
         assert f"plan of runs/run-{same.results_hash()[:8]}" in said, said
         round1 = next(line for line in result.output.splitlines() if line.startswith("│ round 1"))
         assert ("fine-tuned student" in round1) == (chosen == "finetune"), round1
+        assert round1.rstrip(" │").endswith(" s") and "not estimated" not in round1  # the student's time too
+        assert ("fine-tuning" in said and "a fold to build it" in said) == (chosen == "finetune"), said
     assert not (tmp_path / "runs").exists()  # --plan writes nothing
+
+
+def test_the_students_cost_is_its_setup_per_fold_and_its_epochs_over_the_training_budgets_rows():
+    """A student fold of round 1: 60 human-labeled training posts, 6 of them its monitor slice, half a pseudo-labeled
+    post per remaining human one each epoch (--pseudo-ratio 0.5), --finetune-epochs 2; it scores its 30 validation
+    posts, the 10 holdout posts, the pool and the test file once, and its monitor slice every epoch."""
+    folds = np.array([0, 1, 2] * 30 + [HOLDOUT] * 10)
+    n_rows = {"labeled": len(folds), "test": 20, "unlabeled": 1000}
+    config = RunConfig(**COMMON, student="finetune", finetune_epochs=2)
+    train_only = student_work(config, 1, Costs(0, 0, 0, tune_setup=5.0, tune=1.0, tune_score=0.0), n_rows, folds)
+    assert train_only.per_epoch == [54 + 27] * 3 and train_only.epochs == [2] * 3
+    assert train_only.seconds == [5.0 + 2 * 81] * 3
+    score_only = student_work(config, 1, Costs(0, 0, 0, tune_setup=0.0, tune=0.0, tune_score=1.0), n_rows, folds)
+    assert score_only.seconds == [30 + 10 + 1000 + 20 + 2 * 6] * 3
+    halved = student_work(config, 1, Costs(0, 0, 0, tune_setup=0.0, tune=1.0, tune_score=1.0), n_rows, folds, 0.5)
+    assert halved.seconds == [(2 * 81 + 1072) * 0.5] * 3  # length-grouped batches: every step at that share
 
 
 def _config(tiny_data, tiny_encoder, train, run_dir, **options) -> RunConfig:
@@ -119,14 +140,22 @@ def test_a_continued_run_keeps_its_own_student_and_a_given_other_one_is_refused(
 def test_a_plain_run_with_many_labels_fine_tunes_its_later_round(tiny_data, tiny_encoder, many_labels, tmp_path):
     """What a user gets from `pseudo run --rounds 1` with AUTO_STUDENT_LABELS labels: round 1's folds fine-tune
     the encoder, the report says so, and the run delivers."""
-    result = invoke("run", "--train", str(many_labels), "--test", str(tiny_data["test"]), "--unlabeled",
-                    str(tiny_data["unlabeled"]), "--encoder", str(tiny_encoder), "--run-dir", str(tmp_path / "run"),
-                    "--max-len", "16", "--epochs", "1", "--batch-size", "32", "--min-steps", "0", "--folds", "2",
-                    "--rounds", "1", "--finetune-epochs", "1", "--strategy", "top-k", "--top-k", "20")
+    args = ["run", "--train", str(many_labels), "--test", str(tiny_data["test"]), "--unlabeled",
+            str(tiny_data["unlabeled"]), "--encoder", str(tiny_encoder), "--run-dir", str(tmp_path / "run"),
+            "--max-len", "16", "--epochs", "1", "--batch-size", "32", "--min-steps", "0", "--folds", "2",
+            "--rounds", "1", "--finetune-epochs", "1", "--strategy", "top-k", "--top-k", "20"]
+    planned = invoke(*args, "--plan")
+    assert planned.exit_code == 0, planned.output
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert "rounds >= 1 train the fine-tuned student (--student auto" in " ".join(result.output.split())
     report = json.loads(invoke("report", "--run-dir", str(tmp_path / "run"), "--json").output)
     assert [r["student"] for r in report["rounds"]] == ["head", "finetune"]
     metrics = json.loads((tmp_path / "run" / "round_1" / "metrics.json").read_text())
     assert metrics["student"] == "finetune" and metrics["encoder_rows"] > 0
+    # what --plan said each student fold trains per epoch is what it trained
+    line = next(x for x in planned.output.splitlines() if x.startswith("│ round 1"))
+    said = sorted({int(n.replace(",", "")) for n in line.split("×")[2].split("rows")[0].strip().split("–")})
+    trained = sorted({f["n_train_human"] + f["n_pseudo_per_epoch"] for f in metrics["folds"]})
+    assert said == trained, (line, trained)
     assert (tmp_path / "run" / "final.json").is_file()

@@ -448,9 +448,12 @@ def _print_plan(config: RunConfig) -> None:
         table.add_row(s["stage"], s["rows"], s["disk"], "-" if s["seconds"] is None else _duration(s["seconds"]))
     table.add_row("total", "", "", ("≤ " if known else "") + _duration(sum(known)))
     console.print(table)
+    tuned = ("" if costs.tune is None else f", fine-tuning {costs.tune * 1e3:.2f} ms, the student's scoring "
+                                           f"{costs.tune_score * 1e3:.2f} ms (and {costs.tune_setup:.0f} s a fold "
+                                           f"to build it)")
     console.print(f"measured here per post: encoder {costs.encode * 1e3:.2f} ms, head training "
-                  f"{costs.train * 1e3:.3f} ms, head scoring {costs.score * 1e3:.3f} ms; epochs are the recipe's "
-                  f"most (early stopping may end a fold sooner), so round times are upper bounds")
+                  f"{costs.train * 1e3:.3f} ms, head scoring {costs.score * 1e3:.3f} ms{tuned}; epochs are the "
+                  f"recipe's most (early stopping may end a fold sooner), so round times are upper bounds")
 
 
 def _duration(seconds: float) -> str:

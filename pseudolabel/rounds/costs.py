@@ -19,11 +19,15 @@ from .config import RunConfig
 
 @dataclass
 class Costs:
-    """Seconds per post: the frozen encoder, and the head's training and scoring steps."""
+    """Seconds per post: the frozen encoder, the head's training and scoring steps, and where a round fine-tunes
+    the encoder, the student's training and scoring steps (full-length posts) and its setup per fold."""
 
     encode: float
     train: float
     score: float
+    tune_setup: float | None = None  # seconds, once per fold: the student built and its steps traced
+    tune: float | None = None
+    tune_score: float | None = None
 
 
 NOMINAL = Costs(encode=0.0, train=3.0, score=1.0)  # relative: a training step is about three forward passes
@@ -46,8 +50,9 @@ def selection_bound(config: RunConfig, n_pool: int) -> int:
 
 
 def estimated(config: RunConfig, k: int) -> bool:
-    """Whether round k's trainer is in the model (the head on cached features; not fine-tuned students or
-    faithful mode, whose encoder passes it does not count)."""
+    """Whether the relative model of the progress line's time left (`NOMINAL`) covers round k: the head on
+    cached features, not fine-tuned students or faithful mode, whose encoder passes it does not count
+    (`pseudo run --plan` measures the student: `student_work`)."""
     return config.trainer(k) != "finetune" and config.mode != "faithful"
 
 
@@ -66,24 +71,41 @@ def round_work(config: RunConfig, recipe, k: int, costs: Costs, n_rows: dict, fo
     id per labeled row: each fold's epochs over its rows (a precise-BatchNorm pass each epoch where the
     recipe has one), its monitor and validation rows, and its share of scoring test, pool and holdout.
     With dynamic padding every step costs `share` of a full-length one (`length_share`)."""
-    if recipe.dynamic_padding:
-        costs = Costs(costs.encode, costs.train * share, costs.score * share)
+    scale = share if recipe.dynamic_padding else 1.0
+    monitor_share = recipe.monitor_share if recipe.early_stopping else 0.0
+    return _work(config, k, n_rows, folds, monitor_share, recipe.epochs_for, recipe.precise_bn,
+                 costs.train * scale, costs.score * scale)
+
+
+def student_work(config: RunConfig, k: int, costs: Costs, n_rows: dict, folds: np.ndarray,
+                 share: float = 1.0) -> RoundWork:
+    """Round k's folds fine-tuning the encoder (`student_fold.py`): the same rows as a head's under the
+    training budget, the student's epochs and monitor slice, every step in batches cut to their longest post
+    (`share` of a full-length one)."""
+    ft = config.finetune(k)
+    work = _work(config, k, n_rows, folds, ft.monitor_share, lambda n: ft.epochs, 0,
+                 costs.tune * share, costs.tune_score * share)
+    work.seconds = [seconds + costs.tune_setup for seconds in work.seconds]
+    return work
+
+
+def _work(config: RunConfig, k: int, n_rows: dict, folds: np.ndarray, monitor_share: float, epochs_for,
+          precise_bn: int, train: float, score: float) -> RoundWork:
     n_folds = int(folds.max()) + 1
     scored = n_rows["test"] + n_rows["unlabeled"] + int((folds == HOLDOUT).sum())
     bound = selection_bound(config, n_rows["unlabeled"])
     out = RoundWork([], [], [])
     for fold in range(n_folds):
         human = int(((folds != fold) & (folds != HOLDOUT)).sum())
-        monitor = int(np.ceil(human * recipe.monitor_share)) if recipe.early_stopping else 0  # as sklearn
+        monitor = int(np.ceil(human * monitor_share)) if monitor_share else 0  # as sklearn
         human -= monitor
         pseudo = 0 if k == 0 else (bound if config.pseudo_ratio is None
                                    else min(bound, int(np.ceil(config.pseudo_ratio * human))))
         n_epoch = human + pseudo
-        n_ep = recipe.epochs_for(n_epoch)
-        precise = min(n_epoch, recipe.precise_bn) if recipe.precise_bn else 0
+        n_ep = epochs_for(n_epoch)
+        precise = min(n_epoch, precise_bn) if precise_bn else 0
         valid = int((folds == fold).sum())
         out.per_epoch.append(n_epoch)
         out.epochs.append(n_ep)
-        out.seconds.append(n_ep * n_epoch * costs.train
-                           + (valid + scored + n_ep * (monitor + precise)) * costs.score)
+        out.seconds.append(n_ep * n_epoch * train + (valid + scored + n_ep * (monitor + precise)) * score)
     return out

@@ -2,10 +2,12 @@
 
 It reads the inputs and the encoder as a run does (the same checks, nothing written), times a few warm
 batches of the frozen encoder and of the recipe's head (training and scoring, with random weights and
-inputs of the run's shape), and multiplies: rows per split and the feature cache's disk; per round the
+inputs of the run's shape) and, where a round fine-tunes the encoder, of the student (training and scoring
+steps on the sampled posts), and multiplies: rows per split and the feature cache's disk; per round the
 rows each fold trains on per epoch (round 0: the fold's human-labeled part; later rounds: that plus the
-training budget's sample of the selection, `--pseudo-ratio`), the epochs the recipe runs at most (early
-stopping may end a fold sooner, so times are upper bounds), and the rows every fold scores.
+training budget's sample of the selection, `--pseudo-ratio`), the epochs the recipe (or `--finetune-epochs`)
+runs at most (early stopping may end a fold sooner, so times are upper bounds), and the rows every fold
+scores.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 import numpy as np
 
 from .config import RunConfig
-from .costs import Costs, estimated, length_share, round_work, selection_bound
+from .costs import Costs, length_share, round_work, selection_bound, student_work
 from ..data.posts import load_labeled, load_unlabeled
 from ..encoding.encoder import find_encoder, load_tokenizer, quiet_transformers
 from ..encoding.features import human_bytes
@@ -29,8 +31,9 @@ TIMED_BATCHES = 3  # timed after one warm-up batch
 LENGTH_SAMPLE = 2000  # labeled posts whose token counts say what length-grouped batches cost
 
 
-def _timed(step, batches: int = TIMED_BATCHES) -> float:
-    step()  # warm-up: tracing and first allocations
+def _timed(step, batches: int = TIMED_BATCHES, warm: bool = True) -> float:
+    if warm:
+        step()  # warm-up: tracing and first allocations
     started = time.perf_counter()
     for _ in range(batches):
         step()
@@ -66,7 +69,31 @@ def measure_costs(config: RunConfig, files, texts: list[str], recipe, batches: i
     train = _timed(lambda: model.train_on_batch(x, y), batches) / batch
     score = _timed(lambda: model.predict_on_batch(x), batches) / batch
     keras.backend.clear_session()
-    return Costs(encode, train, score)
+    tuned = [k for k in range(config.rounds + 1) if config.trainer(k) == "finetune"]
+    student = measure_student(config, files, tokens, tuned[0], batches) if tuned else (None, None, None)
+    return Costs(encode, train, score, *student)
+
+
+def measure_student(config: RunConfig, files, tokens, k: int,
+                    batches: int = TIMED_BATCHES) -> tuple[float, float, float]:
+    """Round k's fine-tuned student on full-length batches of the sampled posts: seconds to build it and trace
+    its steps (once per fold), and seconds per post of a training step and of scoring."""
+    from ..core._tf import keras
+    from ..heads.finetune import Student
+
+    rows = np.arange(min(WARM_ROWS, len(tokens)))
+    ids, mask = tokens.input_ids[rows], tokens.attention_mask[rows].astype(np.int32)
+    targets = np.eye(3, dtype=np.float32)[np.arange(len(rows)) % 3]
+    weights = np.ones(len(rows), np.float32)
+    started = time.perf_counter()
+    student = Student(files, config.finetune(k), steps=batches + 1, seed=0)
+    student.train_on(ids, mask, targets, weights)
+    student.predict_step(ids, mask).numpy()
+    setup = time.perf_counter() - started
+    tune = _timed(lambda: student.train_on(ids, mask, targets, weights), batches, warm=False) / len(rows)
+    tune_score = _timed(lambda: student.predict_step(ids, mask).numpy(), batches, warm=False) / len(rows)
+    keras.backend.clear_session()
+    return setup, tune, tune_score
 
 
 def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, hidden: int,
@@ -84,16 +111,18 @@ def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, h
     n_folds = int(folds.max()) + 1
     bound = selection_bound(config, n_rows["unlabeled"])
     for k in range(config.rounds + 1):
-        if not estimated(config, k):
-            shown = "fine-tuned student" if config.trainer(k) == "finetune" else "faithful mode"
-            out.append({"stage": f"round {k}", "rows": f"{shown}: not estimated", "disk": "", "seconds": None})
+        tuned = config.trainer(k) == "finetune"
+        if config.mode == "faithful":
+            out.append({"stage": f"round {k}", "rows": "faithful mode: not estimated", "disk": "", "seconds": None})
             continue
-        work = round_work(config, student_recipe(recipe0, config, k), k, costs, n_rows, folds, share)
+        work = (student_work(config, k, costs, n_rows, folds, share) if tuned
+                else round_work(config, student_recipe(recipe0, config, k), k, costs, n_rows, folds, share))
         per_epoch, epochs = work.per_epoch, work.epochs
         trains = f"{min(per_epoch):,}–{max(per_epoch):,}" if min(per_epoch) != max(per_epoch) else f"{per_epoch[0]:,}"
         selected = "" if k == 0 else f", selection ≤ {bound:,} per fold"
-        out.append({"stage": f"round {k}", "rows": f"{n_folds} folds × ≤ {max(epochs)} epochs × {trains} rows{selected}",
-                    "disk": "", "seconds": sum(work.seconds)})
+        shown = "fine-tuned student: " if tuned else ""
+        out.append({"stage": f"round {k}", "disk": "", "seconds": sum(work.seconds),
+                    "rows": f"{shown}{n_folds} folds × ≤ {max(epochs)} epochs × {trains} rows{selected}"})
     return out
 
 
