@@ -15,7 +15,8 @@ Three parts, printed as markdown tables:
      exponent b, fitted as time ~ size^b by least squares on log-log over the sizes, against the rows that
      stage handles, and each run's wall time over its round 0 (training and scoring its folds).
   2. Per-post cost at the shape of bert-base (12 layers, hidden 768, random weights, built here): the frozen
-     encoder and the recipe's head (training and scoring steps), timed as `pseudo run --plan` times them.
+     encoder, the recipe's head and, where the projected run fine-tunes (`--student auto`), the student
+     (training and scoring steps), timed as `pseudo run --plan` times them.
   3. A projection for 100k labeled / 10k test / 500k pool posts with the defaults, through `--plan`'s cost
      model (epochs at most, so upper bounds): on this CPU with the measured bert-base costs, and on one GPU
      with stated, assumed rates (nothing here measures a GPU).
@@ -47,7 +48,11 @@ ENCODED = re.compile(r"^encode (\w+): ([\d,]+) done in ([\d.]+) s$", re.M)
 # about 2 x 110M x 140 = 31 GFLOP a post; an A100-class card does 312 TFLOP/s in fp16, so a few thousand
 # posts a second at realistic utilisation; the head's GRU (sigmoid activation: no cuDNN kernel) runs step by
 # step, so its rates are set at the same order rather than at the matrix units' limit.
-GPU_RATES = {"encode": 2000.0, "train": 2000.0, "score": 6000.0}
+GPU_RATES = {"encode": 2000.0, "train": 2000.0, "score": 6000.0,
+             # the fine-tuned student (--student auto from 5,000 labeled posts on): a training step is a forward
+             # and a backward pass of the encoder (about 3 forward passes), its scoring one forward pass
+             "tune": 700.0, "tune_score": 2000.0}
+GPU_STUDENT_SETUP = 30.0  # seconds to load a bert-base student onto a GPU and trace its steps, once a fold (assumed)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -193,7 +198,8 @@ def base_costs(args):
         save_random_encoder(folder, args.vocab, layers=layers, hidden=hidden, heads=heads, intermediate=4 * hidden,
                             max_positions=512, seed=0)
         config = RunConfig(train=args.train, test=None, unlabeled=None, encoder=str(folder), run_dir=tmp,
-                           max_len=args.base_len)
+                           rounds=2, max_len=args.base_len)
+        config.resolve_student(args.project_labeled)  # the student's steps are timed where it would train
         texts = load_unlabeled(args.unlabeled, args.base_posts).texts
         costs = measure_costs(config, find_encoder(str(folder)), list(texts), config.resolved_recipe(),
                               batches=max(1, args.base_posts // 32 - 1))
@@ -210,6 +216,7 @@ def projection(costs, hidden: int, args) -> list[dict]:
     labels = np.arange(n_rows["labeled"]) % 3  # only the folds' sizes matter to the estimate
     config = RunConfig(train=args.train, test=None, unlabeled=None, encoder=args.encoder, run_dir="",
                        rounds=2, max_len=args.base_len)
+    config.resolve_student(n_rows["labeled"])
     return estimate(config, costs, n_rows, make_folds(labels, config.folds, config.holdout, config.seed), hidden)
 
 
@@ -278,12 +285,17 @@ def main() -> None:
     costs, layers, hidden = base_costs(args)
     print(f"## Per-post cost at {layers} layers, hidden {hidden}, length {args.base_len} (random weights, this CPU)\n")
     print("| step | seconds per post | posts per second |\n|---|---|---|")
-    for name in ("encode", "train", "score"):
+    what = {"encode": "frozen encoder", "train": "head", "score": "head", "tune": "fine-tuned student",
+            "tune_score": "fine-tuned student"}
+    for name, role in what.items():
         value = getattr(costs, name)
-        print(f"| {name} ({'frozen encoder' if name == 'encode' else 'head'}) | {value:.5f} | {1 / value:,.1f} |")
+        if value is not None:
+            print(f"| {name} ({role}) | {value:.5f} | {1 / value:,.1f} |")
+    if costs.tune_setup is not None:
+        print(f"\nThe student's setup (built, steps traced): {costs.tune_setup:.0f} s a fold.")
     from pseudolabel.rounds.plan import Costs
 
-    gpu = Costs(**{k: 1.0 / v for k, v in GPU_RATES.items()})
+    gpu = Costs(**{k: 1.0 / v for k, v in GPU_RATES.items()}, tune_setup=GPU_STUDENT_SETUP)
     cpu_rows, gpu_rows = projection(costs, hidden, args), projection(gpu, hidden, args)
     print(f"\n## Projection: {args.project_labeled:,} labeled / {args.project_test:,} test / {args.project_pool:,} "
           f"pool, `pseudo run --rounds 2`, defaults, {layers} layers hidden {hidden}, length {args.base_len}\n")

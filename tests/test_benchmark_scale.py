@@ -34,3 +34,7 @@ def test_scale_runs_at_a_tiny_size(tmp_path, tiny_encoder):
     assert "| encode (frozen encoder) |" in out and "| train (head) |" in out
     assert "100,000 labeled / 10,000 test / 500,000 pool" in out
     assert "| round 2 |" in out and "| total |" in out and "GPU rates assumed" in out
+    # 100,000 labeled posts: --student auto fine-tunes the later rounds, and their cost is estimated too
+    assert "| tune (fine-tuned student) |" in out and "| tune_score (fine-tuned student) |" in out
+    round2 = next(line for line in out.splitlines() if line.startswith("| round 2 |"))
+    assert "fine-tuned student:" in round2 and "not estimated" not in round2, round2
