@@ -90,8 +90,12 @@ class Run:
             self.lock.release()
             raise
         if config.rounds and config.student_reason:
-            trainer = "the fine-tuned student" if config.student == "finetune" else "the head on frozen features"
-            self.progress.note(f"rounds >= 1 train {trainer} (--student auto: {config.student_reason})")
+            tuned = config.student == "finetune"
+            trainer = "the fine-tuned student" if tuned else "the head on frozen features"
+            cost = ("; each fold runs the encoder over its posts and the pool, much dearer than the head with a "
+                    "base-size encoder on a CPU: `pseudo run --plan` estimates it, --student head keeps the head"
+                    if tuned else "")
+            self.progress.note(f"rounds >= 1 train {trainer} (--student auto: {config.student_reason}){cost}")
 
     # ------------------------------------------------------------ lazy encoder and tokens
 
