@@ -519,8 +519,10 @@ def prepare_run_dir(run_dir: RunDir, config: RunConfig, recipe, files: EncoderFi
                 run_dir.remove(name)
             progress.note(f"{run_dir.root}: starting over (earlier rounds removed, feature cache kept)")
         elif saved.get("hash") != record["hash"]:
-            before = saved.get("config", {})
-            diffs = [f"{k} (saved {before.get(k)!r}, now {v!r})" for k, v in resolved.items() if before.get(k) != v]
+            # options at their OMITTED_AT_DEFAULT value are left out of a record: compare them at that value
+            before, now = {**OMITTED_AT_DEFAULT, **saved.get("config", {})}, {**OMITTED_AT_DEFAULT, **resolved}
+            diffs = [f"{k} (saved {before.get(k)!r}, now {now.get(k)!r})" for k in {**now, **before}
+                     if before.get(k) != now.get(k)]
             diffs += [f"recipe {recipe.name!r} {k} (saved {saved.get('recipe', {}).get(k)!r}, now {v!r})"
                       for k, v in recipe_dict.items() if saved.get("recipe", {}).get(k) != v and k != "name"]
             raise PseudoError(f"{run_dir.root}: made with other options: {'; '.join(diffs) or 'unknown'}; "
