@@ -89,13 +89,8 @@ class Run:
         except BaseException:
             self.lock.release()
             raise
-        if config.rounds and config.student_reason:
-            tuned = config.student == "finetune"
-            trainer = "the fine-tuned student" if tuned else "the head on frozen features"
-            cost = ("; each fold runs the encoder over its posts and the pool, much dearer than the head with a "
-                    "base-size encoder on a CPU: `pseudo run --plan` estimates it, --student head keeps the head"
-                    if tuned else "")
-            self.progress.note(f"rounds >= 1 train {trainer} (--student auto: {config.student_reason}){cost}")
+        if note := auto_student_note(config):
+            self.progress.note(note)
 
     # ------------------------------------------------------------ lazy encoder and tokens
 
@@ -259,6 +254,19 @@ class Run:
                              student=plan.student, mode=self.config.mode,
                              leak_free_oof=k == 0 or self.config.pseudo_source == "fold",
                              seconds=time.time() - started)
+
+
+def auto_student_note(config: RunConfig) -> str | None:
+    """What `--student auto` chose for the later rounds and why (None where it chose nothing: a given student, a
+    continued run keeping its own, no later round)."""
+    if not (config.rounds and config.student_reason):
+        return None
+    tuned = config.student == "finetune"
+    trainer = "the fine-tuned student" if tuned else "the head on frozen features"
+    cost = ("; each fold runs the encoder over its posts and the pool, much dearer than the head with a "
+            "base-size encoder on a CPU: `pseudo run --plan` estimates it, --student head keeps the head"
+            if tuned else "")
+    return f"rounds >= 1 train {trainer} (--student auto: {config.student_reason}){cost}"
 
 
 def holdout_mean(run: Run, rounds: list[dict]) -> dict | None:
