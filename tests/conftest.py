@@ -31,8 +31,8 @@ FAST = ["--max-len", "24", "--epochs", "2", "--batch-size", "16", "--min-steps",
 LONGEST_FIRST = ("test_ray.py", "test_round_options.py", "test_benchmark_scarce_labels.py", "test_uncertainty.py",
                  "test_finetune.py", "test_cli_round0.py", "test_reliability.py", "test_benchmark_scale.py",
                  "test_predict.py", "test_pretrain.py", "test_budget.py", "test_resume.py", "test_auto_student.py",
-                 "test_passes.py", "test_deliver.py", "test_fold_reuse.py", "test_spreadsheet_safe.py", "test_benchmark_round_speed.py",
-                 "test_rounds.py", "test_pseudo_quality.py", "test_co_teacher.py", "test_benchmark_recipe_ablation.py",
+                 "test_passes.py", "test_deliver.py", "test_fold_reuse.py", "test_spreadsheet_safe.py",
+                 "test_benchmark_round_speed.py", "test_rounds.py", "test_pseudo_quality.py", "test_co_teacher.py", "test_benchmark_recipe_ablation.py",
                  "test_dynamic_padding.py")
 
 
