@@ -52,9 +52,9 @@ OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs"
                       "mc_passes": 0}
 AUTO_STUDENT = "auto"  # --student auto: the trainer of rounds >= 1 chosen by the run's labeled posts (auto_student)
 # --student auto fine-tunes from this many labeled posts on: with all 6,727 labels of the full-labels benchmark the
-# student's run delivered more than the head's, with 90 or 672 it delivered the same for 1.2-2.7x the time
-# (benchmarks/results/finetuned-student.md); between those counts nothing was measured, so the switch sits near the
-# count where the student was measured better
+# student's run delivered 0.5 points more than the head's (three seeds), with 90 or 672 it delivered the same for
+# 1.2-2.7x the time (benchmarks/results/finetuned-student.md); between those counts nothing was measured, so the
+# switch sits near the count where the student was measured better
 AUTO_STUDENT_LABELS = 5000
 UNCERTAINTY_WEIGHT = "uncertainty"  # --pseudo-weight uncertainty: UST's -log(variance), mean 1 (rounds/uncertainty.py)
 
