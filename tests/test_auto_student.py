@@ -11,7 +11,7 @@ from conftest import read_rows, run_args, write_rows
 from test_rounds import invoke
 from pseudolabel.core.constants import HOLDOUT
 from pseudolabel.core.errors import PseudoError
-from pseudolabel.core.progress import Progress
+from pseudolabel.core.progress import Recorder
 from pseudolabel.rounds.config import AUTO_STUDENT_LABELS, RunConfig, auto_student
 from pseudolabel.rounds.costs import Costs, student_work
 from pseudolabel.rounds.loop import Run
@@ -69,9 +69,7 @@ def test_auto_names_the_run_as_the_student_it_chose_so_earlier_runs_keep_their_n
         del args[at:at + 2]
         result = invoke(*args)
         assert result.exit_code == 0, result.output
-        same = RunConfig(train=str(train), test=str(tiny_data["test"]), unlabeled=str(tiny_data["unlabeled"]),
-                         encoder=str(tiny_encoder), run_dir="", rounds=1, student=chosen, max_len=24, epochs=2,
-                         batch_size=16, min_steps=0, folds=3)
+        same = _config(tiny_data, tiny_encoder, train, "", student=chosen, epochs=2, batch_size=16, min_steps=0)
         said = " ".join(result.output.split())
         assert f"plan of runs/run-{same.results_hash()[:8]}" in said, said
         round1 = next(line for line in result.output.splitlines() if line.startswith("│ round 1"))
@@ -102,42 +100,33 @@ def _config(tiny_data, tiny_encoder, train, run_dir, **options) -> RunConfig:
                      encoder=str(tiny_encoder), run_dir=str(run_dir), rounds=1, max_len=24, folds=3, **options)
 
 
-class Notes(Progress):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def note(self, line):
-        self.lines.append(line)
-
-
 def test_a_continued_run_keeps_its_own_student_and_a_given_other_one_is_refused(tiny_data, tiny_encoder,
                                                                                 many_labels, tmp_path):
     run_dir = tmp_path / "run"
-    made = Run(_config(tiny_data, tiny_encoder, many_labels, run_dir, student="head"), Notes())
+    made = Run(_config(tiny_data, tiny_encoder, many_labels, run_dir, student="head"), Recorder())
     made.lock.release()  # the directory is made; nothing trained
     assert "student" not in json.loads((run_dir / "config.json").read_text())["config"]  # the head: as before auto
 
-    notes = Notes()
+    notes = Recorder()
     again = Run(_config(tiny_data, tiny_encoder, many_labels, run_dir), notes)
     again.lock.release()
     assert again.config.student == "head"
-    assert any("continuing with the run's own student head" in line for line in notes.lines), notes.lines
-    assert not any("--student auto" in line for line in notes.lines)  # what auto would choose is not what trains
+    assert any("continuing with the run's own student head" in line for line in notes.notes), notes.notes
+    assert not any("--student auto" in line for line in notes.notes)  # what auto would choose is not what trains
 
     with pytest.raises(PseudoError, match=r"made with other options: student \(saved 'head', now 'finetune'\);"):
-        Run(_config(tiny_data, tiny_encoder, many_labels, run_dir, student="finetune"), Notes())
+        Run(_config(tiny_data, tiny_encoder, many_labels, run_dir, student="finetune"), Recorder())
 
-    fresh = Notes()
+    fresh = Recorder()
     new = Run(_config(tiny_data, tiny_encoder, many_labels, tmp_path / "new"), fresh)
     new.lock.release()
     assert json.loads((tmp_path / "new" / "config.json").read_text())["config"]["student"] == "finetune"
     assert any(f"rounds >= 1 train the fine-tuned student (--student auto: {AUTO_STUDENT_LABELS:,} labeled posts"
-               in line for line in fresh.lines), fresh.lines
+               in line for line in fresh.notes), fresh.notes
     # the head given to a run the student made: named as a difference (an option left out of the record at its
     # default is compared at that default)
     with pytest.raises(PseudoError, match=r"made with other options: student \(saved 'finetune', now 'head'\);"):
-        Run(_config(tiny_data, tiny_encoder, many_labels, tmp_path / "new", student="head"), Notes())
+        Run(_config(tiny_data, tiny_encoder, many_labels, tmp_path / "new", student="head"), Recorder())
 
 
 @pytest.mark.slow
