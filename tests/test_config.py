@@ -40,6 +40,7 @@ def test_every_option_of_pseudo_run_is_a_config_field_with_its_default():
     ("max_len", 4, "max-len must be >= 8, got 4"),
     ("pseudo_weight", 0, "pseudo-weight must be > 0 or one of uncertainty, got 0"),
     ("deliver", "best", "deliver must be one of mean, auto, head, blend, got 'best'"),
+    ("recipe", "best", "recipe must be one of default, seed, finetune, got 'best'"),
     ("strategy", None, "strategy must be one of threshold, per-class, class-balanced, uncertainty, top-k, got None"),
 ])
 def test_a_value_outside_its_constraint_is_a_one_line_error(field, value, message):

@@ -184,14 +184,19 @@ def test_finetune_options_are_checked_before_anything_is_written(tiny_data, tiny
 @pytest.mark.slow
 def test_a_run_that_fine_tunes_in_every_round_skips_the_frozen_feature_pass(tiny_data, tiny_encoder, tmp_path):
     """--recipe finetune --student finetune: round 0 fine-tunes too, and no round reads frozen features, so
-    none are computed or cached; both rounds write what every round writes. --finetune-monitor 0: no monitor
-    slice, every training post of a fold trains and the last epoch is kept. (--top-k, --force: round 0 may
-    collapse at this size, and a class-balanced selection from it can be empty.)"""
+    none are computed or cached (nor does --plan count them); both rounds write what every round writes, and
+    what the run delivered predicts its test file again. --finetune-monitor 0: no monitor slice, every training
+    post of a fold trains and the last epoch is kept. (--top-k, --force: round 0 may collapse at this size, and
+    a class-balanced selection from it can be empty.)"""
     run_dir = tmp_path / "runs" / "all-ft"
-    result = runner.invoke(app, run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--recipe", "finetune",
-                                         "--strategy", "top-k", "--top-k", "30", "--force", "--finetune-monitor", "0",
-                                         *STUDENT))
+    args = run_args(tiny_data, tiny_encoder, run_dir, "--rounds", "1", "--recipe", "finetune", "--strategy",
+                    "top-k", "--top-k", "30", "--force", "--finetune-monitor", "0", *STUDENT)
+    planned = runner.invoke(app, [*args, "--plan"])
+    assert planned.exit_code == 0, planned.output
+    assert "features:" not in planned.output and "│ round 0 │ fine-tuned encoder:" in planned.output
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "recipe finetune · mode cached" in " ".join(result.output.split())
     assert not any((run_dir / "features").iterdir())  # the frozen encoder never ran
     folds = np.load(run_dir / "round_0" / "folds.npy")
     original = _word_embeddings(tiny_encoder / "tf_model.h5")
@@ -208,6 +213,14 @@ def test_a_run_that_fine_tunes_in_every_round_skips_the_frozen_feature_pass(tiny
             assert record["n_train_human"] == int(((folds != fold) & (folds != HOLDOUT)).sum())
     assert json.loads((run_dir / "round_1" / "metrics.json").read_text())["n_pseudo"] > 0
     assert (run_dir / "final.json").is_file() and (run_dir / "submission.csv").is_file()
+    out = tmp_path / "pred.csv"  # both rounds' fine-tuned folds and the co-teacher, as delivered
+    predicted = runner.invoke(app, ["predict", str(tiny_data["test"]), "--run-dir", str(run_dir), "--out", str(out)])
+    assert predicted.exit_code == 0, predicted.output
+    rows = [line.split(",") for line in out.read_text(encoding="utf-8").splitlines()[1:]]
+    assert [r[:2] for r in rows] == [line.split(",") for line in
+                                     (run_dir / "submission.csv").read_text(encoding="utf-8").splitlines()[1:]]
+    np.testing.assert_allclose(np.array([[float(v) for v in r[2:]] for r in rows]),
+                               np.load(run_dir / "final_test_preds.npy"), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -430,7 +430,8 @@ def run(
         with ConsoleProgress(console) as progress:
             job = Run(config, progress, restart=restart)
             console.print(f"[bold]run[/bold] {config.run_dir} · encoder {job.files.describe()} · "
-                          f"recipe {job.recipe.name} · mode {config.mode}")
+                          f"recipe {'finetune' if config.trainer(0) == 'finetune' else job.recipe.name} · "
+                          f"mode {config.mode}")
             result = job.execute()
     _render_rounds(result.rounds, result.stop_reason, f"run {result.run_dir}", result.final)
 

@@ -44,6 +44,7 @@ LATER_ROUNDS = ("threshold", "strategy", "top_k", "pseudo_weight", "pseudo_sourc
 # round 0's too with --recipe finetune
 FINETUNE_OPTIONS = ("finetune_layers", "finetune_epochs", "finetune_lr", "finetune_precision", "finetune_monitor")
 FINETUNE_RECIPE = "finetune"  # --recipe finetune: round 0 fine-tunes the encoder (a supervised baseline)
+RECIPE_NAMES = ("default", "seed", FINETUNE_RECIPE)
 # options added after run directories existed: left out of the options a run is hashed by while at these
 # values, so every earlier run keeps its hash, its default directory name and its shared round 0
 OMITTED_AT_DEFAULT = {"student": "head", "finetune_layers": 0, "finetune_epochs": 3, "finetune_lr": 2e-4,
@@ -99,6 +100,7 @@ class OneOf:
 # option -> the values it may take (None: the option may be left unset)
 CONSTRAINTS: dict[str, tuple] = {
     "rounds": (Interval(0, None),),
+    "recipe": (OneOf(RECIPE_NAMES),),
     "folds": (Interval(2, None),),
     "mode": (OneOf(MODES),),
     "max_len": (Interval(8, None),),
@@ -296,6 +298,10 @@ class RunConfig:
         if k and self.student == AUTO_STUDENT:
             raise PseudoError("student auto is decided by the labeled posts: call resolve_student first")
         return "finetune" if (self.recipe == FINETUNE_RECIPE if k == 0 else self.student == "finetune") else "head"
+
+    def fine_tunes_throughout(self) -> bool:
+        """Every round fine-tunes the encoder: no round reads the frozen encoder's features."""
+        return all(self.trainer(k) == "finetune" for k in range(self.rounds + 1))
 
     def finetune(self, k: int):
         """The fine-tuned student's settings for round k (rounds >= 1 add the student's token dropout)."""

@@ -115,7 +115,7 @@ class Run:
         """Every split's model inputs: the frozen encoder's cached features, or token ids where no round
         reads features (faithful mode; a run whose every round fine-tunes the encoder skips the frozen pass)."""
         splits = {"labeled": self.labeled, "test": self.test, "unlabeled": self.pool}
-        fine_tuned = all(self.config.trainer(k) == "finetune" for k in range(self.config.rounds + 1))
+        fine_tuned = self.config.fine_tunes_throughout()
         out = {}
         for split, posts in splits.items():
             if posts is None:

@@ -104,7 +104,7 @@ def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, h
     out = []
     cached = [s for s in ("labeled", "test", "unlabeled") if n_rows[s] and s not in config.stream]
     for split in ("labeled", "test", "unlabeled"):
-        if n_rows[split]:
+        if n_rows[split] and not config.fine_tunes_throughout():  # a run fine-tuned throughout reads none
             disk = n_rows[split] * config.max_len * hidden * 2 if split in cached else 0
             out.append({"stage": f"features: {split}", "rows": f"{n_rows[split]:,}",
                         "disk": human_bytes(disk) if disk else "streamed", "seconds": n_rows[split] * costs.encode})
@@ -120,7 +120,7 @@ def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, h
         per_epoch, epochs = work.per_epoch, work.epochs
         trains = f"{min(per_epoch):,}–{max(per_epoch):,}" if min(per_epoch) != max(per_epoch) else f"{per_epoch[0]:,}"
         selected = "" if k == 0 else f", selection ≤ {bound:,} per fold"
-        shown = "fine-tuned student: " if tuned else ""
+        shown = ("fine-tuned student: " if k else "fine-tuned encoder: ") if tuned else ""
         out.append({"stage": f"round {k}", "disk": "", "seconds": sum(work.seconds),
                     "rows": f"{shown}{n_folds} folds × ≤ {max(epochs)} epochs × {trains} rows{selected}"})
     return out
