@@ -25,7 +25,11 @@ EXTRA = ["--rounds", "1", "--folds", "3", "--strategy", "top-k", "--top-k", "20"
 RAY = ["--executor", "ray", "--fold-cpus", "1"]
 ARRAYS = ["round_0/oof_preds.npy", "round_0/test_preds.npy", "round_0/unmask_preds.npy", "round_0/holdout_preds.npy",
           "round_1/oof_preds.npy", "round_1/test_preds.npy", "round_1/unmask_preds.npy", "final_test_preds.npy"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "RAY_ADDRESS": ""}
+# the runs these tests start carry a mark their Ray processes inherit: the tests see and kill those alone, never
+# the processes of another Ray run on the same machine
+MARK_NAME, MARK_VALUE = "PSEUDO_TEST_RAY", str(os.getpid())
+MARK = f"{MARK_NAME}={MARK_VALUE}"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "RAY_ADDRESS": "", MARK_NAME: MARK_VALUE}
 
 
 def same_run(a, b):
@@ -51,9 +55,18 @@ def start(args, log):
 
 
 def ray_processes(pattern: str = "ray::") -> set[int]:
-    """PIDs of Ray's processes (workers are titled after their task: `ray::fold_task` while training)."""
+    """PIDs of the Ray processes of the runs these tests started (workers are titled after their task:
+    `ray::fold_task` while training), told from other runs' by the mark in their environment."""
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    return {int(pid) for pid in found}
+    return {int(pid) for pid in found if _marked(int(pid))}
+
+
+def _marked(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return MARK.encode() in fh.read().split(b"\0")
+    except OSError:  # ended meanwhile, or not ours to read
+        return False
 
 
 def fold_workers() -> set[int]:
