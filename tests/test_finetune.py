@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import run_args
+from conftest import read_rows, run_args
+from test_predict import predictions
 from pseudolabel.cli.commands import app
 from pseudolabel.core.constants import HOLDOUT
 from pseudolabel.encoding.encoder import find_encoder
@@ -216,11 +217,9 @@ def test_a_run_that_fine_tunes_in_every_round_skips_the_frozen_feature_pass(tiny
     out = tmp_path / "pred.csv"  # both rounds' fine-tuned folds and the co-teacher, as delivered
     predicted = runner.invoke(app, ["predict", str(tiny_data["test"]), "--run-dir", str(run_dir), "--out", str(out)])
     assert predicted.exit_code == 0, predicted.output
-    rows = [line.split(",") for line in out.read_text(encoding="utf-8").splitlines()[1:]]
-    assert [r[:2] for r in rows] == [line.split(",") for line in
-                                     (run_dir / "submission.csv").read_text(encoding="utf-8").splitlines()[1:]]
-    np.testing.assert_allclose(np.array([[float(v) for v in r[2:]] for r in rows]),
-                               np.load(run_dir / "final_test_preds.npy"), atol=1e-5)
+    labels, probs = predictions(out)
+    assert labels == read_rows(run_dir / "submission.csv")[1:]
+    np.testing.assert_allclose(probs, np.load(run_dir / "final_test_preds.npy"), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -103,8 +103,9 @@ def estimate(config: RunConfig, costs: Costs, n_rows: dict, folds: np.ndarray, h
     recipe0 = config.resolved_recipe()
     out = []
     cached = [s for s in ("labeled", "test", "unlabeled") if n_rows[s] and s not in config.stream]
+    frozen = not config.fine_tunes_throughout()  # a run fine-tuned in every round reads no frozen features
     for split in ("labeled", "test", "unlabeled"):
-        if n_rows[split] and not config.fine_tunes_throughout():  # a run fine-tuned throughout reads none
+        if n_rows[split] and frozen:
             disk = n_rows[split] * config.max_len * hidden * 2 if split in cached else 0
             out.append({"stage": f"features: {split}", "rows": f"{n_rows[split]:,}",
                         "disk": human_bytes(disk) if disk else "streamed", "seconds": n_rows[split] * costs.encode})
