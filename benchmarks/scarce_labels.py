@@ -124,6 +124,9 @@ VARIANTS = {  # name -> RunConfig options on top of the defaults ("rounds": this
     # few are taken), and the default capped alike
     "uncertainty top 500 +weights": dict(strategy="uncertainty", pseudo_weight="uncertainty", top_k=500),
     "default top 500": dict(top_k=500),
+    # both where each helped inside a round: MC-dropout uncertainty and the 500-post cap
+    "uncertainty top 500 +weights +MC dropout 10": dict(strategy="uncertainty", pseudo_weight="uncertainty",
+                                                        top_k=500, mc_passes=10),
 }
 # (variant, round) pairs compared seed by seed where both ran: what the fine-tuned student adds over the
 # frozen head trained on the same pseudo-labels, over fine-tuning alone, and what fine-tuning alone adds
@@ -146,7 +149,9 @@ COMPARISONS = ((("default +fine-tuned student", 1), ("default", 1)),
                (("uncertainty +weights", 1), ("default", 0)),
                (("uncertainty +weights +MC dropout 10", 1), ("uncertainty +weights", 1)),
                (("uncertainty top 500 +weights", 1), ("default top 500", 1)),
-               (("default top 500", 1), ("default", 1)))
+               (("default top 500", 1), ("default", 1)),
+               (("uncertainty top 500 +weights +MC dropout 10", 1), ("uncertainty +weights +MC dropout 10", 1)),
+               (("uncertainty top 500 +weights +MC dropout 10", 1), ("uncertainty top 500 +weights", 1)))
 ON_TODAYS_DEFAULTS = ("default", "default +frozen head", "ratio 1 (the default before)",
                       "ratio 1 +dynamic later rounds", "full pass", "ratio 1 +monitor every human",
                       "ratio 1 +monitor every human +dynamic later rounds", "round 0 alone (no holdout)",
@@ -154,7 +159,8 @@ ON_TODAYS_DEFAULTS = ("default", "default +frozen head", "ratio 1 (the default b
                       "default +fine-tuned soft student", "default +fine-tuned student +last epoch",
                       "fine-tuned round 0", "fine-tuned round 0 + student", "fine-tuned round 0 + soft student",
                       "uncertainty", "uncertainty +weights", "uncertainty +weights +MC dropout 10",
-                      "uncertainty top 500 +weights", "default top 500")
+                      "uncertainty top 500 +weights", "default top 500",
+                      "uncertainty top 500 +weights +MC dropout 10")
 for _name, _options in VARIANTS.items():
     if _name not in ON_TODAYS_DEFAULTS:
         VARIANTS[_name] = {**BEFORE, **_options}
