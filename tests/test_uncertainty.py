@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_args
 from pseudolabel.core.errors import PseudoError
-from pseudolabel.heads.model import build_head, recipe
+from pseudolabel.heads.model import build_head, mc_parts, recipe, reset_random_layers
 from pseudolabel.rounds.select import NOT_SELECTED, class_balanced_mask, counts_per_class, select, sweep
 from pseudolabel.rounds.selection import pool_probs, pool_uncertainty, pseudo_weights
 from pseudolabel.core.store import RunDir
@@ -89,6 +89,31 @@ def test_mc_dropout_head_samples_its_dropout_and_keeps_batchnorm_in_inference():
     assert not np.allclose(first, second)  # dropout on: each pass differs
     assert np.allclose(plain.predict_on_batch(x), plain.predict_on_batch(x))
     assert np.allclose(first.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, options, cut_after", [
+    ("default", {}, "re_lu"),  # dropout after the first dense layer: the BiGRU and the capsule once a batch
+    ("default", {"token_dropout": 0.2}, "standardize"),  # word dropout right after standardising
+    ("seed", {}, None),  # spatial dropout on the features themselves: no part before it
+    ("default", {"token_dropout": 0.2, "zero_padding": True}, None),  # the mask enters after the dropout
+])
+def test_mc_passes_run_the_head_before_its_first_dropout_once_and_equal_the_whole_heads(name, options, cut_after):
+    mc = build_head(16, 8, recipe(name, **options), compile=False, mc_dropout=True)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 16, 8)).astype(np.float32)
+    x = [x, (rng.random((6, 16, 1)) < 0.8).astype(np.float32)] if len(mc.inputs) > 1 else x
+    reset_random_layers(mc, 7)
+    whole = np.stack([mc.predict_on_batch(x) for _ in range(3)])
+    reset_random_layers(mc, 7)
+    trunk, tail = mc_parts(mc)
+    assert (trunk is None) == (cut_after is None)
+    if trunk is not None:
+        assert trunk.layers[-1].name.startswith(cut_after)
+        assert not {layer.name for layer in trunk.layers[1:]} & {layer.name for layer in tail.layers[1:]}
+    shared = x if trunk is None else trunk.predict_on_batch(x)
+    parts = np.stack([tail.predict_on_batch(shared) for _ in range(3)])
+    assert np.array_equal(parts, whole)  # the same passes, number for number
+    assert not np.allclose(parts[0], parts[1])  # and they do sample
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,27 @@ def head_layers(x, recipe: Recipe, mask=None, mc_dropout: bool = False):
     return keras.layers.Dense(N_CLASSES, activation="softmax")(x)
 
 
+def mc_parts(model):
+    """(trunk, tail) of an MC-dropout head: the part before its first dropout layer, which gives the same
+    output on every pass (inference: BatchNorm's statistics, no noise), and the part from that layer on,
+    which samples. MC passes then run the trunk once a batch and only the tail each pass: with the default
+    recipe the BiGRU and the capsule once, the dense layers each pass. The tail shares the head's layers,
+    so its dropout draws from the same streams (`reset_random_layers` on the head) and the passes are the
+    whole head's, number for number. trunk is None where the first dropout takes an input of the head, or
+    where what follows it needs another input (the token mask): the whole head is the tail."""
+    first = next((layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)), None)
+    if first is None:
+        return None, model
+    cut = first.input
+    if any(cut is t for t in model.inputs):
+        return None, model
+    try:
+        tail = keras.Model(cut, model.output, name="head_tail")
+    except ValueError:  # the graph from the cut to the output needs another of the head's inputs
+        return None, model
+    return keras.Model(model.inputs if len(model.inputs) > 1 else model.inputs[0], cut, name="head_trunk"), tail
+
+
 def reset_random_layers(model, seed: int) -> None:
     """Restart the random stream of each of the head's random layers from `seed` (and its place in
     the model): the masks of a fold are then a function of its seed and step alone.
