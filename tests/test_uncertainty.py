@@ -12,6 +12,9 @@ from pseudolabel.heads.model import build_head, mc_parts, recipe, reset_random_l
 from pseudolabel.rounds.select import NOT_SELECTED, class_balanced_mask, counts_per_class, select, sweep
 from pseudolabel.rounds.selection import pool_probs, pool_uncertainty, pseudo_weights
 from pseudolabel.core.store import RunDir
+from pseudolabel.rounds.config import RunConfig
+from pseudolabel.rounds.costs import Costs, round_work
+from pseudolabel.rounds.cv import make_folds
 from pseudolabel.rounds.uncertainty import bald, confidence_weights, entropy, from_moments, moments
 from test_rounds import invoke, load
 
@@ -114,6 +117,21 @@ def test_mc_passes_run_the_head_before_its_first_dropout_once_and_equal_the_whol
     parts = np.stack([tail.predict_on_batch(shared) for _ in range(3)])
     assert np.array_equal(parts, whole)  # the same passes, number for number
     assert not np.allclose(parts[0], parts[1])  # and they do sample
+
+
+def test_the_plan_counts_each_folds_mc_passes_over_the_pool(tiny_data, tiny_encoder, tmp_path):
+    config = RunConfig(train="a", test=None, unlabeled=None, encoder="e", run_dir="r", rounds=1, mc_passes=10)
+    folds = make_folds(np.arange(300) % 3, 5, 0.15, 0)
+    n_rows = {"labeled": 300, "test": 0, "unlabeled": 500}
+    recipe0 = config.resolved_recipe()
+    assert round_work(config, recipe0, 0, Costs(0.0, 0.0, 0.0, mc=2.0), n_rows, folds).seconds == [1000.0] * 5
+    assert round_work(config, recipe0, 0, Costs(0.0, 0.0, 0.0), n_rows, folds).seconds == [0.0] * 5
+    result = invoke(*run_args(tiny_data, tiny_encoder, tmp_path / "r", "--rounds", "1", "--mc-passes", "3",
+                              "--plan"))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    measured = float(said.split("3 MC-dropout passes ")[1].split(" ms")[0])
+    assert measured > 0 and not (tmp_path / "r").exists()
 
 
 @pytest.fixture(scope="module")

@@ -452,6 +452,7 @@ def _print_plan(config: RunConfig) -> None:
     tuned = ("" if costs.tune is None else f", fine-tuning {costs.tune * 1e3:.2f} ms, the student's scoring "
                                            f"{costs.tune_score * 1e3:.2f} ms (and {costs.tune_setup:.0f} s a fold "
                                            f"to build it)")
+    tuned += f", {config.mc_passes} MC-dropout passes {costs.mc * 1e3:.3f} ms" if config.mc_passes else ""
     console.print(f"measured here per post: encoder {costs.encode * 1e3:.2f} ms, head training "
                   f"{costs.train * 1e3:.3f} ms, head scoring {costs.score * 1e3:.3f} ms{tuned}; epochs are the "
                   f"recipe's most (early stopping may end a fold sooner), so round times are upper bounds")

@@ -28,6 +28,7 @@ class Costs:
     tune_setup: float | None = None  # seconds, once per fold: the student built and its steps traced
     tune: float | None = None
     tune_score: float | None = None
+    mc: float = 0.0  # seconds per pool post and fold: the run's --mc-passes over it (`cv.mc_moments`)
 
 
 NOMINAL = Costs(encode=0.0, train=3.0, score=1.0)  # relative: a training step is about three forward passes
@@ -69,12 +70,15 @@ def round_work(config: RunConfig, recipe, k: int, costs: Costs, n_rows: dict, fo
                share: float = 1.0) -> RoundWork:
     """Round k trained with `recipe` on `n_rows` posts per split (labeled, test, unlabeled), `folds` a fold
     id per labeled row: each fold's epochs over its rows (a precise-BatchNorm pass each epoch where the
-    recipe has one), its monitor and validation rows, and its share of scoring test, pool and holdout.
-    With dynamic padding every step costs `share` of a full-length one (`length_share`)."""
+    recipe has one), its monitor and validation rows, its share of scoring test, pool and holdout, and with
+    --mc-passes its passes over the pool. With dynamic padding every step costs `share` of a full-length one
+    (`length_share`)."""
     scale = share if recipe.dynamic_padding else 1.0
     monitor_share = recipe.monitor_share if recipe.early_stopping else 0.0
-    return _work(config, k, n_rows, folds, monitor_share, recipe.epochs_for, recipe.precise_bn,
+    work = _work(config, k, n_rows, folds, monitor_share, recipe.epochs_for, recipe.precise_bn,
                  costs.train * scale, costs.score * scale)
+    work.seconds = [seconds + n_rows["unlabeled"] * costs.mc * scale for seconds in work.seconds]
+    return work
 
 
 def student_work(config: RunConfig, k: int, costs: Costs, n_rows: dict, folds: np.ndarray,

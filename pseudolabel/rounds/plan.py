@@ -68,10 +68,29 @@ def measure_costs(config: RunConfig, files, texts: list[str], recipe, batches: i
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, batch)]
     train = _timed(lambda: model.train_on_batch(x, y), batches) / batch
     score = _timed(lambda: model.predict_on_batch(x), batches) / batch
+    sampler = mc_sampler(config, recipe, model)
+    mc = _timed(lambda: sampler(x), batches) / batch if sampler else 0.0
     keras.backend.clear_session()
     tuned = [k for k in range(config.rounds + 1) if config.trainer(k) == "finetune"]
     student = measure_student(config, files, tokens, tuned[0], batches) if tuned else (None, None, None)
-    return Costs(encode, train, score, *student)
+    return Costs(encode, train, score, *student, mc=mc)
+
+
+def mc_sampler(config: RunConfig, recipe, model):
+    """With --mc-passes T: a function of a batch that runs the T passes as `cv.mc_moments` does (the head's part
+    before its first dropout once, the rest T times; `model`'s weights); else None."""
+    from ..heads.model import build_head, mc_parts
+
+    if not config.mc_passes:
+        return None
+    mc = build_head(config.max_len, model.inputs[0].shape[-1], recipe, compile=False, mc_dropout=True)
+    mc.set_weights(model.get_weights())
+    trunk, tail = mc_parts(mc)
+
+    def passes(x):
+        shared = x if trunk is None else trunk.predict_on_batch(x)
+        return [tail.predict_on_batch(shared) for _ in range(config.mc_passes)]
+    return passes
 
 
 def measure_student(config: RunConfig, files, tokens, k: int,
