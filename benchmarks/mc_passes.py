@@ -38,7 +38,7 @@ def main() -> None:
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from pseudolabel.heads.model import build_head, mc_parts, recipe, reset_random_layers
+    from pseudolabel.heads.model import build_head, mc_parts, mc_sample, recipe, reset_random_layers
     from pseudolabel.rounds.cv import PREDICT_CHUNK
     from pseudolabel.rounds.uncertainty import moments
 
@@ -55,8 +55,7 @@ def main() -> None:
         return moments(np.stack([mc.predict_on_batch(x) for _ in range(args.passes)]))
 
     def split(x):
-        shared = x if trunk is None else trunk.predict_on_batch(x)
-        return moments(np.stack([tail.predict_on_batch(shared) for _ in range(args.passes)]))
+        return moments(mc_sample((trunk, tail), x, args.passes))
 
     def timed(fn):
         reset_random_layers(mc, 1)

@@ -166,6 +166,13 @@ def mc_parts(model):
     return keras.Model(model.inputs if len(model.inputs) > 1 else model.inputs[0], cut, name="head_trunk"), tail
 
 
+def mc_sample(parts, x, passes: int) -> np.ndarray:
+    """(passes, B, classes): `passes` MC-dropout passes over batch `x` through `mc_parts`' (trunk, tail)."""
+    trunk, tail = parts
+    shared = x if trunk is None else trunk.predict_on_batch(x)
+    return np.stack([tail.predict_on_batch(shared) for _ in range(passes)])
+
+
 def reset_random_layers(model, seed: int) -> None:
     """Restart the random stream of each of the head's random layers from `seed` (and its place in
     the model): the masks of a fold are then a function of its seed and step alone.

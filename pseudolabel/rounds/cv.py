@@ -24,7 +24,8 @@ from ..core.constants import FOLD_SEED, HOLDOUT  # noqa: F401  (re-exported)
 from ..core.errors import PseudoError
 from ..data.metrics import scores
 from ..heads.model import (N_CLASSES, PreciseBatchNorm, Recipe, build_faithful, build_head, mc_parts,
-                    reset_optimizer, reset_random_layers, save_head_weights, set_standardization, trace_for_any_shape)
+                    mc_sample, reset_optimizer, reset_random_layers, save_head_weights, set_standardization,
+                    trace_for_any_shape)
 from ..core.progress import Progress
 from .rows import Fit, FoldRows, finish_fold, fold_record, fold_rows, fold_seed  # noqa: F401  (FoldRows re-exported)
 from ..core.store import RoundFiles, atomic_write_npy, load_npy, read_json
@@ -334,7 +335,7 @@ def mc_moments(plan: RoundPlan, passes: int, progress: Progress) -> np.ndarray:
     resumed round gets the same numbers."""
     model = build_head(plan.max_len, plan.hidden, plan.recipe, compile=False, mc_dropout=True)
     layers = keras.Model(model.inputs, model.outputs)  # loads what save_head_weights wrote
-    trunk, tail = mc_parts(model)  # the deterministic part once a batch, the sampling part each pass
+    parts = mc_parts(model)  # the deterministic part once a batch, the sampling part each pass
     source, dynamic = plan.unlabeled, plan.recipe.dynamic_padding
     idx = np.arange(len(source))
     out = np.zeros((plan.n_folds, len(idx), 2 * N_CLASSES + 1), np.float32)
@@ -346,8 +347,7 @@ def mc_moments(plan: RoundPlan, passes: int, progress: Progress) -> np.ndarray:
         for at in score_chunks(source, idx, dynamic):
             inputs = source.rows(idx[at])
             x = _unwrap(_trim(inputs, source.lengths(idx[at])) if dynamic else inputs)
-            shared = x if trunk is None else trunk.predict_on_batch(x)
-            out[fold, at] = moments(np.stack([tail.predict_on_batch(shared) for _ in range(passes)]))
+            out[fold, at] = moments(mc_sample(parts, x, passes))
             progress.advance(task, len(at))
     progress.finish(task)
     return out

@@ -79,18 +79,14 @@ def measure_costs(config: RunConfig, files, texts: list[str], recipe, batches: i
 def mc_sampler(config: RunConfig, recipe, model):
     """With --mc-passes T: a function of a batch that runs the T passes as `cv.mc_moments` does (the head's part
     before its first dropout once, the rest T times; `model`'s weights); else None."""
-    from ..heads.model import build_head, mc_parts
+    from ..heads.model import build_head, mc_parts, mc_sample
 
     if not config.mc_passes:
         return None
     mc = build_head(config.max_len, model.inputs[0].shape[-1], recipe, compile=False, mc_dropout=True)
     mc.set_weights(model.get_weights())
-    trunk, tail = mc_parts(mc)
-
-    def passes(x):
-        shared = x if trunk is None else trunk.predict_on_batch(x)
-        return [tail.predict_on_batch(shared) for _ in range(config.mc_passes)]
-    return passes
+    parts = mc_parts(mc)
+    return lambda x: mc_sample(parts, x, config.mc_passes)
 
 
 def measure_student(config: RunConfig, files, tokens, k: int,
