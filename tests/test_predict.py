@@ -255,6 +255,36 @@ def test_an_export_predicts_as_the_run_and_names_what_it_holds(blend_run, tiny_d
     assert heads == sorted(record["parts"][0]["heads"]) and (folder / "notes.txt").read_text() == "mine"
 
 
+def test_an_export_says_what_it_copies_and_a_full_disk_stops_it_before_the_earlier_one_is_touched(
+        blend_run, tmp_path, monkeypatch):
+    from pseudolabel.delivery import delivered
+    from pseudolabel.encoding.features import human_bytes
+
+    folder = tmp_path / "model"
+    result = invoke("export", "--run-dir", blend_run, "--out", folder, "--reference-encoder")
+    assert result.exit_code == 0, result.output
+    copied = sum(p.stat().st_size for p in [*(folder / "heads").rglob("*.h5"), folder / "vocab.txt"])
+    assert f"exporting 2 fold weight files: {human_bytes(copied)}, the co-teacher" in flat(result.output)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def usage_with(free):
+        return lambda path: shutil._ntuple_diskusage(10 ** 12, 10 ** 12 - free, free)
+
+    # no free space: the same export again fits in what the earlier one frees, one with the encoder does not
+    monkeypatch.setattr(delivered.shutil, "disk_usage", usage_with(0))
+    assert invoke("export", "--run-dir", blend_run, "--out", folder, "--reference-encoder").exit_code == 0
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}.keys() == before.keys()
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    result = invoke("export", "--run-dir", blend_run, "--out", folder)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: {folder}: the export needs ") and "--reference-encoder" in result.output
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # the earlier export stands
+    result = invoke("export", "--run-dir", blend_run, "--out", tmp_path / "new" / "model")
+    assert result.exit_code == 1 and not (tmp_path / "new").exists()
+    monkeypatch.setattr(delivered.shutil, "disk_usage", usage_with(copied + 10 ** 9))
+    assert invoke("export", "--run-dir", blend_run, "--out", tmp_path / "new" / "model").exit_code == 0
+
+
 def test_a_plain_text_column_file_and_bad_input(head_run, tiny_data, tmp_path):
     texts = load_unlabeled(tiny_data["test"], None).texts
     plain = write_rows(tmp_path / "plain.csv", [["text"]] + [[t] for t in texts[:5]] + [[""]])

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..rounds.config import RunConfig, migrate
 from ..core.constants import VERSION
 from ..encoding.encoder import HF_NAMES, TOKENIZER_EXTRAS
+from ..encoding.features import human_bytes
 from ..core.errors import PseudoError
 from .spec import ModelSpec, Part
 from .untrusted import check_links, checked_record, inside, weights_only
@@ -154,11 +155,22 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
                           f"--round N of a round of heads)")
     files = spec.encoder()  # the encoder must be there, and the one the heads were trained on
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not (out / MODEL_FILE).is_file():
-            raise PseudoError(f"{out}: exists and is not an exported model; choose an empty or new folder")
+    again = out.exists() and any(out.iterdir())
+    if again and not (out / MODEL_FILE).is_file():
+        raise PseudoError(f"{out}: exists and is not an exported model; choose an empty or new folder")
+    encoder_files = ([files.config, files.weights, files.vocab,
+                      *[files.folder / n for n in TOKENIZER_EXTRAS if (files.folder / n).is_file()]]
+                     if copy_encoder else [])
+    earlier = _earlier_export(out, keep=Path(files.folder)) if again else []
+    need = check_room(out, [*(p for part in spec.parts for p in part.heads), files.vocab, *encoder_files], earlier)
+    if progress is not None:
+        progress.note(f"exporting {len(spec.heads)} fold weight files"
+                      + (" (a fine-tuned fold's holds its own encoder)" if tuned else "")
+                      + (" and the encoder" if copy_encoder else "") + f": {human_bytes(need)}"
+                      + (", the co-teacher" if spec.weight > 0 else "") + (", the SavedModel" if saved_model else ""))
+    if again:
         (out / MODEL_FILE).unlink()  # an export in progress is not a model until model.json is written last
-        _clear_export(out, keep=Path(files.folder))
+        _clear_export(earlier)
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for part in spec.parts:
@@ -171,8 +183,7 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
         spec.text_model(progress).save(out / "co_teacher")
     _copy(files.vocab, out / "vocab.txt")
     if copy_encoder:
-        for path in (files.config, files.weights, files.vocab,
-                     *[files.folder / n for n in TOKENIZER_EXTRAS if (files.folder / n).is_file()]):
+        for path in encoder_files:
             _copy(path, out / "encoder" / HF_NAMES.get(path.name, path.name))
         mark_done(out / "encoder")
     if saved_model:
@@ -198,15 +209,33 @@ def export(run_dir: str | Path, out: str | Path, copy_encoder: bool = True, roun
     return out
 
 
-def _clear_export(out: Path, keep: Path) -> None:
-    """Remove what an earlier export wrote into `out` (its heads, co-teacher, encoder copy, SavedModel, card),
-    so a re-export holds only what its model.json names; anything else in the folder is left alone, and so is
-    the entry holding `keep` (the encoder the run trained with, should it live in the old export)."""
+def check_room(out: Path, sources: list[Path], earlier: list[Path]) -> int:
+    """Bytes of `sources` (what the export copies; the co-teacher and a SavedModel come on top), after checking
+    that the disk holding `out` has room for them, counting what the `earlier` export's entries free: a full
+    disk stops the export before anything of the earlier one is removed."""
+    need = sum(Path(p).stat().st_size for p in sources)
+    freed = sum(p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+                for p in earlier if not p.is_symlink())
+    disk = next(p for p in (out, *out.parents) if p.exists())
+    free = shutil.disk_usage(disk).free + freed
+    if need > free:
+        raise PseudoError(f"{out}: the export needs {human_bytes(need)} but only {human_bytes(free)} is free "
+                          f"(free space, export elsewhere, or --reference-encoder to leave the encoder out)")
+    return need
+
+
+def _earlier_export(out: Path, keep: Path) -> list[Path]:
+    """What an earlier export wrote into `out` (its heads, co-teacher, encoder copy, SavedModel, card), which a
+    re-export removes so the folder holds only what its model.json names; anything else in the folder is left
+    alone, and so is the entry holding `keep` (the encoder the run trained with, should it live in the old
+    export)."""
     keep = keep.resolve()
-    for name in EXPORT_ENTRIES:
-        path = out / name
-        if keep == path.resolve() or path.resolve() in keep.parents:
-            continue
+    return [out / name for name in EXPORT_ENTRIES if (out / name).exists() or (out / name).is_symlink()
+            if not (keep == (out / name).resolve() or (out / name).resolve() in keep.parents)]
+
+
+def _clear_export(earlier: list[Path]) -> None:
+    for path in earlier:
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir():
