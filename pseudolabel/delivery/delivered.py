@@ -230,8 +230,8 @@ def _earlier_export(out: Path, keep: Path) -> list[Path]:
     alone, and so is the entry holding `keep` (the encoder the run trained with, should it live in the old
     export)."""
     keep = keep.resolve()
-    return [out / name for name in EXPORT_ENTRIES if (out / name).exists() or (out / name).is_symlink()
-            if not (keep == (out / name).resolve() or (out / name).resolve() in keep.parents)]
+    entries = [out / name for name in EXPORT_ENTRIES if (out / name).exists() or (out / name).is_symlink()]
+    return [path for path in entries if not (keep == path.resolve() or path.resolve() in keep.parents)]
 
 
 def _clear_export(earlier: list[Path]) -> None:

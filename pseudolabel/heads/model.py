@@ -149,9 +149,9 @@ def mc_parts(model):
     """(trunk, tail) of an MC-dropout head: the part before its first dropout layer, which gives the same
     output on every pass (inference: BatchNorm's statistics, no noise), and the part from that layer on,
     which samples. MC passes then run the trunk once a batch and only the tail each pass: with the default
-    recipe the BiGRU and the capsule once, the dense layers each pass. The tail shares the head's layers,
-    so its dropout draws from the same streams (`reset_random_layers` on the head) and the passes are the
-    whole head's, number for number. trunk is None where the first dropout takes an input of the head, or
+    recipe the BiGRU, the capsule and the first dense layer once, the rest each pass. The tail shares the
+    head's layers, so its dropout draws from the same streams (`reset_random_layers` on the head) and the
+    passes are the whole head's, number for number. trunk is None where the first dropout takes an input of the head, or
     where what follows it needs another input (the token mask): the whole head is the tail."""
     first = next((layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)), None)
     if first is None:
